@@ -1,0 +1,3 @@
+from ichseg.cli import main
+
+raise SystemExit(main())

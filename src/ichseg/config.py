@@ -1,0 +1,373 @@
+"""The one typed, validated configuration of a run.
+
+A config is resolved once, in this order: the dataclass defaults, the preset (`tiny`, `small`,
+`default`), a YAML file, `--set section.key=value` overrides, then the explicit CLI flags. The
+resolved config is written whole to `RUN/config.yaml`; every other module reads its settings from
+the `Config` object it is handed, never from anywhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ichseg.errors import UsageError
+
+PRESETS = ("tiny", "small", "default")
+
+
+def _choice(*values: str, doc: str = "") -> Any:
+    return field(default=values[0], metadata={"choices": values, "doc": doc})
+
+
+def _opt(default: Any, doc: str = "", minimum: float | None = None) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: copy.deepcopy(default),
+                     metadata={"doc": doc, "min": minimum})
+    return field(default=default, metadata={"doc": doc, "min": minimum})
+
+
+@dataclass
+class DataConfig:
+    path: str = _opt("", "dataset folder (any layout of the contract)")
+    layout: str = _choice("auto", "generic", "nnunet", "physionet", "instance", "bhsd",
+                          doc="dataset layout; auto detects it")
+    windows: list[list[float]] = _opt([[40.0, 80.0], [80.0, 200.0], [600.0, 2800.0]],
+                                      "CT windows as [level, width] in HU, one input channel each")
+    spacing: list[float] = _opt([0.45, 0.45, 5.0], "target voxel spacing in mm (x, y, z)", 0.01)
+    patch_size: list[int] = _opt([192, 192, 32], "training patch in voxels (x, y, z)", 1)
+    crop_to_head: bool = _opt(True, "crop each scan to the head's bounding box")
+    foreground_fraction: float = _opt(0.33, "share of patches centred on hemorrhage", 0.0)
+    subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
+    validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
+    augment: bool = _opt(True, "random flips, rotations, scaling and intensity changes")
+    num_workers: int = _opt(0, "data loading processes", 0)
+    cache_dir: str = _opt("", "preprocessed-case cache; empty: $ICHSEG_CACHE or ~/.cache/ichseg")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _choice("nnmamba", "dynunet", doc="network: nnMamba or MONAI's DynUNet baseline")
+    spatial_dims: int = _opt(3, "2 or 3", 2)
+    base_width: int = _opt(32, "channels after the stem (c); stages have 2c, 4c, 8c", 1)
+    strides: list[list[int]] = _opt([[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
+                                    "per-axis strides of the stem, then of each stage", 1)
+    blocks_per_stage: int = _opt(3, "residual blocks per stage", 1)
+    deep_supervision: bool = _opt(True, "extra loss heads at 1/2, 1/4 and 1/8 resolution")
+    d_state: int = _opt(16, "Mamba state size", 1)
+    d_conv: int = _opt(4, "Mamba causal convolution width", 1)
+    expand: int = _opt(2, "Mamba inner expansion", 1)
+    scan_backend: str = _choice("auto", "reference", "cpu", "cuda",
+                                doc="selective-scan implementation")
+    sync_batchnorm: bool = _opt(False, "synchronise BatchNorm across ranks under torchrun")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = _opt(1000, "total epochs to reach", 1)
+    batch_size: int = _opt(2, "global batch size (split across ranks)", 1)
+    steps_per_epoch: int = _opt(250, "optimizer steps per epoch", 1)
+    optimizer: str = _choice("sgd", "adamw", doc="optimizer")
+    lr: float = _opt(1e-2, "peak learning rate", 0.0)
+    min_lr: float = _opt(1e-4, "lowest learning rate of the cyclic schedule", 0.0)
+    momentum: float = _opt(0.99, "SGD momentum", 0.0)
+    nesterov: bool = _opt(True, "Nesterov momentum")
+    weight_decay: float = _opt(3e-5, "weight decay (not on Mamba's A_log and D)", 0.0)
+    scheduler: str = _choice("cyclic", "poly", "constant", doc="learning-rate schedule")
+    cycle_epochs: int = _opt(10, "epochs per half cycle of the cyclic schedule", 1)
+    grad_clip: float = _opt(12.0, "gradient norm clip; 0 turns it off", 0.0)
+    amp: str = _choice("auto", "bf16", "fp16", "off",
+                       doc="mixed precision on CUDA; auto is bf16 where supported; CPU is fp32")
+    patience: int = _opt(50, "epochs without validation improvement before stopping; 0 never", 0)
+    seed: int = _opt(0, "seed of every random draw", 0)
+    device: str = _choice("auto", "cpu", "cuda", doc="where to train")
+    save_every_steps: int = _opt(0, "also save `last` every K steps; 0 turns it off", 0)
+    save_every_minutes: float = _opt(10.0, "also save `last` every M minutes; 0 turns it off", 0.0)
+    keep_checkpoints: int = _opt(3, "numbered generations kept", 1)
+    time_limit: str = _opt("", "stop cleanly before this duration, like 90s, 45m, 11h30m")
+    mirror_dir: str = _opt("", "folder (e.g. on Google Drive) that receives a copy of each checkpoint")
+    quiet: bool = _opt(False, "no progress bars")
+
+
+@dataclass
+class InferenceConfig:
+    overlap: float = _opt(0.5, "sliding-window overlap", 0.0)
+    sw_batch_size: int = _opt(2, "windows per forward pass", 1)
+    blend: str = _choice("gaussian", "constant", doc="how overlapping windows are blended")
+    tta: bool = _opt(False, "mirror test-time augmentation")
+    checkpoint: str = _choice("best", "last", doc="which model of a run predicts")
+    save_probabilities: bool = _opt(False, "also write the hemorrhage probability map")
+
+
+@dataclass
+class Config:
+    preset: str = _choice("default", "small", "tiny", doc="the preset the config started from")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.data.windows)
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels including background: 2 for any-hemorrhage, 6 with subtypes."""
+        return 6 if self.data.subtypes else 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+# Presets: differences from the dataclass defaults (which are the `default` preset, the nnMamba
+# paper's network for a GPU). The CPU presets use coarse spacing, a strided stem and small widths,
+# because full-resolution 3D convolutions dominate CPU time.
+_PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "small": {
+        "data": {"spacing": [1.8, 1.8, 5.0], "patch_size": [96, 96, 32]},
+        "model": {"base_width": 8},
+        "training": {"epochs": 40, "batch_size": 2, "steps_per_epoch": 20, "patience": 15,
+                     "cycle_epochs": 5},
+    },
+    "tiny": {
+        "data": {"spacing": [3.6, 3.6, 5.0], "patch_size": [32, 32, 16], "augment": False},
+        "model": {"base_width": 4, "blocks_per_stage": 2, "d_state": 4},
+        "training": {"epochs": 3, "batch_size": 2, "steps_per_epoch": 3, "patience": 5,
+                     "cycle_epochs": 2, "save_every_minutes": 0.0},
+    },
+}
+
+# Settings that may differ when a run is continued: they change neither the network nor the data
+# it sees. Everything else is refused with the differing keys listed.
+RESUMABLE_CHANGES = frozenset({
+    "data.path", "data.num_workers", "data.cache_dir",
+    "training.epochs", "training.patience", "training.device", "training.save_every_steps",
+    "training.save_every_minutes", "training.keep_checkpoints", "training.time_limit",
+    "training.mirror_dir", "training.quiet",
+}) | {f"inference.{f.name}" for f in dataclasses.fields(InferenceConfig)}
+
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig,
+                              "training": TrainingConfig, "inference": InferenceConfig}
+
+
+def _coerce(key: str, value: Any, annotation: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Convert `value` to the field's type, or raise UsageError naming `key`."""
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list) or not value:
+            raise UsageError(f"setting {key} must be a non-empty list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, inner, meta) for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UsageError(f"setting {key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+                isinstance(value, str) and not re.fullmatch(r"-?\d+", value.strip())):
+            raise UsageError(f"setting {key} must be a whole number, got {value!r}")
+        value = int(value)
+    elif hint is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"setting {key} must be a number, got {value!r}") from None
+    elif hint is str:
+        if value is None:
+            value = ""
+        if not isinstance(value, (str, int, float)):
+            raise UsageError(f"setting {key} must be text, got {value!r}")
+        value = str(value)
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise UsageError(f"setting {key} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    minimum = meta.get("min")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"setting {key} must be at least {minimum}, got {value!r}")
+    return value
+
+
+def _apply(cfg: Config, overrides: typing.Mapping[str, Any], origin: str) -> None:
+    """Apply a nested {section: {key: value}} mapping onto `cfg`, validating every key."""
+    if not isinstance(overrides, typing.Mapping):
+        raise UsageError(f"{origin} must hold a mapping of sections "
+                         f"({', '.join(_SECTIONS)}), got {type(overrides).__name__}")
+    for section, values in overrides.items():
+        if section == "preset":
+            continue
+        if section not in _SECTIONS:
+            raise UsageError(f"unknown config section {section!r} in {origin}; "
+                             f"allowed: preset, {', '.join(_SECTIONS)}")
+        if not isinstance(values, typing.Mapping):
+            raise UsageError(f"config section {section} in {origin} must be a mapping of keys")
+        target = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in fields:
+                raise UsageError(f"unknown setting {section}.{key} in {origin}; allowed in "
+                                 f"{section}: {', '.join(fields)}")
+            f = fields[key]
+            setattr(target, key, _coerce(f"{section}.{key}", value, f.type, f.metadata))
+
+
+def parse_set(assignment: str) -> dict[str, dict[str, Any]]:
+    """`section.key=value` (value read as YAML) -> {section: {key: value}}."""
+    if "=" not in assignment:
+        raise UsageError(f"--set {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    if dotted.count(".") != 1:
+        raise UsageError(f"--set {assignment!r} must name a key as section.key, "
+                         f"with section one of {', '.join(_SECTIONS)}")
+    section, key = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return {section: {key: value}}
+
+
+def _validate(cfg: Config) -> None:
+    dims = cfg.model.spatial_dims
+    if dims not in (2, 3):
+        raise UsageError(f"setting model.spatial_dims must be 2 or 3, got {dims}")
+    for name, value in (("data.spacing", cfg.data.spacing), ("data.patch_size", cfg.data.patch_size)):
+        if len(value) != 3:
+            raise UsageError(f"setting {name} needs 3 values (x, y, z), got {len(value)}")
+    for i, stride in enumerate(cfg.model.strides):
+        if len(stride) != 3:
+            raise UsageError(f"setting model.strides[{i}] needs 3 values (x, y, z), got {stride}")
+    if len(cfg.model.strides) < 2:
+        raise UsageError("setting model.strides needs the stem's stride and at least one stage's")
+    for i, window in enumerate(cfg.data.windows):
+        if len(window) != 2 or window[1] <= 0:
+            raise UsageError(f"setting data.windows[{i}] must be [level, width] with width > 0, "
+                             f"got {window}")
+    if not 0.0 <= cfg.data.foreground_fraction <= 1.0:
+        raise UsageError("setting data.foreground_fraction must lie between 0 and 1")
+    if not 0.0 <= cfg.data.validation_fraction < 1.0:
+        raise UsageError("setting data.validation_fraction must lie in [0, 1)")
+    if not 0.0 <= cfg.inference.overlap < 1.0:
+        raise UsageError("setting inference.overlap must lie in [0, 1)")
+    if cfg.training.time_limit:
+        parse_duration(cfg.training.time_limit, "training.time_limit")
+
+
+def preset_config(preset: str) -> Config:
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    cfg = Config(preset=preset)
+    _apply(cfg, _PRESET_OVERRIDES[preset], f"preset {preset}")
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: "
+                         f"{str(exc).splitlines()[0]}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"config file {path} must hold a mapping of sections")
+    return loaded
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   sets: typing.Iterable[str] = (),
+                   overrides: typing.Mapping[str, typing.Mapping[str, Any]] | None = None,
+                   base: Config | None = None) -> Config:
+    """Resolve a config: base (or preset, or the file's preset) <- file <- --set <- overrides.
+
+    `base` is a config read back from a run folder: on `continue` the saved config is the
+    starting point and only what the user gives again is laid over it.
+    """
+    file_values = load_yaml(config_file) if config_file else {}
+    if base is not None:
+        cfg = copy.deepcopy(base)
+        if preset and preset != cfg.preset:
+            fresh = preset_config(preset)
+            _apply(cfg, {s: dataclasses.asdict(getattr(fresh, s)) for s in _SECTIONS}, "preset")
+            cfg.preset = preset
+    else:
+        chosen = preset or file_values.get("preset") or "default"
+        cfg = preset_config(str(chosen))
+    if file_values:
+        _apply(cfg, file_values, f"config file {config_file}")
+    for assignment in sets:
+        _apply(cfg, parse_set(assignment), f"--set {assignment}")
+    if overrides:
+        _apply(cfg, {k: v for k, v in overrides.items() if v}, "the command line")
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: typing.Mapping[str, Any], origin: str = "saved config") -> Config:
+    """Rebuild a Config from `to_dict()` output (config.yaml or a checkpoint's `config`)."""
+    cfg = preset_config(str(values.get("preset", "default")))
+    _apply(cfg, values, origin)
+    _validate(cfg)
+    return cfg
+
+
+def read_run_config(path: str | Path) -> Config:
+    return config_from_dict(load_yaml(path), f"config file {path}")
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {"preset": cfg.preset}
+    for section in _SECTIONS:
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def config_differences(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    a, b = flatten(old), flatten(new)
+    return [k for k in a if a[k] != b.get(k)]
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?"
+                       r"(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str, name: str = "--time-limit") -> float:
+    """`90s`, `45m`, `11h30m`, `1d2h`, or plain seconds -> seconds."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    match = _DURATION.fullmatch(text)
+    if not text or not match or not any(match.groups()):
+        raise UsageError(f"{name} {text!r} is not a duration like 90s, 45m or 11h30m")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
