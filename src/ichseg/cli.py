@@ -108,6 +108,11 @@ def _run(args: argparse.Namespace) -> int:
 
         report = api.inspect(args.data, layout=args.layout)
         print(json.dumps(report, indent=2) if args.json else format_fingerprint(report))
+        problems = report["problems"]
+        if problems:
+            # The contract: bad input exits 2 naming the file; the report above lists them all.
+            more = f" (and {len(problems) - 1} more listed above)" if len(problems) > 1 else ""
+            raise UsageError(problems[0] + more)
         return 0
     if args.command == "train":
         options = {k: getattr(args, k) for k in (
