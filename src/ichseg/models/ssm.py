@@ -1,0 +1,428 @@
+"""The selective scan of Mamba, with mamba-ssm's `selective_scan_fn` signature and meaning.
+
+For every batch b, channel d and step t, in float32 (also under autocast):
+
+    dt_t = softplus(delta_t + delta_bias)            (softplus only if asked)
+    h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t  (a vector over the state, h_{-1} = 0)
+    y_t  = C_t . h_t + D * u_t
+    out  = y * SiLU(z)                               (if z is given)
+
+Backends:
+- `reference`: a plain sequential loop in torch, written to be read; the tests' oracle.
+- `cpu`: numba kernels behind a custom autograd function. The forward keeps one state vector
+  per (batch, channel) in registers and stores it every `_CHUNK` steps; the backward recomputes
+  each chunk's states from those checkpoints instead of keeping all L x N of them.
+- `cuda`: mamba-ssm's fused kernel, imported only when asked for.
+`auto` picks `cuda` for CUDA tensors when mamba-ssm imports, `cpu` for CPU tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ichseg.errors import UsageError
+
+BACKENDS = ("auto", "reference", "cpu", "cuda")
+
+# Steps between stored states: the backward recomputes one chunk at a time, so its scratch is
+# _CHUNK x N per thread while the checkpoints cost L / _CHUNK states per (batch, channel).
+_CHUNK = 64
+# The state is padded to a multiple of this many lanes (one AVX2 register of float32), so the
+# inner loops run whole vectors; padded lanes have A = 0 and B = C = 0 and stay exactly zero.
+_LANES = 8
+# dB and dC sum over channels; each of this many channel groups owns a partial sum so threads
+# never write the same memory, and the grouping does not depend on the thread count, which
+# keeps gradients bit-identical on any machine.
+_CHANNEL_GROUPS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """Run the selective scan; returns `out` (batch, channels, length) in u's dtype, and with
+    `return_last_state` the pair `(out, last_state (batch, channels, state))` in float32."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        args = [None if t is None else t.float() for t in (u, delta, A, B, C, D, z, delta_bias)]
+        if name == "cuda":
+            result = _mamba_ssm_scan()(*args, delta_softplus=delta_softplus,
+                                       return_last_state=return_last_state)
+        elif name == "cpu":
+            result = _CpuScan.apply(*args, delta_softplus, return_last_state)
+        else:
+            result = scan_reference(*args, delta_softplus=delta_softplus,
+                                    return_last_state=True)
+    out, last = result if isinstance(result, tuple) else (result, None)
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends that can run in this process (`cuda` only with a GPU and mamba-ssm)."""
+    names = ["reference", "cpu"]
+    if torch.cuda.is_available() and _mamba_ssm_scan() is not None:
+        names.append("cuda")
+    return tuple(names)
+
+
+def resolve_backend(backend: str, device) -> str:
+    """The backend that `backend` (a `model.scan_backend` value) means for tensors on `device`."""
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise UsageError(f"model.scan_backend must be one of {', '.join(BACKENDS)}, "
+                         f"not {backend!r}.")
+    on_cuda = device.type == "cuda"
+    if backend == "auto":
+        if on_cuda:
+            return "cuda" if "cuda" in available_backends() else "reference"
+        return "cpu" if device.type == "cpu" else "reference"
+    if backend == "cuda" and (not on_cuda or "cuda" not in available_backends()):
+        raise UsageError("model.scan_backend 'cuda' needs CUDA tensors and an importable "
+                         "mamba-ssm (pip install ichseg[cuda]); use 'auto' or 'cpu' here.")
+    if backend == "cpu" and device.type != "cpu":
+        raise UsageError(f"model.scan_backend 'cpu' runs on CPU tensors, not on {device.type}; "
+                         "use 'auto'.")
+    return backend
+
+
+def scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """The definition, one step at a time in float32: the oracle the fast backends are held to."""
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, channels, length = u.shape
+    h = u.new_zeros(batch, channels, A.shape[1])
+    ys = []
+    for t in range(length):
+        decay = torch.exp(delta[:, :, t, None] * A)
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.float()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.float())
+    return (y, h) if return_last_state else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks and the optional mamba-ssm import
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    """UsageError naming the argument whose shape does not fit mamba-ssm's convention."""
+    if u.dim() != 3:
+        raise UsageError(f"selective_scan: u must be (batch, channels, length), got shape "
+                         f"{tuple(u.shape)}.")
+    batch, channels, length = u.shape
+    if delta.shape != u.shape:
+        raise UsageError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got "
+                         f"{tuple(delta.shape)}.")
+    if A.dim() != 2 or A.shape[0] != channels or A.is_complex():
+        raise UsageError(f"selective_scan: A must be a real (channels={channels}, state) "
+                         f"tensor, got shape {tuple(A.shape)}.")
+    state = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 3:
+            raise UsageError(f"selective_scan: {name} must be (batch, state, length); the "
+                             f"time-invariant and grouped forms are not supported, got shape "
+                             f"{tuple(t.shape)}.")
+        if tuple(t.shape) != (batch, state, length):
+            raise UsageError(f"selective_scan: {name} must have shape "
+                             f"{(batch, state, length)}, got {tuple(t.shape)}.")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (channels,):
+            raise UsageError(f"selective_scan: {name} must have shape ({channels},), got "
+                             f"{tuple(t.shape)}.")
+    if z is not None and z.shape != u.shape:
+        raise UsageError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got "
+                         f"{tuple(z.shape)}.")
+    devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None}
+    if len(devices) > 1:
+        raise UsageError(f"selective_scan: all tensors must be on one device, got "
+                         f"{sorted(str(d) for d in devices)}.")
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_scan():
+    """mamba-ssm's `selective_scan_fn`, or None where it does not import (it needs CUDA)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a CUDA extension that fails to load
+        return None
+    return selective_scan_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The cpu backend: autograd function over numba kernels
+
+
+class _CpuScan(torch.autograd.Function):
+    """Forward and backward of the scan through the numba kernels below.
+
+    The softplus and the bias of delta stay in torch (vectorised there); the kernels see the
+    final step sizes `dt`. B and C are handed over as (batch, length, state) copies padded to
+    whole vectors, so each step reads its state-vector slice contiguously.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        batch, channels, length = u.shape
+        state = A.shape[1]
+        dt = delta if delta_bias is None else delta + delta_bias[:, None]
+        if delta_softplus:
+            dt = F.softplus(dt)
+        u_, dt_ = _as_numpy(u), _as_numpy(dt)
+        A_, B_, C_ = _pad_state(A, B, C)
+        D_ = _as_numpy(D) if D is not None else np.zeros(channels, np.float32)
+        z_ = _as_numpy(z) if z is not None else np.empty((0, 0, 0), np.float32)
+        chunks = -(-length // _CHUNK)
+        out = np.empty((batch, channels, length), np.float32)
+        last = np.empty((batch, channels, A_.shape[1]), np.float32)
+        checkpoints = np.empty((batch, channels, chunks, A_.shape[1]), np.float32)
+        _forward_kernel(u_, dt_, A_, B_, C_, D_, z_, z is not None, out, last, checkpoints)
+        ctx.save_for_backward(u, delta, dt, A, B, C, D, z, delta_bias,
+                              torch.from_numpy(checkpoints))
+        ctx.delta_softplus = delta_softplus
+        ctx.state = state
+        return torch.from_numpy(out), torch.from_numpy(last[:, :, :state].copy())
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last):
+        u, delta, dt, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        batch, channels, length = u.shape
+        state = ctx.state
+        A_, B_, C_ = _pad_state(A, B, C)
+        lanes = A_.shape[1]
+        D_ = _as_numpy(D) if D is not None else np.zeros(channels, np.float32)
+        z_ = _as_numpy(z) if z is not None else np.empty((0, 0, 0), np.float32)
+        g_out = (_as_numpy(grad_out) if grad_out is not None
+                 else np.zeros((batch, channels, length), np.float32))
+        g_last = np.zeros((batch, channels, lanes), np.float32)
+        if grad_last is not None:
+            g_last[:, :, :state] = _as_numpy(grad_last)
+        groups = min(_CHANNEL_GROUPS, channels)
+        du = np.empty((batch, channels, length), np.float32)
+        ddt = np.empty((batch, channels, length), np.float32)
+        dz = np.empty_like(z_)
+        dA = np.empty((batch, channels, lanes), np.float64)
+        dD = np.empty((batch, channels), np.float64)
+        dB = np.zeros((batch, groups, length, lanes), np.float32)
+        dC = np.zeros((batch, groups, length, lanes), np.float32)
+        _backward_kernel(_as_numpy(u), _as_numpy(dt), A_, B_, C_, D_, z_, z is not None,
+                         checkpoints.numpy(), g_out, g_last, du, ddt, dz, dA, dD, dB, dC)
+        grad_u = torch.from_numpy(du)
+        grad_dt = torch.from_numpy(ddt)
+        if ctx.delta_softplus:
+            pre = delta if delta_bias is None else delta + delta_bias[:, None]
+            grad_dt = grad_dt * torch.sigmoid(pre)
+        grad_bias = grad_dt.sum(dim=(0, 2)) if delta_bias is not None else None
+        grad_A = torch.from_numpy(dA.sum(axis=0)[:, :state]).float()
+        # (batch, groups, length, lanes) -> (batch, state, length), summed over groups in float64
+        grad_B = torch.from_numpy(dB.sum(axis=1, dtype=np.float64)[:, :, :state]
+                                  .transpose(0, 2, 1)).float().contiguous()
+        grad_C = torch.from_numpy(dC.sum(axis=1, dtype=np.float64)[:, :, :state]
+                                  .transpose(0, 2, 1)).float().contiguous()
+        grad_D = torch.from_numpy(dD.sum(axis=0)).float() if D is not None else None
+        grad_z = torch.from_numpy(dz) if z is not None else None
+        return (grad_u, grad_dt, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None, None)
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 NumPy view (a copy only where the tensor needs one)."""
+    return t.detach().float().contiguous().numpy()
+
+
+def _pad_state(A, B, C):
+    """A as (channels, lanes) and B, C as (batch, length, lanes), zero-padded to whole vectors."""
+    channels, state = A.shape
+    batch, _, length = B.shape
+    lanes = -(-state // _LANES) * _LANES
+    A_ = np.zeros((channels, lanes), np.float32)
+    A_[:, :state] = _as_numpy(A)
+    B_ = np.zeros((batch, length, lanes), np.float32)
+    B_[:, :, :state] = _as_numpy(B).transpose(0, 2, 1)
+    C_ = np.zeros((batch, length, lanes), np.float32)
+    C_[:, :, :state] = _as_numpy(C).transpose(0, 2, 1)
+    return A_, B_, C_
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels. Everything is float32 (constants too, so nothing is promoted to float64) except
+# the long sums over time, which are collected in float32 per chunk and added up in float64.
+
+_f32 = np.float32
+_LOG2E = _f32(1.4426950408889634)
+# ln 2 split so that k * _LN2_HI is exact for the k that occur (Cody and Waite).
+_LN2_HI = _f32(0.693359375)
+_LN2_LO = _f32(-2.12194440e-4)
+# Below this exp() is under float32's smallest normal number; the result is flushed to zero.
+_EXP_LO = _f32(-87.33654)
+_EXP_HI = _f32(88.0)
+_ROUND_MAGIC = _f32(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds to an integer
+_ONE = _f32(1.0)
+_ZERO = _f32(0.0)
+# Minimax polynomial for (exp(r) - 1 - r) / r**2 on |r| <= ln(2)/2 (Cephes' expf).
+_P0 = _f32(1.9875691500e-4)
+_P1 = _f32(1.3981999507e-3)
+_P2 = _f32(8.3334519073e-3)
+_P3 = _f32(4.1665795894e-2)
+_P4 = _f32(1.6666665459e-1)
+_P5 = _f32(5.0000001201e-1)
+
+
+@intrinsic
+def _pow2(typingctx, k):
+    """2**k for a whole-number float32 k in [-126, 127], built from the exponent bits.
+
+    numba has no vectorisable way to reinterpret an integer as a float (and no SVML here), so
+    the few LLVM instructions are written directly; LLVM then vectorises the exp below.
+    """
+    if k != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        exponent = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(exponent, ir.Constant(i32, 23)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+@numba.njit(cache=True, fastmath=False)
+def _exp32(x):
+    """exp(x) in float32 to about 1 ulp, in plain arithmetic that LLVM can vectorise."""
+    xc = min(max(x, _EXP_LO), _EXP_HI)
+    k = (xc * _LOG2E + _ROUND_MAGIC) - _ROUND_MAGIC
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    p = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5)
+    e = (p * (r * r) + r + _ONE) * _pow2(k)
+    return e if x > _EXP_LO else _ZERO
+
+
+@numba.njit(cache=True, fastmath=False)
+def _silu_and_slope(z):
+    """SiLU(z) and its derivative."""
+    s = _ONE / (_ONE + _exp32(-z))
+    return z * s, s * (_ONE + z * (_ONE - s))
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _forward_kernel(u, dt, A, B, C, D, z, has_z, out, last, checkpoints):
+    batch, channels, length = u.shape
+    lanes = A.shape[1]
+    for item in prange(batch * channels):
+        b = item // channels
+        d = item - b * channels
+        h = np.zeros(lanes, np.float32)
+        a = A[d]
+        for t in range(length):
+            if t % _CHUNK == 0:
+                checkpoints[b, d, t // _CHUNK, :] = h
+            step = dt[b, d, t]
+            x = u[b, d, t]
+            step_x = step * x
+            bt = B[b, t]
+            ct = C[b, t]
+            for n in range(lanes):
+                h[n] = _exp32(step * a[n]) * h[n] + step_x * bt[n]
+            y = _ZERO
+            for n in range(lanes):
+                y += ct[n] * h[n]
+            y += D[d] * x
+            if has_z:
+                y *= _silu_and_slope(z[b, d, t])[0]
+            out[b, d, t] = y
+        last[b, d, :] = h
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _backward_kernel(u, dt, A, B, C, D, z, has_z, checkpoints, g_out, g_last,
+                     du, ddt, dz, dA, dD, dB, dC):
+    batch, channels, length = u.shape
+    lanes = A.shape[1]
+    groups = dB.shape[1]
+    chunks = checkpoints.shape[2]
+    for item in prange(batch * groups):
+        b = item // groups
+        g = item - b * groups
+        # This item owns channels g, g + groups, ... and the partial sums dB[b, g], dC[b, g].
+        states = np.empty((_CHUNK + 1, lanes), np.float32)  # h_{t0-1} .. h_{t1-1}
+        decays = np.empty((_CHUNK, lanes), np.float32)
+        dh = np.empty(lanes, np.float32)
+        dA_chunk = np.empty(lanes, np.float32)
+        dA_sum = np.empty(lanes, np.float64)
+        for d in range(g, channels, groups):
+            a = A[d]
+            dh[:] = g_last[b, d]
+            dA_sum[:] = 0.0
+            dD_sum = 0.0
+            for c in range(chunks - 1, -1, -1):
+                t0 = c * _CHUNK
+                t1 = min(t0 + _CHUNK, length)
+                # Recompute this chunk's states from its checkpoint.
+                states[0, :] = checkpoints[b, d, c]
+                for t in range(t0, t1):
+                    i = t - t0
+                    step = dt[b, d, t]
+                    step_x = step * u[b, d, t]
+                    bt = B[b, t]
+                    for n in range(lanes):
+                        e = _exp32(step * a[n])
+                        decays[i, n] = e
+                        states[i + 1, n] = e * states[i, n] + step_x * bt[n]
+                # Walk the chunk backwards; dh holds dL/dh_t on entry to step t's update.
+                dA_chunk[:] = 0.0
+                dD_chunk = _ZERO
+                for t in range(t1 - 1, t0 - 1, -1):
+                    i = t - t0
+                    x = u[b, d, t]
+                    step = dt[b, d, t]
+                    bt = B[b, t]
+                    ct = C[b, t]
+                    g_y = g_out[b, d, t]
+                    if has_z:
+                        y = _ZERO
+                        for n in range(lanes):
+                            y += ct[n] * states[i + 1, n]
+                        y += D[d] * x
+                        gate, slope = _silu_and_slope(z[b, d, t])
+                        dz[b, d, t] = g_y * y * slope
+                        g_y = g_y * gate
+                    dD_chunk += g_y * x
+                    dBt = dB[b, g, t]
+                    dCt = dC[b, g, t]
+                    s_decay = _ZERO
+                    s_input = _ZERO
+                    step_x = step * x
+                    for n in range(lanes):
+                        dhn = dh[n] + g_y * ct[n]
+                        dCt[n] += g_y * states[i + 1, n]
+                        grad_exponent = dhn * states[i, n] * decays[i, n]
+                        dA_chunk[n] += grad_exponent * step
+                        s_decay += grad_exponent * a[n]
+                        dBt[n] += dhn * step_x
+                        s_input += dhn * bt[n]
+                        dh[n] = dhn * decays[i, n]
+                    du[b, d, t] = g_y * D[d] + step * s_input
+                    ddt[b, d, t] = s_decay + x * s_input
+                for n in range(lanes):
+                    dA_sum[n] += dA_chunk[n]
+                dD_sum += dD_chunk
+            dA[b, d, :] = dA_sum
+            dD[b, d] = dD_sum
