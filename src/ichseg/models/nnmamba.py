@@ -1,0 +1,251 @@
+"""The nnMamba U-Net (Gong et al., arXiv 2402.03526), for 3D volumes or 2D slices.
+
+Encoder: a stem of two conv-norm-ReLU (the first strided) to c channels, then residual stages of
+2c, 4c, 8c, ... channels whose first block is strided. Blocks 2..n of a stage add a MICCSS branch
+(Mamba-in-convolution with channel-spatial siamese learning) beside their convolutions, and, as in
+the authors' code, one MICCSS module (with its single Mamba layer) is shared by all those blocks.
+Decoder: interpolating upsampling by each level's strides, the skip scaled by squeeze-excitation,
+a double conv-norm-ReLU; logits at full resolution, plus deep-supervision logits at 1/2, 1/4 and
+1/8 in training mode. Unlike the authors' head, which ends in a ReLU and so clips every negative
+logit to zero, the heads here are plain 1×1 convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ichseg.errors import UsageError
+from ichseg.models.mamba import MambaLayer
+
+AXIS_NAMES = "xyz"
+# Deep-supervision heads below full resolution: at 1/2, 1/4 and 1/8 (fewer with fewer stages).
+MAX_COARSE_HEADS = 3
+
+
+def _conv(dims: int) -> type[nn.Module]:
+    return nn.Conv3d if dims == 3 else nn.Conv2d
+
+
+def _norm(dims: int) -> type[nn.Module]:
+    return nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d
+
+
+def conv_norm_relu(dims: int, in_ch: int, out_ch: int, kernel: int = 3,
+                   stride: Sequence[int] | int = 1) -> nn.Sequential:
+    """Convolution (no bias: the norm's shift replaces it), BatchNorm, ReLU."""
+    return nn.Sequential(
+        _conv(dims)(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
+        _norm(dims)(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+def double_conv(dims: int, in_ch: int, out_ch: int,
+                stride: Sequence[int] | int = 1) -> nn.Sequential:
+    """Two 3×3(×3) conv-norm-ReLU, the first one carrying the stride."""
+    return nn.Sequential(conv_norm_relu(dims, in_ch, out_ch, stride=stride),
+                         conv_norm_relu(dims, out_ch, out_ch))
+
+
+def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Linear interpolation (trilinear in 3D, bilinear in 2D) to `size`."""
+    mode = "trilinear" if x.dim() == 5 else "bilinear"
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+class MICCSS(nn.Module):
+    """Mamba-in-convolution with channel-spatial siamese learning.
+
+    1×1 conv-norm-ReLU; the feature map flattened to tokens in raster order; one Mamba layer run
+    on the tokens and on their channel-flipped, token-flipped and doubly flipped copies (the four
+    copies go through as one batch); each flipped back, the four averaged, the pre-Mamba features
+    added; 1×1 conv-norm-ReLU.
+    """
+
+    def __init__(self, dims: int, channels: int, d_state: int, d_conv: int, expand: int,
+                 scan_backend: str):
+        super().__init__()
+        self.project_in = conv_norm_relu(dims, channels, channels, kernel=1)
+        self.mamba = MambaLayer(channels, d_state=d_state, d_conv=d_conv, expand=expand,
+                                scan_backend=scan_backend)
+        self.project_out = conv_norm_relu(dims, channels, channels, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.project_in(x)
+        batch = features.shape[0]
+        tokens = features.flatten(2)  # (batch, channels, tokens), raster order
+        # Flipping is its own inverse, so each copy is flipped back along the axes it was
+        # flipped on: dim 1 is the channel axis, dim 2 the token axis.
+        flips = ((), (2,), (1,), (1, 2))
+        copies = torch.cat([tokens.flip(axes) if axes else tokens for axes in flips])
+        mixed = self.mamba(copies).split(batch)
+        merged = sum(out.flip(axes) if axes else out
+                     for out, axes in zip(mixed, flips, strict=True)) / len(flips)
+        return self.project_out(merged.reshape(features.shape) + features)
+
+
+class ResidualBlock(nn.Module):
+    """Basic residual block; with a MICCSS module, its output on the block's input joins the sum."""
+
+    def __init__(self, dims: int, in_ch: int, out_ch: int, stride: Sequence[int],
+                 miccss: MICCSS | None = None):
+        super().__init__()
+        conv, norm = _conv(dims), _norm(dims)
+        self.conv1 = conv_norm_relu(dims, in_ch, out_ch, stride=stride)
+        self.conv2 = nn.Sequential(conv(out_ch, out_ch, 3, padding=1, bias=False), norm(out_ch))
+        self.miccss = miccss
+        self.shortcut = None
+        if in_ch != out_ch or any(s != 1 for s in stride):
+            self.shortcut = nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False),
+                                          norm(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))
+        if self.miccss is not None:
+            out = out + self.miccss(x)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out + identity)
+
+
+class SqueezeExcitation(nn.Module):
+    """Per-channel gates in (0, 1) from the globally pooled features (reduction 16, ≥ 1 unit)."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.gate(x.flatten(2).mean(dim=2))
+        return x * weights.view(*weights.shape, *([1] * (x.dim() - 2)))
+
+
+class DecoderLevel(nn.Module):
+    """Upsample the coarser features to the skip's size, concatenate the SE-gated skip, double conv."""
+
+    def __init__(self, dims: int, coarse_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.skip_gate = SqueezeExcitation(skip_ch)
+        self.conv = double_conv(dims, coarse_ch + skip_ch, out_ch)
+
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = upsample_to(coarse, skip.shape[2:])
+        return self.conv(torch.cat([up, self.skip_gate(skip)], dim=1))
+
+
+class FullResolutionHead(nn.Module):
+    """From the stem-resolution decoder features to full-resolution logits.
+
+    The strided stem leaves no full-resolution skip, so after upsampling one conv-norm-ReLU
+    refines the interpolated features (the authors use a double conv here that ends in a ReLU on
+    the class channels); a 1×1 convolution then gives raw logits. Shared with the DynUNet baseline
+    so that both networks end the same way.
+    """
+
+    def __init__(self, dims: int, channels: int, num_classes: int):
+        super().__init__()
+        self.refine = conv_norm_relu(dims, channels, channels)
+        self.logits = _conv(dims)(channels, num_classes, 1)
+
+    def forward(self, features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return self.logits(self.refine(upsample_to(features, size)))
+
+
+def stage_strides(strides: Sequence[Sequence[int]], dims: int) -> list[tuple[int, ...]]:
+    """The config's per-axis strides (stem first), cut to the first `dims` axes."""
+    return [tuple(int(s) for s in stride[:dims]) for stride in strides]
+
+
+class NnMambaUNet(nn.Module):
+    """nnMamba segmentation network; see the module docstring for the layout."""
+
+    def __init__(self, in_channels: int, num_classes: int, base_width: int = 32,
+                 strides: Sequence[Sequence[int]] = ((2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
+                 blocks_per_stage: int = 3, spatial_dims: int = 3, deep_supervision: bool = True,
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto"):
+        super().__init__()
+        dims = spatial_dims
+        self.strides = stage_strides(strides, dims)
+        self.deep_supervision = deep_supervision
+        num_stages = len(self.strides) - 1
+        widths = [base_width * 2 ** level for level in range(num_stages + 1)]
+
+        self.stem = double_conv(dims, in_channels, widths[0], stride=self.strides[0])
+        self.stages = nn.ModuleList()
+        for level in range(1, num_stages + 1):
+            width = widths[level]
+            shared = None
+            if blocks_per_stage > 1:
+                shared = MICCSS(dims, width, d_state, d_conv, expand, scan_backend)
+            blocks = [ResidualBlock(dims, widths[level - 1], width, self.strides[level])]
+            blocks += [ResidualBlock(dims, width, width, (1,) * dims, miccss=shared)
+                       for _ in range(1, blocks_per_stage)]
+            self.stages.append(nn.Sequential(*blocks))
+
+        # decoder[i] produces the features of level i (0 = stem resolution) from level i + 1.
+        self.decoder = nn.ModuleList(
+            DecoderLevel(dims, widths[level + 1], widths[level], widths[level])
+            for level in range(num_stages))
+        self.head = FullResolutionHead(dims, widths[0], num_classes)
+        # Built only when used: DistributedDataParallel refuses parameters outside the graph.
+        num_coarse = min(num_stages, MAX_COARSE_HEADS) if deep_supervision else 0
+        self.coarse_heads = nn.ModuleList(
+            _conv(dims)(widths[level], num_classes, 1) for level in range(num_coarse))
+
+    @classmethod
+    def from_config(cls, cfg) -> NnMambaUNet:
+        m = cfg.model
+        return cls(in_channels=cfg.in_channels, num_classes=cfg.num_classes,
+                   base_width=m.base_width, strides=m.strides,
+                   blocks_per_stage=m.blocks_per_stage, spatial_dims=m.spatial_dims,
+                   deep_supervision=m.deep_supervision, d_state=m.d_state, d_conv=m.d_conv,
+                   expand=m.expand, scan_backend=m.scan_backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        skips = [self.stem(x)]
+        for stage in self.stages:
+            skips.append(stage(skips[-1]))
+        features = skips.pop()
+        per_level = []
+        for level in reversed(range(len(self.decoder))):
+            features = self.decoder[level](features, skips[level])
+            per_level.append(features)
+        per_level.reverse()  # per_level[i]: decoder features at level i (i = 0: stem resolution)
+        logits = self.head(per_level[0], x.shape[2:])
+        if not (self.training and self.deep_supervision):
+            return logits
+        # The coarse heads cover the finest levels only (1/2, 1/4, 1/8).
+        return [logits] + [head(f) for head, f in zip(self.coarse_heads, per_level, strict=False)]
+
+
+def total_strides(cfg) -> list[int]:
+    """Per-axis product of all strides: every input size must be a multiple of it."""
+    strides = stage_strides(cfg.model.strides, cfg.model.spatial_dims)
+    return [math.prod(axis) for axis in zip(*strides, strict=True)]
+
+
+def check_input_shape(cfg, spatial_shape: Sequence[int]) -> None:
+    """Raise UsageError naming the nearest valid sizes when the strides cannot divide a size.
+
+    A 2D network checks the first two sizes, so the 3-value `data.patch_size` can be passed as is.
+    """
+    dims = cfg.model.spatial_dims
+    shape = [int(s) for s in spatial_shape]
+    if len(shape) < dims:
+        raise UsageError(f"patch size {shape} has {len(shape)} sizes; the {dims}D network "
+                         f"needs {dims} ({', '.join(AXIS_NAMES[:dims])})")
+    for index, factor in enumerate(total_strides(cfg)):
+        axis, size = AXIS_NAMES[index], shape[index]
+        if size > 0 and size % factor == 0:
+            continue
+        below = size // factor * factor
+        above = max(factor, below + factor)
+        nearest = f"{below} or {above}" if below > 0 else f"{above}"
+        raise UsageError(f"patch size {size} along {axis} is not divisible by {factor} "
+                         f"(product of the {axis} strides); nearest valid: {nearest}")
