@@ -119,11 +119,17 @@ def test_nans_are_refused_naming_the_file():
 
 def test_truncated_and_foreign_files_are_refused_naming_the_file(tmp_path):
     whole = _save(tmp_path / "whole.nii.gz", _ct_like((40, 40, 20))).read_bytes()
+    plain = _save(tmp_path / "whole.nii", _ct_like((40, 40, 20))).read_bytes()
+    # Cut among the voxels, and cut inside the header, where nibabel sees only a short header.
     (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "cut_header.nii.gz").write_bytes(whole[:60])
+    (tmp_path / "cut.nii").write_bytes(plain[: len(plain) // 2])
+    (tmp_path / "cut_header.nii").write_bytes(plain[:200])
     (tmp_path / "text.nii.gz").write_text("not an image")
     (tmp_path / "text.nii").write_text("not an image either" * 30)
-    with pytest.raises(UsageError, match="cut.nii.gz is truncated"):
-        read_nifti(tmp_path / "cut.nii.gz")
+    for name in ("cut.nii.gz", "cut_header.nii.gz", "cut.nii", "cut_header.nii"):
+        with pytest.raises(UsageError, match=f"{name} is truncated"):
+            read_nifti(tmp_path / name)
     for name in ("text.nii.gz", "text.nii"):
         with pytest.raises(UsageError, match=f"{name} is not a readable NIfTI file"):
             read_nifti(tmp_path / name)

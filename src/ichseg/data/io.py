@@ -7,6 +7,7 @@ folder holding several series) raises `UsageError` with one sentence naming the 
 
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
 import zlib
@@ -28,6 +29,12 @@ NNUNET_CHANNEL_SUFFIX = "_0000"
 
 # What nibabel raises on a file that is not NIfTI, is truncated, or whose gzip stream is corrupt.
 _NIFTI_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# A NIfTI-1 or -2 file starts with its header size (348 or 540) in either byte order; the header
+# and the 4-byte extension flag come before any voxel.
+_NIFTI_HEADER_SIZES = {n.to_bytes(4, order) for n in (348, 540) for order in ("little", "big")}
+_NIFTI_MIN_BYTES = 352
 
 # DICOM is LPS (x to the patient's left, y to the back); NIfTI is RAS: negate the first two axes.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -95,6 +102,28 @@ def _warn_if_not_hu(volume: Volume) -> None:
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
+def _is_truncated(path: Path, exc: Exception) -> bool:
+    """Whether a NIfTI file that failed to load was cut short rather than never NIfTI."""
+    # gzip raises EOFError on a cut stream; nibabel's array proxy says "Expected N bytes".
+    if isinstance(exc, EOFError) or str(exc).startswith("Expected"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] == _GZIP_MAGIC:
+            # Cut inside the header, nibabel only sees too few bytes; gzip knows the stream ended
+            # early. Decompressing to the end costs time only on this failure path.
+            with gzip.open(path) as stream:
+                while stream.read(1 << 24):
+                    pass
+            return False
+        return magic in _NIFTI_HEADER_SIZES and path.stat().st_size < _NIFTI_MIN_BYTES
+    except EOFError:
+        return True
+    except (OSError, zlib.error):
+        return False
+
+
 def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Load a NIfTI file and its voxels (unscaled dtype, scaling applied), refusing bad files."""
     path = Path(path)
@@ -109,9 +138,7 @@ def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         data = np.asanyarray(img.dataobj)
     except _NIFTI_READ_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        # gzip raises EOFError on a cut stream; nibabel's array proxy says "Expected N bytes".
-        truncated = isinstance(exc, EOFError) or reason.startswith("Expected")
-        what = "is truncated" if truncated else "is not a readable NIfTI file"
+        what = "is truncated" if _is_truncated(path, exc) else "is not a readable NIfTI file"
         raise UsageError(f"{path} {what} ({reason})") from None
     shape = data.shape
     # A 4D (or 5D) file whose extra dimensions are all 1 is one 3D volume, as many tools write.
