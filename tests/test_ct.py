@@ -1,0 +1,166 @@
+"""CT preprocessing: windows, canonical orientation, crop, resampling and the way back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ichseg.config import DataConfig
+from ichseg.data.ct import preprocess_case, restore_to_native, window_channels
+from ichseg.data.io import Volume
+from ichseg.data.layouts import LABEL_MAPPINGS
+from ichseg.errors import UsageError
+
+SHAPE = (48, 40, 14)
+
+
+def head_scan(shape=SHAPE):
+    """A box of brain (30 HU) in a bone shell inside air, off-centre so the crop must move, and a
+    two-code hemorrhage blob; returns (HU, codes)."""
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[6:40, 4:34, 2:12] = 1000.0
+    hu[8:38, 6:32, 3:11] = 30.0
+    codes = np.zeros(shape, np.uint8)
+    codes[20:27, 10:15, 5:8] = 2
+    codes[30:33, 25:28, 6:8] = 5
+    hu[codes > 0] = 70.0
+    return hu, codes
+
+
+# Voxel -> world maps that are not RAS-ordered: axes permuted, flipped, DICOM-like LPS, tilted.
+NON_RAS_AFFINES = {
+    "permuted_flipped": np.array([[0, 0, -5.0, 10], [-1.5, 0, 0, 3], [0, 2.0, 0, -7],
+                                  [0, 0, 0, 1]]),
+    "lps": np.diag([-1.5, -1.5, 5.0, 1.0]),
+    "slices_first": np.array([[0, 1.5, 0, 0], [0, 0, 1.5, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]]),
+}
+
+
+def _tilted_affine() -> np.ndarray:
+    tilt = np.deg2rad(10)
+    rotation = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)],
+                         [0, np.sin(tilt), np.cos(tilt)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.5, 1.5, 5.0])
+    return affine
+
+
+NON_RAS_AFFINES["tilted_flipped"] = _tilted_affine()
+
+
+def native_spacing(affine):
+    return sorted(np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def test_windows_map_level_and_edges_to_the_unit_interval():
+    windows = [[40, 80], [80, 200], [600, 2800]]
+    hu = np.array([-1000, -20, 0, 40, 80, 180, 600, 2000, 3000], np.float32)
+    channels = window_channels(hu, windows)
+    assert channels.shape == (3, hu.size) and channels.dtype == np.float32
+    np.testing.assert_allclose(channels[0], [0, 0, 0, 0.5, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(channels[1], [0, 0, 0.1, 0.3, 0.5, 1, 1, 1, 1])
+    np.testing.assert_allclose(channels[2][[0, 6, 7, 8]], [0, 0.5, 1, 1])
+    np.testing.assert_allclose(channels[2][1], (-20 + 800) / 2800, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(NON_RAS_AFFINES))
+def test_labels_come_back_on_the_exact_native_grid(name):
+    affine = NON_RAS_AFFINES[name]
+    hu, codes = head_scan()
+    # Target spacing = the native one, in RAS axis order: no interpolation, so the way back must
+    # be exact and any error is in the orientation or the crop.
+    cfg = DataConfig(spacing=[1.5, 1.5, 5.0] if name != "permuted_flipped" else [5.0, 1.5, 2.0],
+                     subtypes=True)
+    channels, labels, info = preprocess_case(Volume(hu, affine), Volume(codes, affine), cfg)
+    assert info.crop_shape != info.reoriented_shape, "the head should have been cropped"
+    assert labels.shape == info.resampled_shape == channels.shape[1:]
+    restored = restore_to_native(labels, info)
+    assert restored.shape == SHAPE
+    np.testing.assert_array_equal(restored, codes)
+
+
+@pytest.mark.parametrize("name", sorted(NON_RAS_AFFINES))
+def test_resampled_blob_returns_to_the_same_voxels(name):
+    affine = NON_RAS_AFFINES[name]
+    hu, codes = head_scan()
+    cfg = DataConfig(spacing=[2.0, 2.0, 4.0])
+    channels, labels, info = preprocess_case(Volume(hu, affine), Volume(codes, affine), cfg)
+    assert set(np.unique(labels)) == {0, 1}, "binary training labels: any hemorrhage is 1"
+    np.testing.assert_allclose(info.spacing, [2.0, 2.0, 4.0], rtol=0.15)
+    restored = restore_to_native(labels, info)
+    assert restored.shape == SHAPE
+    truth = codes > 0
+    dice = 2 * np.sum(truth & (restored > 0)) / (truth.sum() + (restored > 0).sum())
+    # Two resamplings with nearest neighbour erode a 3-voxel blob; a wrong orientation gives 0.
+    assert dice > 0.7
+    # The network grid's affine puts the blob where the native affine does (same world mm).
+    world = lambda aff, mask: (aff @ np.append(np.argwhere(mask).mean(0), 1))[:3]  # noqa: E731
+    np.testing.assert_allclose(world(info.network_affine, labels > 0), world(affine, truth),
+                               atol=2.0)
+
+
+def test_probabilities_restore_with_background_outside_the_crop():
+    affine = NON_RAS_AFFINES["permuted_flipped"]
+    hu, codes = head_scan()
+    cfg = DataConfig(spacing=[6.0, 2.0, 2.5])
+    _, labels, info = preprocess_case(Volume(hu, affine), Volume(codes, affine), cfg)
+    probabilities = np.stack([1.0 - labels, labels]).astype(np.float32)
+    restored = restore_to_native(probabilities, info)
+    assert restored.shape == (2, *SHAPE)
+    np.testing.assert_allclose(restored.sum(0), 1.0, atol=1e-5)
+    # Air far from the head lies outside the crop: certain background there.
+    air = restore_to_native(np.ones(info.resampled_shape, np.uint8), info) == 0
+    assert air.any()
+    assert np.all(restored[0][air] == 1.0) and np.all(restored[1][air] == 0.0)
+    hemorrhage = restored[1] > 0.5
+    assert 2 * np.sum(hemorrhage & (codes > 0)) / (hemorrhage.sum() + (codes > 0).sum()) > 0.8
+
+
+def test_network_grid_is_in_ras_axis_order():
+    hu, _ = head_scan()
+    lps = np.diag([-1.5, -1.5, 5.0, 1.0])
+    cfg = DataConfig(spacing=[1.5, 1.5, 5.0], crop_to_head=False, windows=[[40, 80]])
+    channels, labels, info = preprocess_case(Volume(hu, lps), None, cfg)
+    assert labels is None
+    np.testing.assert_array_equal(channels[0], window_channels(hu[::-1, ::-1], [[40, 80]])[0])
+    assert np.all(np.diag(info.network_affine)[:3] > 0)
+
+
+def test_crop_keeps_the_whole_head_with_a_margin():
+    hu, _ = head_scan((120, 100, 14))
+    cfg = DataConfig(spacing=[1.0, 1.0, 5.0])
+    _, _, info = preprocess_case(Volume(hu, np.diag([1.0, 1.0, 5.0, 1.0])), None, cfg)
+    # Head (bone shell) spans x 6..39, y 4..33, all slices 2..11; 10 mm margin -> 0..49, 0..43.
+    assert info.crop_start == (0, 0, 0)
+    assert info.crop_stop[0] in range(49, 53) and info.crop_stop[1] in range(43, 47)
+    assert info.crop_stop[2] == 14
+    uncropped = preprocess_case(Volume(hu, np.diag([1.0, 1.0, 5.0, 1.0])), None,
+                                DataConfig(spacing=[1.0, 1.0, 5.0], crop_to_head=False))[2]
+    assert uncropped.crop_shape == (120, 100, 14)
+
+
+def test_a_table_beside_the_head_is_not_kept():
+    hu, _ = head_scan((120, 100, 14))
+    hu[100:103, :, :] = 200.0  # a thin patient table along one side, away from the head
+    _, _, info = preprocess_case(Volume(hu, np.diag([1.0, 1.0, 5.0, 1.0])), None,
+                                 DataConfig(spacing=[1.0, 1.0, 5.0]))
+    assert info.crop_stop[0] < 60
+
+
+def test_label_values_outside_the_codes_name_the_file():
+    hu, codes = head_scan()
+    codes[0, 0, 0] = 9
+    label = Volume(codes, np.eye(4), path="labels/case_7.nii.gz")
+    with pytest.raises(UsageError, match="case_7.nii.gz"):
+        preprocess_case(Volume(hu, np.eye(4)), label, DataConfig())
+
+
+def test_subtypes_need_a_dataset_with_subtype_labels():
+    hu, codes = head_scan()
+    binary = Volume((codes > 0).astype(np.uint8) * 255, np.eye(4), path="masks/049.nii")
+    with pytest.raises(UsageError, match="data.subtypes"):
+        preprocess_case(Volume(hu, np.eye(4)), binary, DataConfig(subtypes=True),
+                        LABEL_MAPPINGS["physionet"])
+    _, labels, _ = preprocess_case(Volume(hu, np.eye(4)), binary,
+                                   DataConfig(spacing=[1.0, 1.0, 1.0]), LABEL_MAPPINGS["physionet"])
+    assert set(np.unique(labels)) == {0, 1}
