@@ -136,3 +136,13 @@ def test_a_named_layout_that_is_not_there_is_refused(tmp_path, write_small_case)
         find_cases(tmp_path, layout="bhsd")
     with pytest.raises(UsageError, match="unknown layout 'kaggle'"):
         find_cases(tmp_path, layout="kaggle")
+
+
+def test_a_macos_zip_shadow_folder_is_not_a_second_dataset(tmp_path, write_small_case):
+    folder = _build(tmp_path, "bhsd", write_small_case)
+    shadow = tmp_path / "__MACOSX" / "label_192"
+    for sub in ("images", "ground truths"):
+        (shadow / sub).mkdir(parents=True)
+        (shadow / sub / "._ID_0a1.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    index = find_cases(tmp_path)
+    assert (index.layout, index.root, len(index.cases)) == ("bhsd", folder, 1)

@@ -210,8 +210,9 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
         header = _load_nifti(like)[0].header
     header = header.copy() if header is not None else nib.Nifti1Header()
     header.set_data_dtype(array.dtype)
-    # The template's scaling belongs to its own voxels, not to these.
+    # The template's scaling and display range belong to its own voxels, not to these.
     header.set_slope_inter(None, None)
+    header["cal_min"] = header["cal_max"] = 0
     sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
     if sform_code == 0 and qform_code == 0:
         sform_code = qform_code = 1

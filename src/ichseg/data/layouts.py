@@ -126,7 +126,9 @@ def _matches(folder: Path, layout: str) -> Path | None:
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # __MACOSX: the resource-fork shadow tree of a zip made on a Mac repeats the dataset's folders.
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
 
 
 def _locate(root: Path, layouts: tuple[str, ...]) -> tuple[str, Path]:
