@@ -226,6 +226,17 @@ def test_series_is_sorted_by_position_along_the_normal_not_instance_number(tmp_p
     np.testing.assert_allclose(volume.affine[:3, 1], [0, 0, -template.PixelSpacing[0]])
 
 
+def test_gaps_warn_and_repeated_positions_are_refused(tmp_path):
+    axial = [1, 0, 0, 0, 1, 0]
+    _write_series(tmp_path / "gap", [(0, 0, 0), (0, 0, 5), (0, 0, 15)], [1, 2, 3], axial)
+    with pytest.warns(UserWarning, match="gap are unevenly spaced"):
+        volume = read_dicom_series(tmp_path / "gap")
+    assert volume.spacing[2] == pytest.approx(7.5)  # the mean step: the first and last are exact
+    _write_series(tmp_path / "twice", [(0, 0, 0), (0, 0, 5), (0, 0, 5)], [1, 2, 3], axial)
+    with pytest.raises(UsageError, match="twice lie at the same position"):
+        read_dicom_series(tmp_path / "twice")
+
+
 def test_mixed_series_are_refused_naming_the_folder_and_series(tmp_path):
     folder = tmp_path / "patient"
     _write_series(folder, [(0, 0, 0), (0, 0, 5)], [1, 2], [1, 0, 0, 0, 1, 0], series_uid="1.2.3")
