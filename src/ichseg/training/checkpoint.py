@@ -140,10 +140,10 @@ def _write_atomic(final: Path, write: Callable[[BinaryIO], None]) -> tuple[str, 
     return writer.sha.hexdigest(), writer.size
 
 
-def _copy_file(src: Path, dst: BinaryIO) -> None:
-    """Copy `src` into an open file (the mirror copy; tests replace it to simulate a bad mirror)."""
-    with open(src, "rb") as f:
-        shutil.copyfileobj(f, dst, _CHUNK)
+def _copy_file(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy one open file into another (the mirror copy; tests replace it to simulate a mirror
+    that fails, hangs or truncates)."""
+    shutil.copyfileobj(src, dst, _CHUNK)
 
 
 def _point_alias(directory: Path, alias: str, target: str) -> None:
@@ -157,7 +157,8 @@ def _point_alias(directory: Path, alias: str, target: str) -> None:
         os.replace(tmp, final)
     except OSError:
         tmp.unlink(missing_ok=True)
-        _write_atomic(final, lambda f: _copy_file(directory / target, f))
+        with open(directory / target, "rb") as src:
+            _write_atomic(final, lambda f: _copy_file(src, f))
     _fsync_dir(directory)
 
 
@@ -394,7 +395,8 @@ class CheckpointManager:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             local = self.directory / entry["file"]
-            digest, _ = _write_atomic(local, lambda f: _copy_file(loaded.path, f))
+            with open(loaded.path, "rb") as src:
+                digest, _ = _write_atomic(local, lambda f: _copy_file(src, f))
             if digest != entry["sha256"]:
                 local.unlink(missing_ok=True)
                 raise OSError("the local copy hashes differently")
@@ -436,9 +438,11 @@ class CheckpointManager:
     def archive_mirror(self, stamp: str) -> Path | None:
         """`--mode new`: move the mirror's files to `MIRROR/archive/<stamp>/` (as the run folder
         moves to `RUN/archive/`), so the old run's generations never win a later continue."""
-        if not self.mirror or not self.mirror.folder.directory.is_dir():
+        if not self.mirror:
             return None
         self.mirror.wait(None)
+        if not self.mirror.folder.directory.is_dir():
+            return None
         source = self.mirror.folder.directory
         target = source / "archive" / stamp
         try:
@@ -668,9 +672,12 @@ class _Mirror:
 
     def _copy(self, kind: str, entry: dict[str, Any]) -> None:
         directory = self.folder.directory
-        directory.mkdir(parents=True, exist_ok=True)
-        final = directory / entry["file"]
-        _write_atomic(final, lambda f: _copy_file(self.source / entry["file"], f))
+        # Open the source first: once open, local retention may delete it while a slow mirror
+        # is still being written, and the copy still completes.
+        with open(self.source / entry["file"], "rb") as src:
+            directory.mkdir(parents=True, exist_ok=True)
+            final = directory / entry["file"]
+            _write_atomic(final, lambda f: _copy_file(src, f))
         # The hash computed while writing only proves what was sent; read it back from the mirror.
         if sha256_file(final) != entry["sha256"]:
             final.unlink(missing_ok=True)
@@ -681,7 +688,7 @@ class _Mirror:
         with self._cond:
             done = self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
         if not done:
-            log.warning("the mirror %s is still copying after %.0f s; the local checkpoints are "
+            log.warning("the mirror %s is still copying after %.1f s; the local checkpoints are "
                         "complete", self.folder.directory, timeout or 0)
         return done
 
