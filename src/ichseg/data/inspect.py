@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ichseg.data.io import Volume, read_label, read_nifti
+from ichseg.data.io import Volume, label_values, read_label, read_nifti
 from ichseg.data.layouts import CODES, LABEL_MAPPINGS, Case, LabelMapping, find_cases
 from ichseg.errors import UsageError
 
@@ -36,6 +36,7 @@ class CaseCheck:
 
     image: Volume | None = None
     label: Volume | None = None
+    label_values: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -67,7 +68,8 @@ def check_case(case: Case, mapping: LabelMapping = LABEL_MAPPINGS["generic"]) ->
     check.label = _read(read_label, case.label, check)
     image, label = check.image, check.label
     if label is not None:
-        invalid = mapping.invalid_values(np.unique(label.array))
+        check.label_values = label_values(label.array)
+        invalid = mapping.invalid_values(check.label_values)
         if invalid:
             check.problems.append(f"label {case.label} holds values {invalid} outside the "
                                   f"allowed codes ({mapping.description})")
@@ -108,7 +110,7 @@ def _case_report(case: Case, check: CaseCheck, mapping: LabelMapping) -> dict[st
                      hu={"min": float(image.array.min()), "max": float(image.array.max()), "p0.5": float(p_low), "median": float(p_mid),
                          "p99.5": float(p_high)})
     if label is not None:
-        entry["label_values"] = [int(v) for v in np.unique(label.array)]
+        entry["label_values"] = check.label_values
     if check.label_fits:
         codes = mapping.to_codes(label.array)
         ml_per_voxel = image.voxel_volume_mm3 / 1000.0

@@ -187,6 +187,11 @@ def read_label(path: str | Path) -> Volume:
                   Path(path), img.header)
 
 
+def label_values(array: np.ndarray) -> list[int]:
+    """The distinct values of a uint8 label map, by counting: far faster than sorting."""
+    return np.flatnonzero(np.bincount(array.ravel(), minlength=256)).tolist()
+
+
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
                 like: Volume | str | Path | None = None) -> Path:
     """Write `array` with `affine` to `path` atomically (a temp file beside it, then a rename).
