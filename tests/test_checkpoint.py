@@ -178,14 +178,46 @@ def test_a_corrupt_manifest_is_treated_like_a_missing_one(ckdir, caplog):
     assert "manifest.json cannot be read" in caplog.text
 
 
-def test_saving_after_a_lost_manifest_keeps_the_files_it_listed(ckdir, caplog):
-    manager = CheckpointManager(ckdir, keep=1)
+def test_saving_after_a_lost_manifest_adopts_the_files_instead_of_deleting_them(ckdir, caplog):
+    manager = CheckpointManager(ckdir, keep=3)
     manager.save(state_for(1))
+    manager.save(state_for(2))
     (ckdir / "manifest.json").write_text("garbage")
+    manager = CheckpointManager(ckdir, keep=3)
     with caplog.at_level(logging.WARNING):
-        CheckpointManager(ckdir, keep=1).save(state_for(2))
-    assert (ckdir / "ckpt-000001.pt").exists()
-    assert manifest(ckdir)["generations"][-1]["file"] == "ckpt-000002.pt"
+        manager.save(state_for(3))
+    assert "writing a new one that adopts the files present" in caplog.text
+    generations = manifest(ckdir)["generations"]
+    assert [(g["file"], g.get("adopted", False)) for g in generations] == [
+        ("ckpt-000001.pt", True), ("ckpt-000002.pt", True), ("ckpt-000003.pt", False)]
+    manager.save(state_for(4))  # from here on, ordinary retention
+    assert sorted(p.name for p in ckdir.glob("ckpt-*.pt")) == [
+        "ckpt-000002.pt", "ckpt-000003.pt", "ckpt-000004.pt"]
+
+
+def test_uncommitted_files_are_ignored_and_cleaned_up(ckdir: Path):
+    manager = CheckpointManager(ckdir)
+    manager.save(state_for(1))
+    # a kill after the rename but before the manifest: complete, but never committed
+    (ckdir / "ckpt-000002.pt").write_bytes((ckdir / "ckpt-000001.pt").read_bytes())
+    assert manager.load_latest().path.name == "ckpt-000001.pt"
+    assert CheckpointManager(ckdir).save(state_for(3)).name == "ckpt-000003.pt"
+    assert not (ckdir / "ckpt-000002.pt").exists()
+
+
+def test_a_legacy_checkpoint_with_numpy_numbers_loads_but_object_arrays_do_not(tmp_path):
+    legacy = tmp_path / "checkpoint.pth"
+    torch.save({"model_state": {"w": torch.ones(2)}, "epoch": 1500,
+                "history": {"val_loss": [np.float64(0.5)], "dice": np.arange(3.0)},
+                "best_val": np.float32(0.25), "no_improve": 3, "optimizer_state": {},
+                "scheduler_state": {}, "scaler_state": None}, legacy)
+    loaded = load_checkpoint_file(legacy)
+    assert is_legacy(loaded) and loaded["best_val"] == np.float32(0.25)
+    assert loaded["history"]["dice"].tolist() == [0.0, 1.0, 2.0]
+    objects = tmp_path / "objects.pth"
+    torch.save({"model_state": {}, "x": np.array([{"a": 1}], dtype=object)}, objects)
+    with pytest.raises(UsageError, match="objects.pth is not usable: refused"):
+        load_checkpoint_file(objects)
 
 
 def test_all_generations_bad_raises_and_touches_nothing(ckdir: Path):

@@ -162,10 +162,30 @@ def _point_alias(directory: Path, alias: str, target: str) -> None:
     _fsync_dir(directory)
 
 
+def _numpy_data_globals() -> list[Any]:
+    """NumPy's constructors of plain numeric scalars and arrays, for `weights_only` loading.
+
+    Legacy checkpoints often hold NumPy floats (a `best_val` from `np.mean`). These globals only
+    rebuild numbers from bytes; object arrays stay refused (their dtype is not listed). Pickles
+    made by NumPy 1.x name the module `numpy.core.multiarray`, NumPy 2 `numpy._core.multiarray`:
+    both spellings are listed.
+    """
+    from numpy._core import multiarray
+
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    for name in ("scalar", "_reconstruct"):
+        function = getattr(multiarray, name)
+        allowed += [(function, f"numpy.core.multiarray.{name}"),
+                    (function, f"numpy._core.multiarray.{name}")]
+    allowed += [type(np.dtype(code)) for code in "?bBhHiIlLqQefdFD"]
+    return allowed
+
+
 def _torch_load(path: Path) -> dict[str, Any]:
     """`torch.load(weights_only=True)`, its failures turned into a verdict."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any global it does not know, before calling it: nothing ran.
         detail = str(exc).splitlines()[0] if str(exc) else "unsupported object"
@@ -206,6 +226,11 @@ class _Folder:
             raise _Bad(f"manifest {path} cannot be read ({exc})") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("generations"), list):
             raise _Bad(f"manifest {path} does not hold a list of generations")
+        for entry in _entries(manifest):
+            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                    and isinstance(entry.get("sha256"), str)
+                    and isinstance(entry.get("number"), int)):
+                raise _Bad(f"manifest {path} has a malformed entry {entry!r:.80}")
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -246,11 +271,11 @@ class _Folder:
         out of retention and what a crash left behind."""
         try:
             manifest = self.read_manifest()
-            healthy = True
         except _Bad as exc:
-            log.warning("%s; writing a new one", exc)
-            manifest, healthy = None, False
-        manifest = manifest or {"format": FORMAT_VERSION, "generations": [], "best": None}
+            log.warning("%s; writing a new one that adopts the files present", exc)
+            manifest = None
+        if manifest is None:
+            manifest = self._adopt_files()
         if kind == "best":
             manifest["best"] = entry
         else:
@@ -260,15 +285,32 @@ class _Folder:
         self.write_manifest(manifest)
         newest = entry["file"] if kind == "best" else manifest["generations"][-1]["file"]
         _point_alias(self.directory, BEST if kind == "best" else LAST, newest)
-        if healthy:
-            self._remove_unlisted(manifest, below=entry["number"])
+        self._remove_unlisted(manifest, below=entry["number"])
+
+    def _adopt_files(self) -> dict[str, Any]:
+        """A manifest for a folder that lost its own: the files present are listed with the hash
+        they have now (they cannot be verified, but retention then treats them like any other
+        generation instead of deleting them at once)."""
+        manifest: dict[str, Any] = {"format": FORMAT_VERSION, "generations": [], "best": None}
+        for number, name in sorted(self.numbered_files()):
+            path = self.directory / name
+            try:
+                entry = {"number": number, "file": name, "sha256": sha256_file(path),
+                         "size": path.stat().st_size, "epoch": None, "step": None,
+                         "created": path.stat().st_mtime, "adopted": True}
+            except OSError:
+                continue
+            if name.startswith("best-"):
+                manifest["best"] = entry
+            else:
+                manifest["generations"].append(entry)
+        return manifest
 
     def _remove_unlisted(self, manifest: dict[str, Any], below: int) -> None:
         """Delete numbered files older than the one just committed that the manifest does not
         list: generations dropped by retention, the previous best, and leftovers of a crash
-        between a rename and the manifest. Only called when the manifest read was healthy, so
-        a lost manifest never costs the files it used to list. Temporary files of other
-        processes (this one's may be in use) go too."""
+        between a rename and the manifest. Temporary files of other processes (this one's may
+        be in use) go too."""
         listed = {e["file"] for e in _entries(manifest)}
         for number, name in self.numbered_files():
             if number < below and name not in listed:
@@ -484,7 +526,8 @@ def _newest_valid(folder: _Folder, failures: list[str]) -> tuple[LoadedCheckpoin
     except _Bad as exc:
         log.warning("%s; falling back to the checkpoint files themselves", exc)
         manifest = None
-    if manifest is not None and manifest["generations"]:
+    if manifest is not None:
+        # The manifest is the commit record: files it does not list were never committed.
         for entry in sorted(manifest["generations"], key=lambda e: e["number"], reverse=True):
             path = folder.directory / entry["file"]
             verdict = folder.verdict(entry)
@@ -496,11 +539,12 @@ def _newest_valid(folder: _Folder, failures: list[str]) -> tuple[LoadedCheckpoin
             except _Bad as exc:
                 fail(path, str(exc))
                 continue
-            return LoadedCheckpoint(state, path, entry["number"], folder.label, True, entry), True
-        return None, True
+            return LoadedCheckpoint(state, path, entry["number"], folder.label,
+                                    not entry.get("adopted"), entry), True
+        return None, bool(manifest["generations"])
     # No manifest (or an unreadable one): the files themselves, newest first, unverified.
     files = [(n, name) for n, name in folder.numbered_files() if name.startswith("ckpt-")]
-    if files and manifest is None:
+    if files:
         log.warning("no readable %s in %s: checksums of its checkpoints cannot be verified",
                     MANIFEST, folder.directory)
     for number, name in files:
@@ -515,7 +559,7 @@ def _newest_valid(folder: _Folder, failures: list[str]) -> tuple[LoadedCheckpoin
                  "size": path.stat().st_size, "epoch": _as_int(state.get("epoch")),
                  "step": _as_int(state.get("step")), "created": path.stat().st_mtime}
         return LoadedCheckpoint(state, path, number, folder.label, False, entry), True
-    return None, bool(files) or manifest is not None
+    return None, bool(files)
 
 
 # --- one file from anywhere ---------------------------------------------------------------------
