@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from ichseg.data.io import write_nifti
 from ichseg.errors import UsageError
 
 # Label codes of the contract (BHSD's order).
@@ -43,7 +43,8 @@ AIR, SCALP, SKULL, GREY, WHITE, CSF, VENTRICLE, EDEMA, FALX, CALCIFICATION = ran
 # between diploe and the cortical tables. Blood is drawn per lesion.
 HU_RANGES = {
     "air": (-1000.0, -1000.0),
-    "scalp": (25.0, 45.0),
+    "scalp_skin": (25.0, 45.0),
+    "scalp_fat": (-100.0, -60.0),
     "skull_diploe": (700.0, 950.0),
     "skull_table": (1350.0, 1600.0),
     "grey": (35.0, 42.0),
@@ -62,6 +63,7 @@ FIELD_OF_VIEW_MM = 230.0  # in-plane, when only one of shape and spacing is give
 SCAN_LENGTH_MM = 160.0  # along z, when only the spacing is given
 MIN_FIELD_OF_VIEW_MM = 200.0  # a head is up to ~196 mm front to back
 MIN_SHAPE = (24, 24, 2)
+LOWER_HEAD_STRETCH = 1.6
 EMPTY_CASE_FRACTION = 0.15
 SUBTYPE_WEIGHTS = {EDH: 0.13, IPH: 0.27, IVH: 0.15, SAH: 0.23, SDH: 0.22}
 
@@ -69,7 +71,8 @@ SUBTYPE_WEIGHTS = {EDH: 0.13, IPH: 0.27, IVH: 0.15, SAH: 0.23, SDH: 0.22}
 # partial-volume blur is the voxel footprint (a box of one voxel, sigma = width / sqrt(12))
 # combined with this PSF.
 PSF_SIGMA_MM = (0.35, 0.35, 0.6)
-NOISE_CORRELATION_VOXELS = 0.6
+BLUR_TRUNCATE = 3.0  # kernel radius in sigmas
+NOISE_SD_HU = (3.0, 6.0)  # standard deviation of the scanner noise, drawn per case
 
 
 @dataclass
@@ -98,15 +101,23 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 
 class _Head:
-    """The head frame of one case: coordinates of every voxel centre, and its shell depths."""
+    """The head frame of one case over the voxels of the head's bounding box.
+
+    `p` holds the head-frame coordinates (mm) of every voxel centre in the box `crop` of the full
+    grid; `depth` the depth below the scalp, `inner` the depth inside the skull's inner table.
+    Everything outside the box is air, so nothing else is computed there.
+    """
 
     def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int],
                  spacing: tuple[float, float, float]):
-        self.shape, self.spacing = shape, np.asarray(spacing, dtype=np.float64)
+        self.spacing = np.asarray(spacing, dtype=np.float64)
         extent = np.asarray(shape) * self.spacing
         # Outer semi-axes of the scalp (mm): left-right, front-back, up-down.
         size = rng.uniform(0.9, 1.05)
         self.axes = np.array([rng.uniform(68, 76), rng.uniform(86, 95), 80.0]) * size
+        # Below the centre the head narrows much less than an ellipsoid: the skull base and
+        # posterior fossa are wide. The lower half uses a longer vertical semi-axis.
+        self.lower_axis = float(self.axes[2]) * LOWER_HEAD_STRETCH
         self.rotation = _rotation(math.radians(rng.uniform(-14, 14)),
                                   math.radians(rng.uniform(-8, 8)),
                                   math.radians(rng.uniform(-5, 5)))
@@ -117,34 +128,43 @@ class _Head:
         if centre[2] < extent[2] / 2 - 20:
             centre[2] = extent[2] / 2 + rng.uniform(-5, 25)
         self.centre = centre
-        # Head-frame coordinates p = R^T (q - c), built by broadcasting three 1D axes.
-        grid = [(np.arange(n) * s - c).astype(np.float32)
-                for n, s, c in zip(shape, self.spacing, centre, strict=True)]
-        r = self.rotation.astype(np.float32)
-        self.p = [r[0, a] * grid[0][:, None, None] + r[1, a] * grid[1][None, :, None]
-                  + r[2, a] * grid[2][None, None, :] for a in range(3)]
-        self.radius = np.sqrt(self.p[0] ** 2 + self.p[1] ** 2 + self.p[2] ** 2) + 1e-3
+        # The rotated ellipsoid's half-extents along the grid axes (10 % for the egg shape),
+        # plus a few voxels of air so the blur sees the head's edge.
+        bound = np.array([self.axes[0], self.axes[1], self.lower_axis]) * 1.1
+        half = np.sqrt(((self.rotation * bound) ** 2).sum(axis=1))
+        self.lo = np.maximum(np.floor((centre - half) / self.spacing).astype(int) - 3, 0)
+        hi = np.minimum(np.ceil((centre + half) / self.spacing).astype(int) + 4, shape)
+        self.crop = tuple(slice(int(a), int(b)) for a, b in zip(self.lo, hi, strict=True))
+        self.shape = tuple(int(b - a) for a, b in zip(self.lo, hi, strict=True))
+        # Grid coordinates relative to the head's centre (mm), one 1D array per axis.
+        self.grid = [(np.arange(a, b) * s - c).astype(np.float32)
+                     for a, b, s, c in zip(self.lo, hi, self.spacing, centre, strict=True)]
+        # Head-frame coordinates p = R^T (q - c), built by broadcasting the three axes.
+        gx, gy, gz = self.grid[0][:, None, None], self.grid[1][None, :, None], self.grid[2]
+        r = [[float(v) for v in row] for row in self.rotation]
+        self.p = [r[0][a] * gx + r[1][a] * gy + r[2][a] * gz for a in range(3)]
+        px, py, pz = self.p
+        self.radius = np.sqrt(px * px + py * py + pz * pz) + 1e-3
         # Depth below the scalp along the ray from the centre (close to the normal distance for a
         # near-spherical head). The outline is an ellipsoid made egg-shaped: wider at the back.
-        u_y = self.p[1] / self.radius
-        egg = 1.0 - 0.05 * u_y + 0.03 * u_y * u_y
-        norm = np.sqrt((self.p[0] / self.axes[0]) ** 2 + (self.p[1] / self.axes[1]) ** 2
-                       + (self.p[2] / self.axes[2]) ** 2) * egg
+        u_x, u_y = px / self.radius, py / self.radius
+        ia, ib, ic = (float(1 / a) for a in self.axes)
+        pz_scaled = pz * np.where(pz > 0, np.float32(ic), np.float32(1 / self.lower_axis))
+        norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2 + pz_scaled * pz_scaled)
+        norm *= 1.0 - 0.05 * u_y + 0.03 * u_y * u_y
         self.depth = self.radius * (1.0 / np.maximum(norm, 1e-3) - 1.0)
-        self.scalp = rng.uniform(4.0, 6.5)
-        skull = rng.uniform(5.5, 7.5)
-        # Thicker at the occiput and frontal bone than at the temporal squama.
-        u_x = self.p[0] / self.radius
-        self.skull = skull * (1.0 + 0.12 * u_y * u_y - 0.25 * u_x * u_x)
-        # Depth inside the inner table of the skull: > 0 is intracranial.
+        self.scalp = float(rng.uniform(4.0, 6.5))
+        # Skull thicker at the occiput and frontal bone than at the temporal squama.
+        self.skull = float(rng.uniform(5.5, 7.5)) * (1.0 + 0.12 * u_y * u_y - 0.25 * u_x * u_x)
         self.inner = self.depth - self.scalp - self.skull
 
     def box(self, centre: np.ndarray, radius: float) -> tuple[slice, slice, slice]:
-        """Voxel bounding box of a head-frame sphere (clipped to the grid)."""
+        """Bounding box, in the crop's voxels, of a head-frame sphere."""
         q = self.rotation @ centre + self.centre
-        lo = np.floor((q - radius) / self.spacing).astype(int)
-        hi = np.ceil((q + radius) / self.spacing).astype(int) + 1
-        return tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, self.shape, strict=True))
+        lo = np.floor((q - radius) / self.spacing).astype(int) - self.lo
+        hi = np.ceil((q + radius) / self.spacing).astype(int) + 1 - self.lo
+        return tuple(slice(int(max(0, a)), int(max(0, min(n, b))))
+                     for a, b, n in zip(lo, hi, self.shape, strict=True))
 
     def coords(self, box: tuple[slice, slice, slice]) -> list[np.ndarray]:
         return [c[box] for c in self.p]
@@ -153,57 +173,68 @@ class _Head:
         """The head-frame point `inward` mm inside the scalp surface along `direction`."""
         u = direction / np.linalg.norm(direction)
         egg = 1.0 - 0.05 * u[1] + 0.03 * u[1] ** 2
-        at_surface = 1.0 / (np.sqrt(((u / self.axes) ** 2).sum()) * egg)
+        axes = self.axes if u[2] > 0 else (*self.axes[:2], self.lower_axis)
+        at_surface = 1.0 / (np.sqrt(((u / axes) ** 2).sum()) * egg)
         return u * (at_surface - inward)
 
+    def random_field(self, rng: np.random.Generator, wavelength: float,
+                     waves: int = 8) -> tuple[np.ndarray, float]:
+        """A smooth random field of unit variance over the crop, and its typical gradient (/mm).
 
-def _random_field(rng: np.random.Generator, p: Sequence[np.ndarray], wavelength: float,
-                  waves: int = 8) -> tuple[np.ndarray, float]:
-    """A smooth random field of unit variance, and its typical gradient (per mm).
-
-    |field| / gradient approximates the distance to the field's zero set, which is how sulci of a
-    given width are cut.
-    """
-    k = 2 * math.pi / wavelength
-    field = np.zeros(p[0].shape, np.float32)
-    for _ in range(waves):
-        v = rng.normal(size=3)
-        v *= k / np.linalg.norm(v)
-        phase = rng.uniform(0, 2 * math.pi)
-        field += np.cos(v[0] * p[0] + v[1] * p[1] + v[2] * p[2] + phase, dtype=np.float32)
-    field *= math.sqrt(2.0 / waves)
-    return field, k
+        |field| / gradient approximates the distance to the field's zero set, which is how sulci
+        of a given width are cut. Each wave cos(w . q + phase) is separable in the grid axes,
+        cos(a_xy + b_z) = cos a_xy cos b_z - sin a_xy sin b_z, so the sum over waves is one
+        (X*Y, 2K) @ (2K, Z) matrix product instead of K cosines over the whole volume.
+        """
+        k = 2 * math.pi / wavelength
+        gx, gy, gz = self.grid
+        in_plane, along_z = [], []
+        for _ in range(waves):
+            v = rng.normal(size=3)
+            w = self.rotation @ (v * (k / np.linalg.norm(v)))  # the wave vector in grid axes
+            phase = rng.uniform(0, 2 * math.pi)
+            a = (float(w[0]) * gx)[:, None] + (float(w[1]) * gy)[None, :] + float(phase)
+            b = float(w[2]) * gz
+            in_plane += [np.cos(a), -np.sin(a)]
+            along_z += [np.cos(b), np.sin(b)]
+        xy = np.stack(in_plane, axis=-1).reshape(-1, 2 * waves)
+        field = (xy @ np.stack(along_z)).reshape(self.shape)
+        field *= math.sqrt(2.0 / waves)
+        return field, k
 
 
 def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
-    """The tissue map of a normal head."""
+    """The tissue map of a normal head over the head's crop."""
     tissues = np.zeros(head.shape, np.uint8)
     tissues[head.depth > 0] = SCALP
     tissues[head.depth > head.scalp] = SKULL
     tissues[head.inner > 0] = CSF
-    atrophy = rng.uniform(0.0, 1.0)  # older brains: wider sulci, larger ventricles
+    atrophy = float(rng.uniform(0.0, 1.0))  # older brains: wider sulci, larger ventricles
     csf_layer = 1.0 + 1.5 * atrophy
     brain = head.inner - csf_layer  # depth below the brain surface
     tissues[brain > 0] = WHITE
-    cortex = rng.uniform(2.5, 3.5)
-    sulcal_depth = rng.uniform(14, 20)
+    cortex = float(rng.uniform(2.5, 3.5))
+    sulcal_depth = float(rng.uniform(14, 20))
     px, py, pz = head.p
     # Sulci: the zero set of a random field, narrowing with depth; cortex lines them.
     near_surface = (brain > 0) & (brain < sulcal_depth + cortex)
-    field, gradient = _random_field(rng, head.p, wavelength=rng.uniform(22, 30))
-    distance = np.abs(field) / gradient  # mm to the nearest sulcus, approximately
-    sulcus_width = (0.6 + 0.9 * atrophy) * (1.0 - brain / sulcal_depth)
+    field, gradient = head.random_field(rng, wavelength=float(rng.uniform(17, 23)))
+    distance = np.abs(field) * (1.0 / gradient)  # mm to the nearest sulcus, approximately
+    sulcus_width = (0.6 + 0.9 * atrophy) * (1.0 - brain * (1.0 / sulcal_depth))
     tissues[near_surface & ((brain < cortex) | (distance < sulcus_width + cortex))] = GREY
     tissues[near_surface & (distance < sulcus_width) & (brain < sulcal_depth)] = CSF
     # Interhemispheric fissure with the falx in it, deepest at the front and back.
-    fissure_depth = 25 + 15 * np.abs(py) / head.axes[1]
+    fissure_depth = 25.0 + (15.0 / float(head.axes[1])) * np.abs(py)
     fissure = (np.abs(px) < 1.2 + 0.8 * atrophy) & (brain < fissure_depth) & (head.inner > 0)
     tissues[fissure] = CSF
     tissues[fissure & (np.abs(px) < 0.5) & (pz > -25)] = FALX
     # Sylvian fissures: oblique clefts from the lateral surface to the insula.
-    sylvian = ((np.abs(py - 8 - 0.35 * (np.abs(px) - 30)) < 1.0 + atrophy)
-               & (np.abs(px) > 28) & (pz > -30) & (pz < 0) & (head.inner > 0))
-    tissues[sylvian] = CSF
+    for side in (-1, 1):
+        box = head.box(np.array([side * 55.0, 16.0, -15.0]), 30.0)
+        x, y, z = head.coords(box)
+        sylvian = ((np.abs(y - 8.0 - 0.35 * (side * x - 30.0)) < 1.0 + atrophy)
+                   & (side * x > 36) & (z > -30) & (z < 0) & (head.inner[box] > 0))
+        tissues[box][sylvian] = CSF
     # Deep grey nuclei (basal ganglia, thalami) either side of the ventricles.
     for side in (-1, 1):
         for centre, radii in (((side * 20, 8, -8), (8, 16, 11)), ((side * 10, -10, -6), (8, 11, 9))):
@@ -212,16 +243,20 @@ def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
             inside = (((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
                       + ((z - centre[2]) / radii[2]) ** 2) < 1
             tissues[box][inside] = GREY
-    # Lateral ventricles: two arched bananas, wider apart at their horns; the third ventricle a
-    # midline slit below them.
+    # Lateral ventricles: ")(" either side of the septum, closest behind the frontal horns and
+    # diverging most towards the atria; arched, so their ends sit lower than their bodies. The third ventricle is a midline
+    # slit below them.
     scale = 0.8 + 0.5 * atrophy
+    width = 5.0 * scale
     box = head.box(np.array([0.0, -5.0, 5.0]), 50.0)
     x, y, z = head.coords(box)
-    yv = (y + 5.0) / (38 * min(scale, 1.15))
-    zv = (z - 8.0 + 10.0 * yv * yv) / (9.0 * scale)
+    yv = (y + 5.0) * (1.0 / (38.0 * min(scale, 1.15)))
+    zv = (z - 8.0 + 10.0 * yv * yv) * (1.0 / (13.0 * scale))
+    behind = np.maximum(-yv, 0.0)
+    spread = 1.0 + width + 4.0 * (yv - 0.4) ** 2 + 10.0 * behind * behind  # mm off the midline
     for side in (-1, 1):
-        xv = (side * x - 3.0 - 10.0 * yv * yv) / (4.0 * scale)
-        tissues[box][xv * xv + yv * yv + zv * zv < 1] = VENTRICLE
+        xv = (side * x - spread) * (1.0 / width)
+        tissues[box][(xv * xv + yv * yv + zv * zv < 1) & (side * x > 0.8)] = VENTRICLE
     third = (np.abs(x) < 1.0 + 1.5 * atrophy) & (np.abs(y + 2.0) < 12) & (z > -22) & (z < -4)
     tissues[box][third] = VENTRICLE
     # Calcified choroid plexus in the atria, and the pineal gland: classic bright mimics.
@@ -241,7 +276,10 @@ def _direction_on_convexity(rng: np.random.Generator) -> np.ndarray:
     return u / np.linalg.norm(u)
 
 
-def _extra_axial(rng: np.random.Generator, head: _Head, subtype: int):
+Lesion = tuple[tuple[slice, slice, slice], np.ndarray]  # bounding box in the crop, mask in it
+
+
+def _extra_axial(rng: np.random.Generator, head: _Head, subtype: int) -> Lesion:
     """An EDH (biconvex lens) or SDH (crescent) against the inner table.
 
     Its thickness tapers with the angle `a` from its centre direction: sqrt(1 - (a/A)^2) bulges
@@ -249,79 +287,98 @@ def _extra_axial(rng: np.random.Generator, head: _Head, subtype: int):
     """
     u0 = _direction_on_convexity(rng)
     if subtype == EDH:
-        extent, thickness = math.radians(rng.uniform(16, 30)), rng.uniform(8, 22)
+        extent, thickness = math.radians(rng.uniform(16, 30)), float(rng.uniform(8, 22))
     else:
-        extent, thickness = math.radians(rng.uniform(35, 65)), rng.uniform(3, 12)
-    inner_radius = np.linalg.norm(head.surface_point(u0, head.scalp + 7.0))
+        extent, thickness = math.radians(rng.uniform(35, 65)), float(rng.uniform(3, 12))
+    inner_radius = float(np.linalg.norm(head.surface_point(u0, head.scalp + 7.0)))
     box = head.box(u0 * (inner_radius - thickness / 2), inner_radius * extent + thickness)
     x, y, z = head.coords(box)
-    cos_a = (x * u0[0] + y * u0[1] + z * u0[2]) / head.radius[box]
-    angle = np.arccos(np.clip(cos_a, -1.0, 1.0)) / extent
+    ux, uy, uz = (float(v) for v in u0)
+    cos_a = (x * ux + y * uy + z * uz) / head.radius[box]
+    angle = np.arccos(np.clip(cos_a, -1.0, 1.0)) * (1.0 / extent)
     taper = np.clip(1.0 - angle * angle, 0.0, None)
     profile = np.sqrt(taper) if subtype == EDH else taper
     inner = head.inner[box]
     return box, (inner > 0) & (inner < thickness * profile)
 
 
-def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray):
-    """An irregular blob in grey or white matter, or None if no place was found."""
-    radius = rng.uniform(4, 18)
+def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray) -> Lesion | None:
+    """A lobulated blob in grey or white matter with an oedema rim; None if there is no room."""
+    radius = float(rng.uniform(4, 18))
     candidates = np.flatnonzero((tissues == WHITE) & (head.inner > radius + 8))
     if candidates.size == 0:
         return None
-    centre = np.array([c.flat[rng.choice(candidates)] for c in head.p])
-    box = head.box(centre, radius * 1.6)
+    centre = np.array([c.flat[rng.choice(candidates)] for c in head.p], dtype=np.float64)
+    box = head.box(centre, radius * 1.8)
     x, y, z = head.coords(box)
-    dx, dy, dz = x - centre[0], y - centre[1], z - centre[2]
-    r = np.sqrt(dx * dx + dy * dy + dz * dz) + 1e-3
-    # Lobulated outline: the radius varies with direction by a few low-order harmonics.
-    a = rng.uniform(-0.18, 0.18, size=3)
     stretch = rng.uniform(0.7, 1.3, size=3)
-    outline = radius * (1 + a[0] * dx / r * dy / r + a[1] * dz / r + a[2] * (dx / r) ** 2)
-    rs = np.sqrt((dx / stretch[0]) ** 2 + (dy / stretch[1]) ** 2 + (dz / stretch[2]) ** 2)
+    dx, dy, dz = ((c - float(m)) * float(1 / s) for c, m, s in zip((x, y, z), centre, stretch,
+                                                                    strict=True))
+    r = np.sqrt(dx * dx + dy * dy + dz * dz) + 1e-3
+    # Lobulated outline: the radius varies with direction by a few random waves over the sphere.
+    outline = np.ones_like(r)
+    for _ in range(4):
+        v = rng.normal(size=3) * 2.5
+        outline += float(rng.uniform(0.06, 0.14)) * np.cos(
+            (float(v[0]) * dx + float(v[1]) * dy + float(v[2]) * dz) / r + float(rng.uniform(0, 6.3)))
+    outline *= radius
     parenchyma = np.isin(tissues[box], (GREY, WHITE))
-    blood = (rs < outline) & parenchyma
+    # The clot fills the sulci it reaches, but stops at the ventricle walls, the falx and skull.
+    blood = (r < outline) & np.isin(tissues[box], (GREY, WHITE, CSF))
     # Perihematomal oedema: a hypodense rim in the surrounding parenchyma.
-    edema = (rs < outline * rng.uniform(1.2, 1.5)) & parenchyma & ~blood
+    edema = (r < outline * float(rng.uniform(1.15, 1.4))) & parenchyma & ~blood
     tissues[box][edema] = EDEMA
     return box, blood
 
 
-def _intraventricular(rng: np.random.Generator, head: _Head, tissues: np.ndarray):
-    """Blood layering in the dependent (posterior, patient supine) part of a ventricle, or a cast."""
+def _intraventricular(rng: np.random.Generator, head: _Head, tissues: np.ndarray) -> Lesion:
+    """Blood layering in the dependent (posterior, patient supine) part of the ventricles."""
     box = head.box(np.array([0.0, -5.0, 0.0]), 55.0)
     x, y, _ = head.coords(box)
-    ventricle = tissues[box] == VENTRICLE
-    level = rng.uniform(-35, 5)  # blood-CSF level along the anterior axis
-    side = rng.choice([-1.0, 1.0, 0.0])  # one lateral ventricle, or both
-    blood = ventricle & (y < level)
+    level = float(rng.uniform(-35, 5))  # blood-CSF level along the anterior axis
+    side = float(rng.choice([-1.0, 1.0, 0.0]))  # one lateral ventricle, or both
+    blood = (tissues[box] == VENTRICLE) & (y < level)
     if side:
         blood &= side * x > 0
     return box, blood
 
 
-def _subarachnoid(rng: np.random.Generator, head: _Head, tissues: np.ndarray):
+def _subarachnoid(rng: np.random.Generator, head: _Head, tissues: np.ndarray) -> Lesion:
     """Blood in the sulci, fissures and surface CSF of one region."""
     if rng.random() < 0.3:  # around the Sylvian fissure, where aneurysms bleed
         centre = np.array([rng.choice([-1, 1]) * rng.uniform(30, 45), rng.uniform(0, 20),
                            rng.uniform(-25, -5)])
     else:
         centre = head.surface_point(_direction_on_convexity(rng), head.scalp + 15.0)
-    radius = rng.uniform(15, 35)
+    radius = float(rng.uniform(15, 35))
     box = head.box(centre, radius)
     x, y, z = head.coords(box)
-    near = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < radius * radius
+    cx, cy, cz = (float(c) for c in centre)
+    near = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < radius * radius
     return box, near & (tissues[box] == CSF)
 
 
-def _skull_hu(rng: np.random.Generator, head: _Head, tissues: np.ndarray) -> np.ndarray:
-    """HU of skull voxels: dense cortical tables outside and inside, diploe between."""
-    diploe = rng.uniform(*HU_RANGES["skull_diploe"])
-    table = rng.uniform(*HU_RANGES["skull_table"])
+def _tissue_hu(rng: np.random.Generator, head: _Head, tissues: np.ndarray) -> np.ndarray:
+    """HU of the normal anatomy, before blur and noise."""
+    lut = np.zeros(len(TISSUES), np.float32)
+    for name, code in TISSUES.items():
+        if name not in ("skull", "ventricle", "scalp"):
+            lut[code] = rng.uniform(*HU_RANGES[name])
+    lut[VENTRICLE] = lut[CSF]
+    lut[SCALP] = rng.uniform(*HU_RANGES["scalp_skin"])
+    hu = lut[tissues]
+    # The scalp: skin and galea outside and inside, subcutaneous fat between.
+    scalp = tissues == SCALP
+    t = head.depth[scalp] * (1.0 / head.scalp)
+    hu[scalp] = np.where((t > 0.3) & (t < 0.7), np.float32(rng.uniform(*HU_RANGES["scalp_fat"])),
+                         hu[scalp])
+    # The skull: dense cortical tables outside and inside, diploe between.
+    diploe = float(rng.uniform(*HU_RANGES["skull_diploe"]))
+    table = float(rng.uniform(*HU_RANGES["skull_table"]))
     bone = tissues == SKULL
     t = (head.depth[bone] - head.scalp) / head.skull[bone]  # 0 outer, 1 inner table
-    edge = np.clip(np.abs(2 * t - 1), 0, 1) ** 2
-    return diploe + (table - diploe) * edge
+    hu[bone] = diploe + (table - diploe) * np.clip(np.abs(2 * t - 1), 0, 1) ** 2
+    return hu
 
 
 def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
@@ -336,8 +393,8 @@ def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
     rng = np.random.default_rng([int(seed), int(index)])
     head = _Head(rng, shape, spacing)
     tissues = _draw_anatomy(rng, head)
-    label = np.zeros(shape, np.uint8)
-    blood_hu = []  # (box, mask, HU) per lesion, painted after the tissue HU
+    label = np.zeros(head.shape, np.uint8)
+    lesions: list[Lesion] = []
     count = 0 if rng.random() < EMPTY_CASE_FRACTION else int(rng.integers(1, 5))
     subtypes = rng.choice(list(SUBTYPE_WEIGHTS), size=count, p=list(SUBTYPE_WEIGHTS.values()))
     for subtype in subtypes:
@@ -349,38 +406,54 @@ def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
             lesion = _intraventricular(rng, head, tissues)
         else:
             lesion = _subarachnoid(rng, head, tissues)
-        if lesion is None:
-            continue
-        box, mask = lesion
-        label[box][mask] = subtype
-        blood_hu.append((box, mask, rng.uniform(*HU_RANGES["blood"])))
+        if lesion is not None and lesion[1].any():
+            label[lesion[0]][lesion[1]] = subtype
+            lesions.append(lesion)
 
-    lut = np.zeros(len(TISSUES), np.float32)
-    for name, code in TISSUES.items():
-        if name not in ("skull", "ventricle"):
-            lut[code] = rng.uniform(*HU_RANGES[name])
-    lut[VENTRICLE] = lut[CSF]
-    hu = lut[tissues]
-    hu[tissues == SKULL] = _skull_hu(rng, head, tissues)
-    for box, mask, mean in blood_hu:
+    hu = _tissue_hu(rng, head, tissues)
+    for box, mask in lesions:
+        # Each clot has its own density, with a gentle internal variation.
         x, y, z = head.coords(box)
-        wave = np.sin(0.25 * x + rng.uniform(0, 6.3)) * np.cos(0.2 * y + 0.3 * z)
+        wave = np.sin(0.25 * x + float(rng.uniform(0, 6.3))) * np.cos(0.2 * y + 0.3 * z)
+        mean = float(rng.uniform(*HU_RANGES["blood"]))
         hu[box][mask] = (mean + BLOOD_VARIATION_HU * wave)[mask]
 
-    noise_sd = rng.uniform(3.0, 6.0)
     if not clean:
-        # Partial volume: a voxel integrates its footprint, smoothed by the scanner's PSF.
-        sigma = [math.sqrt(1 / 12 + (psf / s) ** 2) for psf, s in zip(PSF_SIGMA_MM, spacing,
-                                                                        strict=True)]
-        hu = ndimage.gaussian_filter(hu, sigma, truncate=3.0)
-        noise = rng.standard_normal(shape, dtype=np.float32)
-        noise = ndimage.gaussian_filter(noise, (NOISE_CORRELATION_VOXELS,) * 2 + (0,),
-                                        truncate=3.0)
-        noise *= noise_sd / max(float(noise.std()), 1e-6)
-        hu += noise
-    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    return SyntheticCase(hu=hu, label=label, tissues=tissues,
+        hu = _scan(rng, hu, spacing)
+    out_hu = np.full(shape, HU_RANGES["air"][0], np.int16)
+    out_hu[head.crop] = np.clip(np.rint(hu), -1024, 3071)
+    out_tissues = np.zeros(shape, np.uint8)
+    out_tissues[head.crop] = tissues
+    out_label = np.zeros(shape, np.uint8)
+    out_label[head.crop] = label
+    return SyntheticCase(hu=out_hu, label=out_label, tissues=out_tissues,
                          affine=_scanner_affine(rng, shape, spacing))
+
+
+def _scan(rng: np.random.Generator, hu: np.ndarray, spacing: tuple[float, float, float]
+          ) -> np.ndarray:
+    """What the scanner adds: partial-volume blur and correlated noise of a few HU.
+
+    A voxel integrates its footprint (a box of one voxel: sigma = 1/sqrt(12) voxels) smoothed by
+    the point-spread function. The noise is added before that blur, which correlates it as a
+    reconstruction kernel does, scaled up by the kernel's own attenuation so that its standard
+    deviation after the blur is the drawn one. Only the head's crop is processed: the air around
+    it is uniform.
+    """
+    noise_sd = float(rng.uniform(*NOISE_SD_HU))
+    sigma = [math.sqrt(1 / 12 + (psf / s) ** 2) for psf, s in zip(PSF_SIGMA_MM, spacing,
+                                                                    strict=True)]
+    attenuation = math.prod(math.sqrt(float((w * w).sum())) for w in map(_gaussian_weights, sigma))
+    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_sd / attenuation)
+    return ndimage.gaussian_filter(hu, sigma, truncate=BLUR_TRUNCATE, mode="nearest")
+
+
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """The 1D kernel scipy.ndimage.gaussian_filter uses for `sigma` at BLUR_TRUNCATE."""
+    radius = int(BLUR_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * x * x / sigma ** 2)
+    return w / w.sum()
 
 
 def _scanner_affine(rng: np.random.Generator, shape: tuple[int, int, int],
@@ -455,8 +528,8 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int = 0,
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for index, case_id in enumerate(tqdm(ids, desc="synth", unit="case", disable=None)):
         case = make_case(seed, shape, spacing, index=index)
-        _save_nifti(case.hu, case.affine, out / "images" / f"{case_id}.nii.gz")
-        _save_nifti(case.label, case.affine, out / "labels" / f"{case_id}.nii.gz")
+        write_nifti(out / "images" / f"{case_id}.nii.gz", case.hu, case.affine)
+        write_nifti(out / "labels" / f"{case_id}.nii.gz", case.label, case.affine)
     description = {
         "name": "ichseg-synth",
         "description": "Synthetic non-contrast head CT with intracranial hemorrhage (ichseg synth)",
@@ -473,12 +546,3 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int = 0,
     }
     (out / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
     return ids
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.header.set_qform(affine, code=1)  # scanner coordinates, as a CT converter writes
-    image.header.set_sform(affine, code=1)
-    image.header["scl_slope"], image.header["scl_inter"] = 1.0, 0.0
-    nib.save(image, path)
