@@ -12,6 +12,22 @@ TINY_SHAPE = (64, 64, 24)
 TINY_SPACING = (3.6, 3.6, 5.0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the preprocessed-case cache of the whole suite in a temporary folder, never in the
+    user's ~/.cache, so tests neither read stale entries nor leave files behind. Subprocesses
+    inherit the variable."""
+    import os
+
+    previous = os.environ.get("ICHSEG_CACHE")
+    os.environ["ICHSEG_CACHE"] = str(tmp_path_factory.mktemp("ichseg_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ICHSEG_CACHE", None)
+    else:
+        os.environ["ICHSEG_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six synthetic cases (64 x 64 x 24 at 3.6 x 3.6 x 5 mm, seed 0) in the generic layout.
