@@ -1,0 +1,287 @@
+"""Training patches: every draw a function of (seed, epoch, sample index) alone.
+
+Sample `i = step * batch_size + j` of epoch `e` comes from `np.random.default_rng([seed, e, i])`:
+which case, whether the patch is centred on hemorrhage, where it is cut, and how it is augmented.
+Any batch of any epoch is therefore rebuilt without drawing the ones before it, a resumed run
+sees exactly the patches an uninterrupted one would, and ranks of a distributed run each take
+their contiguous share of `j` without talking to each other.
+
+Augmentation is plain NumPy/torch driven by that per-sample generator. Rotation and scaling are
+one `grid_sample` of the patch's own sampling grid into the whole case, which cuts, rotates,
+scales and pads in a single pass over patch-sized memory; MONAI's `RandAffined` would need a
+larger pre-cut region and a chain of dictionary transforms, and `benchmarks/data.py` measures it
+several times slower per patch on this CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ichseg.config import Config
+from ichseg.data.cache import PreparedCase
+from ichseg.errors import UsageError
+
+# Foreground voxels remembered per case and class: enough to centre patches all over a lesion,
+# few enough to stay small for 512 x 512 scans (nnU-Net keeps 10,000 too).
+MAX_FOREGROUND_POINTS = 10_000
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Ranges and probabilities of the random transforms (nnU-Net's defaults, rotation narrowed
+    for thick slices: a tilt across 5 mm slices mostly interpolates between them)."""
+
+    flip_probability: float = 0.5          # per axis
+    rotate_probability: float = 0.2
+    in_plane_degrees: float = 15.0
+    out_of_plane_degrees: float = 5.0      # only when z spacing is at most twice the in-plane one
+    # With thicker slices rotation and scaling are in-plane: z keeps its slices.
+    scale_probability: float = 0.2
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    brightness_probability: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    contrast_probability: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    gamma_probability: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_probability: float = 0.1
+    noise_max_std: float = 0.05            # channels lie in [0, 1]
+
+
+AUGMENTATION = Augmentation()
+
+
+def _rotation(angles: Sequence[float]) -> np.ndarray:
+    """Rotation matrix: (in-plane) for 2D; (about z, about y, about x) in radians for 3D."""
+    if len(angles) == 1:
+        c, s = np.cos(angles[0]), np.sin(angles[0])
+        return np.array([[c, -s], [s, c]])
+    about_z, about_y, about_x = angles
+    cz, sz = np.cos(about_z), np.sin(about_z)
+    cy, sy = np.cos(about_y), np.sin(about_y)
+    cx, sx = np.cos(about_x), np.sin(about_x)
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return rz @ ry @ rx
+
+
+def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The window [start, start + size) of the trailing len(size) axes; outside is 0 (air)."""
+    spatial = array.shape[-len(size):]
+    out = np.zeros((*array.shape[:-len(size)], *size), dtype=array.dtype)
+    src, dst = [], []
+    for a, n, extent in zip(start, size, spatial, strict=True):
+        lo, hi = max(a, 0), min(a + n, extent)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - a, hi - a))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+class PatchSampler:
+    """Draws training batches as a pure function of (seed, epoch, step, rank, world_size)."""
+
+    def __init__(self, cases: Sequence[PreparedCase], cfg: Config, seed: int,
+                 augmentation: Augmentation = AUGMENTATION):
+        if not cases:
+            raise UsageError("there are no training cases to draw patches from; check the "
+                             "dataset folder and data.validation_fraction")
+        self.cases = list(cases)
+        self.seed = int(seed)
+        self.batch_size = cfg.training.batch_size
+        self.foreground_fraction = cfg.data.foreground_fraction
+        self.augment = cfg.data.augment
+        self.aug = augmentation
+        self.spatial_dims = cfg.model.spatial_dims
+        self.patch = tuple(int(n) for n in cfg.data.patch_size[:self.spatial_dims])
+        self.spacing = np.array(cfg.data.spacing[:self.spatial_dims], float)
+        in_plane = min(cfg.data.spacing[:2])
+        # Axes that rotation and scaling act on: in-plane only for 2D and for thick slices.
+        thick = cfg.data.spacing[2] > 2 * in_plane
+        self.transform_dims = 2 if self.spatial_dims == 2 or thick else 3
+        # Per case: one (n, 3) array of foreground voxel positions per class present.
+        self.foreground = [self._foreground_points(case.label) for case in self.cases]
+        self.foreground_cases = [k for k, points in enumerate(self.foreground) if points]
+
+    @staticmethod
+    def _foreground_points(label: np.ndarray) -> list[np.ndarray]:
+        positions = np.stack(np.nonzero(label), axis=1).astype(np.int32)
+        values = label[tuple(positions.T)]
+        points = []
+        for code in np.unique(values):
+            of_class = positions[values == code]
+            if len(of_class) > MAX_FOREGROUND_POINTS:
+                keep = np.linspace(0, len(of_class) - 1, MAX_FOREGROUND_POINTS).astype(int)
+                of_class = of_class[keep]
+            points.append(of_class)
+        return points
+
+    def batch(self, epoch: int, step: int, rank: int = 0,
+              world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank `rank`'s share of batch `step` of `epoch`: images (b, C, *patch) float32 and
+        labels (b, 1, *patch) int64, with b = batch_size / world_size."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} of {world_size} processes is not a valid rank")
+        if self.batch_size % world_size:
+            raise UsageError(f"setting training.batch_size ({self.batch_size}) must divide by the "
+                             f"number of processes ({world_size})")
+        share = self.batch_size // world_size
+        first = step * self.batch_size + rank * share
+        drawn = [self.sample(epoch, first + j) for j in range(share)]
+        images = torch.from_numpy(np.stack([image for image, _ in drawn]))
+        labels = torch.from_numpy(np.stack([label for _, label in drawn])).long().unsqueeze(1)
+        return images, labels
+
+    def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `index` of `epoch`: (channels (C, *patch) float32, labels (*patch) uint8)."""
+        rng = np.random.default_rng([self.seed, epoch, index])
+        foreground = bool(self.foreground_cases) and rng.random() < self.foreground_fraction
+        if foreground:
+            case_index = self.foreground_cases[rng.integers(len(self.foreground_cases))]
+        else:
+            case_index = int(rng.integers(len(self.cases)))
+        case = self.cases[case_index]
+        image, label = case.image, case.label
+        if foreground:
+            classes = self.foreground[case_index]
+            points = classes[rng.integers(len(classes))]
+            voxel = points[rng.integers(len(points))]
+        if self.spatial_dims == 2:
+            z = int(voxel[2]) if foreground else int(rng.integers(label.shape[2]))
+            image, label = image[..., z], label[..., z]
+        shape = label.shape
+        patch = np.array(self.patch)
+        lowest = np.minimum(0, np.array(shape) - patch)
+        highest = np.maximum(0, np.array(shape) - patch)
+        if foreground:
+            jitter = rng.integers(-(patch // 4), patch // 4 + 1)
+            start = np.clip(voxel[:self.spatial_dims] - patch // 2 + jitter, lowest, highest)
+        else:
+            start = rng.integers(lowest, highest + 1)
+
+        transform = self._draw_spatial(rng) if self.augment else None
+        if transform is None:
+            patch_image = crop_with_padding(image, start, self.patch)
+            patch_label = crop_with_padding(label, start, self.patch)
+        else:
+            patch_image, patch_label = self._resample_patch(image, label, start, transform)
+        if self.augment:
+            for axis in range(self.spatial_dims):
+                if rng.random() < self.aug.flip_probability:
+                    patch_image = np.flip(patch_image, axis=axis + 1)
+                    patch_label = np.flip(patch_label, axis=axis)
+            patch_image = self._intensity(np.ascontiguousarray(patch_image), rng)
+        return (np.ascontiguousarray(patch_image, dtype=np.float32),
+                np.ascontiguousarray(patch_label))
+
+    def _draw_spatial(self, rng: np.random.Generator) -> np.ndarray | None:
+        """Voxel-space matrix taking patch offsets to case offsets over the transformed axes
+        (x, y for thick slices and 2D; x, y, z otherwise), or None for no rotation or scale."""
+        aug = self.aug
+        rotate = rng.random() < aug.rotate_probability
+        scale = rng.random() < aug.scale_probability
+        if not (rotate or scale):
+            return None
+        matrix = np.eye(self.transform_dims)
+        if rotate:
+            angles = [np.deg2rad(rng.uniform(-aug.in_plane_degrees, aug.in_plane_degrees))]
+            if self.transform_dims == 3:
+                tilt = np.deg2rad(aug.out_of_plane_degrees)
+                angles += [rng.uniform(-tilt, tilt) for _ in range(2)]
+            matrix = _rotation(angles)
+        if scale:
+            # A zoom factor above 1 enlarges the anatomy: the patch samples a smaller region.
+            matrix = matrix / rng.uniform(*aug.scale_range)
+        # Rotate in millimetres, not voxels: the voxels need not be square.
+        spacing = self.spacing[:self.transform_dims]
+        return np.diag(1.0 / spacing) @ matrix @ np.diag(spacing)
+
+    def _resample_patch(self, image: np.ndarray, label: np.ndarray, start: np.ndarray,
+                        matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cut the rotated/scaled patch around the unrotated window's centre: image linear,
+        labels nearest, 0 outside the case.
+
+        Only the region the patch's sampling points touch is cut out first, so the cost is
+        patch-sized whatever the case's size. With thick slices the transform is in-plane, and
+        every output slice is its input slice transformed alike: one batched 2D `grid_sample`
+        (which PyTorch vectorises on CPU; its 3D one is several times slower).
+        """
+        dims = self.transform_dims
+        patch = np.array(self.patch)
+        offsets = np.indices(self.patch[:dims], dtype=np.float32).reshape(dims, -1)
+        offsets -= ((patch[:dims] - 1) / 2.0).astype(np.float32)[:, None]
+        centre = start[:dims] + (patch[:dims] - 1) / 2.0
+        coords = matrix.astype(np.float32) @ offsets + centre.astype(np.float32)[:, None]
+        corner = np.floor(coords.min(axis=1)).astype(int)
+        size = np.ceil(coords.max(axis=1)).astype(int) + 1 - corner
+        # Untransformed (slice) axes keep the plain window.
+        corner = np.concatenate([corner, start[dims:]])
+        size = np.concatenate([size, patch[dims:]])
+        region_label = crop_with_padding(label, corner, size)
+        local = coords - corner[:dims, None].astype(np.float32)
+
+        labels = region_label[tuple(np.rint(local).astype(np.intp))].reshape(self.patch)
+        # grid_sample (align_corners=False) wants [-1, 1] over the edges, last axis first.
+        grid = ((2.0 * local + 1.0) / size[:dims, None].astype(np.float32) - 1.0)[::-1]
+        grid = torch.from_numpy(np.ascontiguousarray(grid.T)).reshape(1, *self.patch[:dims], dims)
+        if dims == self.spatial_dims:
+            region = torch.from_numpy(crop_with_padding(image, corner, size))
+            sampled = F.grid_sample(region.unsqueeze(0), grid, mode="bilinear",
+                                    padding_mode="zeros", align_corners=False)[0]
+        else:
+            # Cut the slices straight into (z, C, x, y), the batch layout 2D sampling wants.
+            slices = torch.from_numpy(crop_with_padding(
+                np.moveaxis(image, -1, 0), (corner[2], 0, *corner[:2]),
+                (size[2], image.shape[0], *size[:2])))
+            sampled = F.grid_sample(slices, grid.expand(len(slices), -1, -1, -1),
+                                    mode="bilinear", padding_mode="zeros",
+                                    align_corners=False).permute(1, 2, 3, 0)
+        return sampled.numpy(), labels
+
+    def _intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness, contrast, gamma and noise, the same change on every window channel (as a
+        scanner's calibration would shift them all)."""
+        aug = self.aug
+        if rng.random() < aug.brightness_probability:
+            image *= np.float32(rng.uniform(*aug.brightness_range))
+        if rng.random() < aug.contrast_probability:
+            mean = image.mean(axis=tuple(range(1, image.ndim)), keepdims=True)
+            image = (image - mean) * np.float32(rng.uniform(*aug.contrast_range)) + mean
+        np.clip(image, 0.0, 1.0, out=image)
+        if rng.random() < aug.gamma_probability:
+            image **= np.float32(rng.uniform(*aug.gamma_range))
+        if rng.random() < aug.noise_probability:
+            std = np.float32(rng.uniform(0.0, aug.noise_max_std))
+            image += std * rng.standard_normal(image.shape, dtype=np.float32)
+        return image
+
+
+class EpochBatches(Dataset):
+    """Batches `start_step .. start_step + steps - 1` of one epoch as a map-style dataset.
+
+    Item k is `sampler.batch(epoch, start_step + k, rank, world_size)`, so a DataLoader
+    (batch_size=None) can prefetch with workers in any order and a resumed epoch starts mid-way.
+    """
+
+    def __init__(self, sampler: PatchSampler, epoch: int, start_step: int, steps: int,
+                 rank: int = 0, world_size: int = 1):
+        self.sampler = sampler
+        self.epoch, self.start_step, self.steps = epoch, start_step, steps
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= k < self.steps:
+            raise IndexError(k)
+        return self.sampler.batch(self.epoch, self.start_step + k, self.rank, self.world_size)

@@ -1,0 +1,178 @@
+"""Patch sampling: any batch rebuilt from (seed, epoch, index) alone; shares, foreground, geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ichseg.config import preset_config
+from ichseg.data.cache import PreparedCase
+from ichseg.data.sampling import Augmentation, EpochBatches, PatchSampler
+from ichseg.errors import UsageError
+
+
+def make_cases(count=3, shape=(60, 56, 20), lesion=4):
+    """Cases whose channels are noise plus the label itself, so alignment can be checked; one
+    small cubic lesion per case (none in the last one)."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for k in range(count):
+        label = np.zeros(shape, np.uint8)
+        if k < count - 1:
+            x, y, z = 10 + 12 * k, 30, 8
+            label[x:x + lesion, y:y + lesion, z:z + 3] = 1 + k
+        noise = rng.uniform(0.0, 0.2, (2, *shape)).astype(np.float32)
+        image = noise + np.float32(0.7) * (label > 0)
+        cases.append(PreparedCase(f"case_{k}", image, label))
+    return cases
+
+
+def config(augment=True, batch_size=4, patch=(24, 24, 8), spatial_dims=3,
+           foreground_fraction=0.33, spacing=(1.0, 1.0, 5.0)):
+    cfg = preset_config("tiny")
+    cfg.data.augment = augment
+    cfg.data.patch_size = list(patch)
+    cfg.data.spacing = list(spacing)
+    cfg.data.foreground_fraction = foreground_fraction
+    cfg.training.batch_size = batch_size
+    cfg.model.spatial_dims = spatial_dims
+    return cfg
+
+
+def assert_same(a, b):
+    """Bit-identical images and labels (torch.equal also checks shape and dtype)."""
+    assert a[0].dtype == b[0].dtype and a[1].dtype == b[1].dtype
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_any_batch_is_rebuilt_without_drawing_the_earlier_ones():
+    cases, cfg = make_cases(), config(augment=True)
+    replayed = PatchSampler(cases, cfg, seed=3)
+    for epoch in (1, 2):
+        for step in range(4):
+            replayed.batch(epoch, step)
+    late = replayed.batch(3, 2)
+    fresh = PatchSampler(make_cases(), cfg, seed=3)
+    assert_same(fresh.batch(3, 2), late)
+    assert_same(fresh.batch(3, 2), late)  # and drawing it twice changes nothing
+    other_epoch, other_seed = fresh.batch(4, 2), PatchSampler(cases, cfg, seed=4).batch(3, 2)
+    assert not torch.equal(other_epoch[0], late[0])
+    assert not torch.equal(other_seed[0], late[0])
+
+
+@pytest.mark.parametrize("spatial_dims", [3, 2])
+def test_rank_shares_concatenate_to_the_single_process_batch(spatial_dims):
+    sampler = PatchSampler(make_cases(), config(spatial_dims=spatial_dims), seed=0)
+    whole = sampler.batch(2, 5)
+    for world_size in (2, 4):
+        shares = [sampler.batch(2, 5, rank, world_size) for rank in range(world_size)]
+        assert_same((torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares])),
+                    whole)
+    with pytest.raises(UsageError, match="training.batch_size"):
+        sampler.batch(2, 5, 0, 3)
+
+
+@pytest.mark.parametrize("spatial_dims", [3, 2])
+def test_batch_shapes_and_types(spatial_dims):
+    sampler = PatchSampler(make_cases(), config(spatial_dims=spatial_dims), seed=0)
+    images, labels = sampler.batch(1, 0)
+    patch = (24, 24, 8)[:spatial_dims]
+    assert images.shape == (4, 2, *patch) and images.dtype == torch.float32
+    assert labels.shape == (4, 1, *patch) and labels.dtype == torch.int64
+
+
+def foreground_share(sampler, samples=240):
+    hits = [np.any(sampler.sample(1, i)[1] > 0) for i in range(samples)]
+    return float(np.mean(hits))
+
+
+def test_foreground_share_follows_the_setting():
+    # Lesions of 4 x 4 x 3 voxels in 60 x 56 x 20 cases: a random 24 x 24 x 8 patch rarely
+    # holds one, so the share of patches with hemorrhage is about the forced share.
+    cases = make_cases()
+    for fraction, low, high in ((0.0, 0.0, 0.2), (0.33, 0.3, 0.55), (1.0, 1.0, 1.0)):
+        share = foreground_share(PatchSampler(cases, config(augment=False,
+                                                            foreground_fraction=fraction), 0))
+        assert low <= share <= high, (fraction, share)
+
+
+def test_foreground_patches_cover_every_class_of_a_case():
+    # Subtype classes are drawn uniformly, as nnU-Net does, so a small class is not starved.
+    label = np.zeros((60, 56, 20), np.uint8)
+    label[5:45, 5:45, 2:18] = 2
+    label[50:52, 50:52, 10:12] = 5
+    case = PreparedCase("mixed", np.zeros((1, *label.shape), np.float32), label)
+    sampler = PatchSampler([case], config(augment=False, foreground_fraction=1.0), 0)
+    with_small_class = [np.any(sampler.sample(1, i)[1] == 5) for i in range(60)]
+    assert 0.3 < np.mean(with_small_class) < 0.7
+
+
+def test_cases_smaller_than_the_patch_are_padded_with_air():
+    label = np.zeros((10, 12, 4), np.uint8)
+    label[4:6, 4:6, 1:3] = 1
+    image = np.full((1, 10, 12, 4), 0.5, np.float32)
+    sampler = PatchSampler([PreparedCase("small", image, label)],
+                           config(augment=False, patch=(16, 16, 8)), 0)
+    for index in range(6):
+        patch_image, patch_label = sampler.sample(1, index)
+        assert patch_image.shape == (1, 16, 16, 8)
+        assert np.sum(patch_image == 0.5) == image.size  # the whole case, once
+        assert np.sum(patch_image == 0.0) == patch_image.size - image.size
+        assert patch_label.sum() == label.sum()
+
+
+GEOMETRY_ONLY = Augmentation(rotate_probability=1.0, scale_probability=1.0,
+                             in_plane_degrees=30.0, out_of_plane_degrees=10.0,
+                             brightness_probability=0.0, contrast_probability=0.0,
+                             gamma_probability=0.0, noise_probability=0.0)
+
+
+@pytest.mark.parametrize("spatial_dims,spacing", [(3, (1.0, 1.0, 5.0)), (3, (1.0, 1.0, 1.5)),
+                                                  (2, (1.0, 1.0, 5.0))])
+def test_rotated_and_scaled_patches_keep_image_and_label_aligned(spatial_dims, spacing):
+    lesion_cases = make_cases(shape=(60, 56, 20), lesion=10)
+    cfg = config(augment=True, spatial_dims=spatial_dims, spacing=spacing,
+                 foreground_fraction=1.0)
+    augmented = PatchSampler(lesion_cases, cfg, 0, augmentation=GEOMETRY_ONLY)
+    plain = PatchSampler(lesion_cases, config(augment=False, spatial_dims=spatial_dims,
+                                              spacing=spacing, foreground_fraction=1.0), 0)
+    changed = 0
+    for index in range(8):
+        image, label = augmented.sample(1, index)
+        changed += not np.array_equal(label, plain.sample(1, index)[1])
+        # The image carries the label (+0.7) over noise below 0.2: they must coincide.
+        lesion = label > 0
+        assert lesion.any()
+        bright = image[0] > 0.55
+        assert np.sum(bright & lesion) / np.sum(bright | lesion) > 0.8
+        assert image.min() >= 0.0 and image.max() <= 0.9 + 1e-5
+    assert changed >= 6, "geometry augmentation should move most patches"
+
+
+def test_augmentation_keeps_channels_in_range_and_varies_patches():
+    cases, cfg = make_cases(), config(augment=True)
+    augmented, plain = PatchSampler(cases, cfg, 0), PatchSampler(cases, config(augment=False), 0)
+    images, _ = augmented.batch(1, 0)
+    flipped_or_changed = sum(not torch.equal(a, p) for a, p in zip(
+        augmented.batch(1, 1)[0], plain.batch(1, 1)[0], strict=True))
+    assert flipped_or_changed >= 2
+    assert images.min() >= -0.5 and images.max() <= 1.5  # noise may leave [0, 1] slightly
+
+
+def test_epoch_batches_serve_a_dataloader_from_mid_epoch():
+    sampler = PatchSampler(make_cases(), config(batch_size=2), 0)
+    dataset = EpochBatches(sampler, epoch=5, start_step=3, steps=4)
+    assert len(dataset) == 4
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
+    for k, served in enumerate(loader):
+        assert_same(served, sampler.batch(5, 3 + k))
+    with pytest.raises(IndexError):
+        dataset[4]
+
+
+def test_sampler_refuses_no_cases():
+    with pytest.raises(UsageError, match="no training cases"):
+        PatchSampler([], config(), 0)
+
