@@ -302,10 +302,12 @@ def _extra_axial(rng: np.random.Generator, head: _Head, subtype: int) -> Lesion:
     return box, (inner > 0) & (inner < thickness * profile)
 
 
-def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray) -> Lesion | None:
+def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray,
+                      label: np.ndarray) -> Lesion | None:
     """A lobulated blob in grey or white matter with an oedema rim; None if there is no room."""
     radius = float(rng.uniform(4, 18))
-    candidates = np.flatnonzero((tissues == WHITE) & (head.inner > radius + 8))
+    # Stretch and lobulation reach up to twice the radius: keep the clot inside the brain.
+    candidates = np.flatnonzero((tissues == WHITE) & (head.inner > 2 * radius + 6))
     if candidates.size == 0:
         return None
     centre = np.array([c.flat[rng.choice(candidates)] for c in head.p], dtype=np.float64)
@@ -324,9 +326,9 @@ def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray
     outline *= radius
     parenchyma = np.isin(tissues[box], (GREY, WHITE))
     # The clot fills the sulci it reaches, but stops at the ventricle walls, the falx and skull.
-    blood = (r < outline) & np.isin(tissues[box], (GREY, WHITE, CSF))
+    blood = (r < outline) & np.isin(tissues[box], (GREY, WHITE, CSF)) & (head.inner[box] > 4)
     # Perihematomal oedema: a hypodense rim in the surrounding parenchyma.
-    edema = (r < outline * float(rng.uniform(1.15, 1.4))) & parenchyma & ~blood
+    edema = (r < outline * float(rng.uniform(1.15, 1.4))) & parenchyma & ~blood & (label[box] == 0)
     tissues[box][edema] = EDEMA
     return box, blood
 
@@ -401,7 +403,7 @@ def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
         if subtype in (EDH, SDH):
             lesion = _extra_axial(rng, head, subtype)
         elif subtype == IPH:
-            lesion = _intraparenchymal(rng, head, tissues)
+            lesion = _intraparenchymal(rng, head, tissues, label)
         elif subtype == IVH:
             lesion = _intraventricular(rng, head, tissues)
         else:
