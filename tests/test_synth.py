@@ -51,6 +51,13 @@ def _lesions(case, subtype):
     return [components == k for k in range(1, count + 1)]
 
 
+def _core_hu(case, *tissues):
+    """HU of the blood-free voxels of `tissues` one voxel away from any other tissue, beyond the
+    reach of the partial-volume blur."""
+    mask = np.isin(case.tissues, tissues) & (case.label == 0)
+    return case.hu[ndimage.binary_erosion(mask, NEIGHBOURS)].astype(float)
+
+
 def _within(values, band):
     return values.size > 0 and band[0] <= values.min() and values.max() <= band[1]
 
@@ -72,14 +79,8 @@ def test_clean_tissue_hu_lies_in_the_bands(cases):
 def test_scanned_tissue_hu_keeps_its_mean_and_gains_a_few_hu_of_noise():
     for k in range(2):
         case = make_case(0, FINE_SHAPE, FINE_SPACING, index=k)
-        normal = case.label == 0
-
-        def core(*codes):
-            # Away from every boundary by one voxel, beyond the reach of the partial-volume blur.
-            return case.hu[ndimage.binary_erosion(np.isin(case.tissues, codes) & normal,
-                                                  NEIGHBOURS)].astype(float)
-
-        white, grey, csf, skull = core(WHITE), core(GREY), core(CSF, VENTRICLE), core(SKULL)
+        white, grey, skull = _core_hu(case, WHITE), _core_hu(case, GREY), _core_hu(case, SKULL)
+        csf = _core_hu(case, CSF, VENTRICLE)
         assert BRAIN_HU[0] <= white.mean() <= BRAIN_HU[1]
         assert BRAIN_HU[0] <= grey.mean() <= BRAIN_HU[1]
         assert grey.mean() > white.mean() + 4
@@ -92,7 +93,7 @@ def test_scanned_tissue_hu_keeps_its_mean_and_gains_a_few_hu_of_noise():
 def test_skull_is_a_shell_of_realistic_thickness():
     case = make_case(0, FINE_SHAPE, FINE_SPACING, index=0, clean=True)
     skull = case.tissues == SKULL
-    z = int(np.argmax(((case.tissues > SKULL).sum(axis=(0, 1)))))  # the widest brain slice
+    z = int(np.argmax((case.tissues > SKULL).sum(axis=(0, 1))))  # the widest brain slice
     inside = ndimage.distance_transform_edt(skull[:, :, z], sampling=FINE_SPACING[:2])
     thickest = 2 * inside.max()
     assert 5.0 <= thickest <= 11.0
