@@ -1,0 +1,35 @@
+"""Matplotlib figures without pyplot: no global state, safe to draw from a training loop.
+
+A `Figure` built directly (with the Agg canvas) is freed as soon as it goes out of scope, where
+pyplot would keep every figure alive until closed. Files are replaced atomically, so a viewer
+refreshing `progress.png` mid-epoch never reads half a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def new_figure(width_in: float, height_in: float, facecolor: str = "white") -> Figure:
+    """A figure with fixed margins: callers place their axes with `subplots_adjust` (matplotlib's
+    constrained layout would double the drawing time, which the trainer pays every epoch)."""
+    fig = Figure(figsize=(width_in, height_in), facecolor=facecolor)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write `fig` as PNG to `path` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
