@@ -113,6 +113,9 @@ def test_probabilities_restore_with_background_outside_the_crop():
     assert air.any()
     assert np.all(restored[0][air] == 1.0) and np.all(restored[1][air] == 0.0)
     hemorrhage = restored[1] > 0.5
+    # An argmax map (int64) comes back like the uint8 labels.
+    np.testing.assert_array_equal(restore_to_native(labels.astype(np.int64), info),
+                                  restore_to_native(labels, info))
     assert 2 * np.sum(hemorrhage & (codes > 0)) / (hemorrhage.sum() + (codes > 0).sum()) > 0.8
 
 

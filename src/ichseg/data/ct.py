@@ -137,14 +137,18 @@ def resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     shape = tuple(int(n) for n in shape)
     if tuple(array.shape[-3:]) == shape:
         return array if order == 0 else array.astype(np.float32, copy=False)
-    lead = array.shape[:-3]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).reshape(1, -1, *array.shape[-3:])
     if order == 0:
-        out = F.interpolate(tensor, size=shape, mode="nearest-exact")
-    elif order == 1:
-        out = F.interpolate(tensor.float(), size=shape, mode="trilinear", align_corners=False)
-    else:
+        # Nearest as torch's `nearest-exact` (voxel centres as in the linear mode), done as a
+        # gather so that every dtype works (torch's kernel takes only uint8 and floats).
+        picks = [np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.intp), n - 1)
+                 for n, m in zip(array.shape[-3:], shape, strict=True)]
+        return array[(..., *np.ix_(*picks))]
+    if order != 1:
         raise ValueError(f"resampling order must be 0 or 1, got {order}")
+    lead = array.shape[:-3]
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    out = F.interpolate(tensor.reshape(1, -1, *array.shape[-3:]), size=shape, mode="trilinear",
+                        align_corners=False)
     return out.reshape(*lead, *shape).numpy()
 
 
@@ -158,7 +162,11 @@ def label_codes(label: Volume, label_mapping: LabelMapping | None,
     """A label file's values -> contract codes, through the layout's mapping (default: the
     contract's codes 0-5 as they are)."""
     mapping = label_mapping or LABEL_MAPPINGS["generic"]
-    invalid = mapping.invalid_values(np.unique(label.array))
+    values = label.array
+    # The readers give uint8, whose distinct values bincount finds far faster than unique.
+    present = (np.flatnonzero(np.bincount(values.ravel())) if values.dtype == np.uint8
+               else np.unique(values))
+    invalid = mapping.invalid_values(present)
     if invalid:
         raise UsageError(f"label {label.path} holds values {invalid[:5]} outside "
                          f"{mapping.description}")
