@@ -1,0 +1,490 @@
+"""The training loop.
+
+One `Trainer` holds everything a run is made of: the network, the optimizer and learning-rate
+schedule, the AMP scaler, the position in the data (epoch and batch), the running sums of the
+current epoch, early stopping and the history. Each piece has `state_dict()`/`load_state_dict()`,
+and `Trainer.state_dict()` gathers them into the checkpoint, so a run killed at any instant and
+continued from its last checkpoint ends bit-identical (on a CPU) to one never stopped:
+
+- every batch is `sampler.batch(epoch, index)`, a pure function of (seed, epoch, index), so the
+  position in the data is just two integers;
+- the running loss sum of a half-done epoch is saved, so its history row comes out the same;
+- validation runs between the RNG capture points and restores every RNG it could touch.
+
+`Trainer.fit()` stops at a step boundary when asked (SIGTERM/SIGINT through `StopRequest`, or the
+time limit about to run out), saves, and returns; `modes.run_training` decides where to start.
+Ranks: `rank`/`world_size` are threaded through for DistributedDataParallel; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+from tqdm import tqdm
+
+from ichseg.config import Config
+from ichseg.errors import UsageError
+from ichseg.training.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointManager,
+    capture_rng_state,
+    restore_rng_state,
+)
+from ichseg.training.history import History
+from ichseg.training.losses import DeepSupervisionLoss
+
+log = logging.getLogger("ichseg.training")
+
+
+# --- the resumable pieces -------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Where the run stands, and the sums of the epoch in progress (saved mid-epoch)."""
+
+    epoch: int = 0              # completed epochs
+    epoch_step: int = 0         # batches done inside epoch `epoch + 1`
+    step: int = 0               # optimizer steps done in all
+    loss_sum: float = 0.0       # sum of the batch losses of the epoch in progress
+    epoch_seconds: float = 0.0  # time spent in the epoch in progress, over every session
+    train_seconds: float = 0.0  # time spent training in all
+    session: int = 0            # processes that have trained this run, this one included
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, type(getattr(self, key))(value))
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower validation loss; patience 0 never stops."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.stopped = False
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record epoch `epoch`'s validation loss; True when it is the best so far."""
+        if value < self.best:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        self.stopped = self.patience > 0 and self.bad_epochs >= self.patience
+        return False
+
+    def restart(self) -> None:
+        """Begin a fresh patience count (a stopped run whose target was raised)."""
+        self.bad_epochs, self.stopped = 0, False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val": self.best, "best_epoch": self.best_epoch,
+                "no_improve": self.bad_epochs, "early_stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        best = state.get("best_val")
+        self.best = math.inf if best is None else float(best)
+        self.best_epoch = int(state.get("best_epoch") or 0)
+        self.bad_epochs = int(state.get("no_improve") or 0)
+        self.stopped = bool(state.get("early_stopped", False))
+
+
+class PolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """nnU-Net's poly decay, lr = base · (1 − step / total)^0.9, in closed form.
+
+    `total_steps` is a plain attribute so a continued run whose target was raised stretches the
+    curve from where it is (a chained torch scheduler would not).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9):
+        self.total_steps = max(total_steps, 1)
+        self.power = power
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        done = min(self.last_epoch, self.total_steps) / self.total_steps
+        return [base * (1.0 - done) ** self.power for base in self.base_lrs]
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; parameters flagged `_no_weight_decay` (Mamba's A_log, D) get none.
+
+    Everything else is decayed, norms and biases included, as nnU-Net and the nnMamba authors do.
+    """
+    t = cfg.training
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if not getattr(p, "_no_weight_decay", False)]},
+              {"params": [p for p in params if getattr(p, "_no_weight_decay", False)],
+               "weight_decay": 0.0}]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                           weight_decay=t.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config,
+                   target_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per optimizer step. Built before any optimizer state is loaded: CyclicLR's
+    constructor writes its base learning rate into the optimizer."""
+    t = cfg.training
+    if t.scheduler == "cyclic":
+        # No scale_fn: a custom one (a lambda) would not survive a weights-only checkpoint.
+        return torch.optim.lr_scheduler.CyclicLR(
+            optimizer, base_lr=t.min_lr, max_lr=t.lr, step_size_up=t.cycle_epochs * t.steps_per_epoch,
+            mode="triangular", cycle_momentum=False)
+    if t.scheduler == "poly":
+        return PolyLR(optimizer, target_epochs * t.steps_per_epoch)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise UsageError("setting training.device is cuda, but no CUDA device is available")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def amp_policy(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether fp16 needs a GradScaler). CPUs train in fp32."""
+    if device.type != "cuda" or setting == "off":
+        return None, False
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+@contextlib.contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Run a block (validation) without moving any global RNG the training could draw from."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+def dice_of_hemorrhage(prediction: torch.Tensor, truth: torch.Tensor) -> float:
+    """Dice of "any hemorrhage" (label > 0) between two label maps; both empty counts as 1."""
+    pred, true = prediction > 0, truth > 0
+    total = int(pred.sum()) + int(true.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains `cfg`'s network on prepared cases; see the module docstring."""
+
+    def __init__(self, cfg: Config, train_cases: Sequence[Any], val_cases: Sequence[Any],
+                 run_dir: str | Path, target_epochs: int, rank: int = 0, world_size: int = 1):
+        from ichseg.data.sampling import PatchSampler
+        from ichseg.models import build_model
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.target_epochs = target_epochs
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.val_cases = list(val_cases)
+        self.device = pick_device(cfg.training.device)
+
+        # Model initialisation is seeded by training.seed; the global NumPy and Python generators
+        # too, so anything outside the (seed, epoch, index) scheme is still repeatable.
+        seed = cfg.training.seed
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        self.model = build_model(cfg).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, target_epochs)
+        self.amp_dtype, needs_scaler = amp_policy(cfg.training.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+        self.loss_fn = DeepSupervisionLoss()
+        self.sampler = PatchSampler(list(train_cases), cfg, seed)
+
+        self.progress = Progress()
+        self.early = EarlyStopping(cfg.training.patience)
+        self.history = History()
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
+                                             keep=cfg.training.keep_checkpoints,
+                                             mirror_dir=cfg.training.mirror_dir or None)
+        self.last_checkpoint: Path | None = None
+        # Measured durations, for the time limit (seconds; the first guesses are refined).
+        self._step_seconds = 0.0
+        self._validation_seconds = 0.0
+        self._save_seconds = 1.0 + sum(p.numel() * p.element_size()
+                                       for p in self.model.parameters()) * 3 / 100e6
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: the eight legacy keys, then the ones that make continuation exact."""
+        progress = self.progress.state_dict()
+        early = self.early.state_dict()
+        return {
+            "model_state": self.model.state_dict(),
+            "epoch": progress.pop("epoch"),
+            "history": self.history.state_dict(),
+            "best_val": early.pop("best_val"),
+            "no_improve": early.pop("no_improve"),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "scaler_state": self.scaler.state_dict() if self.scaler else None,
+            "format_version": FORMAT_VERSION,
+            "config": self.cfg.to_dict(),
+            "step": progress.pop("step"),
+            "epoch_step": progress.pop("epoch_step"),
+            "rng": capture_rng_state(),
+            "progress": progress,
+            "early_stopping": early,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint of this format. (Legacy ones: `load_legacy`.)"""
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.scheduler.load_state_dict(state["scheduler_state"])
+        if isinstance(self.scheduler, PolyLR):
+            self.scheduler.total_steps = self.target_epochs * self.cfg.training.steps_per_epoch
+        if self.scaler is not None and state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
+        self.progress.load_state_dict({**state.get("progress", {}), "epoch": state["epoch"],
+                                       "step": state["step"], "epoch_step": state["epoch_step"]})
+        self.early.load_state_dict({**state.get("early_stopping", {}),
+                                    "best_val": state["best_val"],
+                                    "no_improve": state["no_improve"]})
+        self.history.load_state_dict(state["history"])
+        restore_rng_state(state["rng"])
+
+    def load_legacy(self, state: dict[str, Any], origin: Path) -> None:
+        """The eight-key format of the original script: weights, optimizer, schedule, counters.
+
+        No sampler position, running sums or RNG exist in it, so training restarts at the epoch
+        boundary after `epoch`, not bit-exactly. An optimizer or schedule whose parameter groups
+        do not fit this network's starts fresh, with a warning.
+        """
+        try:
+            self.model.load_state_dict(state["model_state"])
+        except RuntimeError as exc:
+            raise UsageError(f"checkpoint {origin} does not fit the configured network: "
+                             f"{str(exc).splitlines()[0]}") from None
+        epoch = int(state["epoch"])
+        step = epoch * self.cfg.training.steps_per_epoch
+        try:
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            self.scheduler.load_state_dict(state["scheduler_state"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("the optimizer or schedule state of %s does not fit (%s): they start "
+                        "fresh at step %d", origin, exc, step)
+            self.optimizer = make_optimizer(self.model, self.cfg)
+            self.scheduler = make_scheduler(self.optimizer, self.cfg, self.target_epochs)
+            # Every schedule here is in closed form: setting the count moves it to `step`.
+            self.scheduler.last_epoch = step - 1
+            self.scheduler.step()
+        if self.scaler is not None and state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
+        self.progress.load_state_dict({"epoch": epoch, "step": step, "epoch_step": 0})
+        self.early.load_state_dict(state)
+        self.history.load_state_dict(state.get("history") or {})
+
+    # -- one step, one validation ------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimizer step on one batch; returns the batch's loss."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.loss_fn(self.model(images), labels)
+        clip = self.cfg.training.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.item())
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Mean loss and hemorrhage Dice over the whole validation volumes (sliding window)."""
+        if not self.val_cases:
+            return math.nan, math.nan
+        inference = self.cfg.inference
+        patch = list(self.cfg.data.patch_size)
+        two_d = self.cfg.model.spatial_dims == 2
+        if two_d:  # a 2D network sees the volume slice by slice: windows one slice thick
+            patch[2] = 1
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            return self.model(x[..., 0])[..., None] if two_d else self.model(x)
+
+        losses, dices = [], []
+        self.model.eval()
+        try:
+            with rng_untouched():
+                for case in self.val_cases:
+                    image = torch.from_numpy(np.ascontiguousarray(case.image))[None].to(self.device)
+                    label = torch.from_numpy(case.label.astype(np.int64))[None, None].to(self.device)
+                    with self._autocast():
+                        logits = sliding_window_inference(
+                            image, patch, inference.sw_batch_size, predictor,
+                            overlap=inference.overlap, mode=inference.blend)
+                    losses.append(float(self.loss_fn(logits.float(), label).item()))
+                    dices.append(dice_of_hemorrhage(logits.argmax(1), label[:, 0]))
+        finally:
+            self.model.train()
+        return float(np.mean(losses)), float(np.mean(dices))
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save(self, best: bool = False) -> None:
+        if not self.is_main:
+            return
+        started = time.monotonic()
+        state = self.state_dict()
+        if best:
+            self.checkpoints.save_best(state)
+        else:
+            self.last_checkpoint = self.checkpoints.save(state)
+        self._save_seconds = time.monotonic() - started
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, stop: Any = None, time_limit: float | None = None) -> str:
+        """Train until the target, early stopping, a stop request or the time limit.
+
+        Returns "finished", "early-stopped" or "stopped". `stop` has a `.requested` flag
+        (`signals.StopRequest`); `time_limit` is in seconds from now.
+        """
+        t = self.cfg.training
+        steps = t.steps_per_epoch
+        started = time.monotonic()
+        deadline = started + time_limit if time_limit else None
+        last_save = started
+        p = self.progress
+        p.session += 1
+        self.model.train()
+        quiet = t.quiet or not sys.stderr.isatty() or not self.is_main
+
+        while p.epoch < self.target_epochs and not self.early.stopped:
+            epoch = p.epoch + 1
+            bar = tqdm(total=steps, initial=p.epoch_step, desc=f"epoch {epoch}/{self.target_epochs}",
+                       unit="batch", leave=False, disable=quiet, dynamic_ncols=True)
+            with bar:
+                while p.epoch_step < steps:
+                    if (stop is not None and stop.requested) or self._out_of_time(deadline, p):
+                        return self._stop_now(stop)
+                    tick = time.monotonic()
+                    images, labels = self.sampler.batch(epoch, p.epoch_step, self.rank,
+                                                        self.world_size)
+                    loss = self.train_step(images, labels)
+                    elapsed = time.monotonic() - tick
+                    self._step_seconds = max(self._step_seconds, elapsed)
+                    p.loss_sum += loss
+                    p.epoch_step += 1
+                    p.step += 1
+                    p.epoch_seconds += elapsed
+                    p.train_seconds += elapsed
+                    bar.set_postfix(loss=f"{p.loss_sum / p.epoch_step:.4f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    bar.update()
+                    # Periodic saves; the last batch of an epoch is saved by the epoch's end.
+                    now = time.monotonic()
+                    if p.epoch_step < steps and (
+                            (t.save_every_steps and p.step % t.save_every_steps == 0)
+                            or (t.save_every_minutes and now - last_save >= 60 * t.save_every_minutes)):
+                        self.save()
+                        last_save = time.monotonic()
+            if (stop is not None and stop.requested) or self._out_of_time(deadline, p,
+                                                                          validating=True):
+                return self._stop_now(stop)
+            self._end_epoch(epoch)
+            last_save = time.monotonic()
+        if self.early.stopped:
+            return "early-stopped"
+        return "finished"
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Validate, record the epoch, update early stopping, save `best` and `last`."""
+        p = self.progress
+        tick = time.monotonic()
+        val_loss, val_dice = self.validate()
+        self._validation_seconds = time.monotonic() - tick
+        p.epoch_seconds += self._validation_seconds
+        p.train_seconds += self._validation_seconds
+        improved = not math.isnan(val_loss) and self.early.update(val_loss, epoch)
+        self.history.append({
+            "epoch": epoch, "train_loss": p.loss_sum / self.cfg.training.steps_per_epoch,
+            "val_loss": val_loss, "val_dice": val_dice,
+            "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": p.epoch_seconds,
+            "session": p.session})
+        p.epoch, p.epoch_step, p.loss_sum, p.epoch_seconds = epoch, 0, 0.0, 0.0
+        if improved:
+            self.save(best=True)
+        self.save()
+        row = {k: self.history.last(k) for k in ("train_loss", "val_loss", "val_dice")}
+        log.info("epoch %d/%d: train loss %.4f, validation loss %.4f, Dice %.4f%s (%.1fs)",
+                 epoch, self.target_epochs, row["train_loss"], row["val_loss"], row["val_dice"],
+                 " (best)" if improved else f", {self.early.bad_epochs} without improvement",
+                 self.history.last("epoch_seconds"))
+        if self.early.stopped:
+            log.info("early stopping: no validation improvement for %d epochs (best %.4f at "
+                     "epoch %d)", self.early.bad_epochs, self.early.best, self.early.best_epoch)
+        if self.is_main:
+            self.history.write_csv(self.run_dir / "history.csv")
+            self._draw_progress()
+
+    def _draw_progress(self) -> None:
+        from ichseg.viz.progress import draw_progress
+
+        try:
+            draw_progress(self.history.state_dict(), self.run_dir / "progress.png")
+        except Exception as exc:  # noqa: BLE001 - a picture must never end a training run
+            log.warning("could not draw %s: %s", self.run_dir / "progress.png", exc)
+
+    def _out_of_time(self, deadline: float | None, p: Progress, validating: bool = False) -> bool:
+        """Would the next unit of work (a step, or the epoch's validation) plus a save overrun?"""
+        if deadline is None:
+            return False
+        # The first step of a session is always taken: there is nothing to measure before it.
+        work = self._validation_seconds if validating else self._step_seconds
+        if validating and not self._validation_seconds:
+            work = self._step_seconds * max(len(self.val_cases), 1)
+        if not validating and p.epoch_step + 1 == self.cfg.training.steps_per_epoch:
+            work += self._validation_seconds
+        return time.monotonic() + work + self._save_seconds > deadline
+
+    def _stop_now(self, stop: Any) -> str:
+        why = "stop requested" if stop is not None and stop.requested else "time limit reached"
+        self.save()
+        p = self.progress
+        log.info("%s: saved at epoch %d, batch %d/%d (step %d); continue with the same command",
+                 why, p.epoch + 1, p.epoch_step, self.cfg.training.steps_per_epoch, p.step)
+        return "stopped"

@@ -1,0 +1,387 @@
+"""`ichseg train`: which state a run starts from, its target, and the checks that come first.
+
+`run_training` works in two halves. `plan_run` reads everything (config, checkpoints, dataset,
+split) and raises UsageError on anything wrong, without writing a byte. Only then, under the run
+folder's lock, is anything moved or written: an old run archived (`--mode new`), config.yaml and
+split.json, and the training itself (`loop.Trainer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ichseg.config import (
+    RESUMABLE_CHANGES,
+    Config,
+    config_differences,
+    config_from_dict,
+    flatten,
+    parse_duration,
+    read_run_config,
+    resolve_config,
+)
+from ichseg.errors import UsageError
+
+log = logging.getLogger("ichseg.training")
+
+CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.json"
+TRAIN_LOG = "train.log"
+ARCHIVE = "archive"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: str  # finished | early-stopped | stopped | already-finished
+    epochs_completed: int
+    target_epochs: int
+    best_val: float | None
+    best_epoch: int | None
+    last_checkpoint: Path | None
+
+
+@dataclass
+class Plan:
+    """Everything `run_training` decided before touching the disk."""
+
+    cfg: Config
+    run_dir: Path
+    target: int
+    checkpoint: dict[str, Any] | None = None  # the state to start from
+    checkpoint_path: Path | None = None
+    legacy: bool = False
+    archive_first: bool = False      # move the existing run aside before starting
+    restart_patience: bool = False   # a stopped run whose target was raised
+    done_message: str | None = None  # set when there is nothing to train
+    split: dict[str, list[str]] = field(default_factory=dict)
+    cases: dict[str, Any] = field(default_factory=dict)  # case id -> Case
+
+
+def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
+                 **options: Any) -> Any:
+    """Train in `run_dir` as the contract's "Training modes" say; returns a `TrainResult`."""
+    with _console_logging(), _train_log() as train_log:
+        plan = plan_run(data, run_dir, mode, **options)
+        if plan.done_message:
+            log.info(plan.done_message)
+            return _result(plan, "already-finished", plan.checkpoint, plan.checkpoint_path)
+        return _train(plan, options.get("time_limit"), train_log)
+
+
+# --- planning: read and check, write nothing ----------------------------------------------------
+
+def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue", *,
+             preset: str | None = None, epochs: int | None = None,
+             additional_epochs: int | None = None, config_file: str | Path | None = None,
+             sets: Sequence[str] = (), seed: int | None = None, device: str | None = None,
+             save_every_steps: int | None = None, save_every_minutes: float | None = None,
+             time_limit: str | None = None, patience: int | None = None,
+             resume_from: str | Path | None = None, mirror_dir: str | Path | None = None,
+             strict_resume: bool = False, quiet: bool = False) -> Plan:
+    from ichseg.training.checkpoint import CheckpointManager, is_legacy, load_checkpoint_file
+
+    if mode not in ("continue", "new"):
+        raise UsageError(f"--mode must be continue or new, got {mode!r}")
+    if epochs is not None and additional_epochs is not None:
+        raise UsageError("give either --epochs (the total) or --additional-epochs, not both")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {run_dir} is a file, not a folder")
+    if time_limit:
+        parse_duration(time_limit)
+
+    training = {key: value for key, value in {
+        "epochs": epochs, "seed": seed, "device": device, "save_every_steps": save_every_steps,
+        "save_every_minutes": save_every_minutes, "time_limit": time_limit,
+        "patience": patience, "mirror_dir": str(mirror_dir) if mirror_dir else None,
+        "quiet": True if quiet else None}.items() if value is not None}
+    overrides = {"training": training, "data": {"path": str(Path(data).resolve())} if data else {}}
+    config_path = run_dir / CONFIG_FILE
+
+    # 1. The state to start from, and the config it was trained with.
+    checkpoint, checkpoint_path, legacy, archive_first = None, None, False, False
+    has_run = run_dir.is_dir() and any(p.name != ARCHIVE for p in run_dir.iterdir())
+    if resume_from:
+        checkpoint_path = Path(resume_from)
+        checkpoint = load_checkpoint_file(checkpoint_path)
+        legacy = is_legacy(checkpoint)
+        if legacy:
+            log.warning("checkpoint %s is in the legacy format (no RNG, sampler position or "
+                        "config): training continues from it, but not bit-exactly", checkpoint_path)
+        archive_first = has_run
+    elif mode == "continue":
+        keep = 3
+        if config_path.is_file():
+            keep = read_run_config(config_path).training.keep_checkpoints
+        manager = CheckpointManager(run_dir / "checkpoints", keep=keep)
+        loaded = manager.load_latest()  # UsageError when checkpoints exist but none is valid
+        if loaded is None:
+            if strict_resume:
+                raise UsageError(f"--strict-resume: there is no checkpoint in {run_dir} to "
+                                 "continue from")
+            log.warning("no checkpoint in %s: starting a new run", run_dir / "checkpoints")
+        else:
+            checkpoint, checkpoint_path = loaded.state, loaded.path
+    else:
+        archive_first = has_run
+
+    # 2. The config: the saved one on continue, laid over with what was given again.
+    saved = None
+    if checkpoint is not None and not legacy and isinstance(checkpoint.get("config"), dict):
+        saved = config_from_dict(checkpoint["config"], f"the config stored in {checkpoint_path}")
+    base = None
+    if mode == "continue" and not resume_from and config_path.is_file():
+        base = read_run_config(config_path)
+    elif saved is not None:
+        base = saved
+    cfg = resolve_config(preset, config_file, sets, overrides, base=base)
+    if not cfg.data.path:
+        raise UsageError("--data is required to start a run (no dataset is recorded in "
+                         f"{config_path})")
+    if saved is not None:
+        _check_changes(saved, cfg, checkpoint_path)
+
+    # 3. The target, and whether anything is left to do.
+    done_epochs = int(checkpoint["epoch"]) if checkpoint is not None else 0
+    target = done_epochs + additional_epochs if additional_epochs is not None else cfg.training.epochs
+    cfg.training.epochs = target
+    plan = Plan(cfg, run_dir, target, checkpoint, checkpoint_path, legacy, archive_first)
+    if checkpoint is not None:
+        stopped_early = bool((checkpoint.get("early_stopping") or {}).get("early_stopped"))
+        previous_target = saved.training.epochs if saved is not None else None
+        raised = (additional_epochs is not None and additional_epochs > 0) or (
+            epochs is not None and previous_target is not None and epochs > previous_target)
+        if stopped_early and raised:
+            plan.restart_patience = True
+            log.warning("the run stopped early at epoch %d; with the target raised to %d the "
+                        "patience count starts again", done_epochs, target)
+        elif stopped_early:
+            plan.done_message = (f"{run_dir} stopped early at epoch {done_epochs} (no validation "
+                                 "improvement); nothing to do until the target is raised with "
+                                 "--epochs or --additional-epochs")
+        elif done_epochs >= target:
+            plan.done_message = (f"{run_dir} already reached its target of {target} epochs "
+                                 f"({done_epochs} done); nothing to do until the target is "
+                                 "raised with --epochs or --additional-epochs")
+    if plan.done_message:
+        return plan
+
+    # 4. The data: every case readable, the split, the patch size the network can take.
+    _plan_data(plan, resuming=checkpoint is not None and not resume_from)
+    return plan
+
+
+def _check_changes(saved: Config, cfg: Config, origin: Path | None) -> None:
+    """Refuse changes that alter the model or the data; note the harmless ones."""
+    changed = config_differences(saved, cfg)
+    refused = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if refused:
+        before, after = flatten(saved), flatten(cfg)
+        detail = "; ".join(f"{k}: {before[k]!r} -> {after[k]!r}" for k in refused)
+        raise UsageError(f"the run in {origin} was trained with other settings, which continuing "
+                         f"cannot change ({detail}); give the saved values or start over with "
+                         "--mode new")
+    before, after = flatten(saved), flatten(cfg)
+    for key in changed:
+        log.warning("setting %s changed on continue: %r -> %r", key, before[key], after[key])
+
+
+def _plan_data(plan: Plan, resuming: bool) -> None:
+    from ichseg.data.layouts import find_cases
+    from ichseg.data.split import make_split
+    from ichseg.models import check_input_shape
+    from ichseg.models.ssm import resolve_backend
+    from ichseg.training.loop import pick_device
+
+    cfg = plan.cfg
+    index = find_cases(cfg.data.path, cfg.data.layout)
+    labelled = {case.case_id: case for case in index.cases if case.label is not None}
+    if len(labelled) < 2:
+        raise UsageError(f"dataset {cfg.data.path} needs at least two labelled cases to train "
+                         f"and validate, found {len(labelled)}")
+    split_path = plan.run_dir / SPLIT_FILE
+    if resuming and split_path.is_file():
+        split = _read_split(split_path)
+        missing = sorted(set(split["train"] + split["validation"]) - set(labelled))
+        if missing:
+            raise UsageError(f"cases {', '.join(missing[:5])} of {split_path} are not in the "
+                             f"dataset {cfg.data.path}")
+    else:
+        split = make_split(labelled, cfg.data.validation_fraction, cfg.training.seed)
+    check_input_shape(cfg, cfg.data.patch_size)
+    resolve_backend(cfg.model.scan_backend, pick_device(cfg.training.device))
+    plan.split = split
+    plan.cases = labelled
+
+
+def _read_split(path: Path) -> dict[str, list[str]]:
+    try:
+        split = json.loads(path.read_text())
+        return {"train": list(split["train"]), "validation": list(split["validation"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"split file {path} cannot be read: {exc}") from None
+
+
+# --- doing it ---------------------------------------------------------------------------------
+
+def _train(plan: Plan, time_limit: str | None, train_log: _TrainLog) -> TrainResult:
+    from ichseg.data.cache import load_cases
+    from ichseg.training.lock import RunLock
+    from ichseg.training.loop import Trainer
+    from ichseg.training.signals import StopRequest
+
+    cfg, run_dir = plan.cfg, plan.run_dir
+    ids = plan.split["train"] + plan.split["validation"]
+    prepared = {c.case_id: c for c in load_cases(cfg.data, [plan.cases[i] for i in ids],
+                                                 progress=not cfg.training.quiet)}
+    with RunLock(run_dir):
+        if plan.archive_first:
+            _archive(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG_FILE)
+        (run_dir / SPLIT_FILE).write_text(json.dumps(plan.split, indent=1) + "\n")
+        train_log.open(run_dir / TRAIN_LOG)
+        trainer = Trainer(cfg, [prepared[i] for i in plan.split["train"]],
+                          [prepared[i] for i in plan.split["validation"]], run_dir, plan.target)
+        if plan.checkpoint is not None:
+            if plan.legacy:
+                trainer.load_legacy(plan.checkpoint, plan.checkpoint_path)
+            else:
+                trainer.load_state_dict(plan.checkpoint)
+            if plan.restart_patience:
+                trainer.early.restart()
+        _log_start(trainer, plan)
+        limit = parse_duration(time_limit or cfg.training.time_limit) if (
+            time_limit or cfg.training.time_limit) else None
+        try:
+            with StopRequest() as stop:
+                state = trainer.fit(stop, limit)
+        finally:
+            trainer.checkpoints.close()
+        _log_end(trainer, state)
+    return _result(plan, state, trainer.state_dict(), trainer.last_checkpoint)
+
+
+def _log_start(trainer: Any, plan: Plan) -> None:
+    from ichseg.models.ssm import resolve_backend
+
+    p, cfg = trainer.progress, plan.cfg
+    if plan.checkpoint is None:
+        log.info("new run in %s: %d epochs of %d steps, preset %s", plan.run_dir, plan.target,
+                 cfg.training.steps_per_epoch, cfg.preset)
+    else:
+        where = f"epoch {p.epoch + 1}" + (f", batch {p.epoch_step + 1}" if p.epoch_step else "")
+        log.info("continuing %s from %s at %s (step %d), target %d epochs", plan.run_dir,
+                 plan.checkpoint_path, where, p.step, plan.target)
+    log.info("device %s, scan backend %s, %d training and %d validation cases", trainer.device,
+             resolve_backend(cfg.model.scan_backend, trainer.device), len(plan.split["train"]),
+             len(plan.split["validation"]))
+
+
+def _log_end(trainer: Any, state: str) -> None:
+    p, early = trainer.progress, trainer.early
+    best = f"best validation loss {early.best:.4f} at epoch {early.best_epoch}" \
+        if early.best_epoch else "no validation yet"
+    log.info("%s after %d of %d epochs; %s", state, p.epoch, trainer.target_epochs, best)
+
+
+def _result(plan: Plan, state: str, checkpoint: dict[str, Any],
+            last: Path | None) -> TrainResult:
+    best = checkpoint.get("best_val")
+    early = checkpoint.get("early_stopping") or {}
+    return TrainResult(run_dir=plan.run_dir, state=state,
+                       epochs_completed=int(checkpoint.get("epoch", 0)),
+                       target_epochs=plan.target,
+                       best_val=None if best is None or best == float("inf") else float(best),
+                       best_epoch=early.get("best_epoch") or None, last_checkpoint=last)
+
+
+def _archive(run_dir: Path) -> Path:
+    """Move everything of the run (not earlier archives, not the lock) to archive/<UTC time>/."""
+    from ichseg.training.lock import LOCK_FILE
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = run_dir / ARCHIVE / stamp
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = run_dir / ARCHIVE / f"{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name not in (ARCHIVE, LOCK_FILE):
+            shutil.move(str(entry), str(target / entry.name))
+    log.warning("moved the previous run in %s to %s", run_dir, target)
+    return target
+
+
+# --- logging: the console always, train.log while training -------------------------------------
+
+@contextlib.contextmanager
+def _console_logging() -> Iterator[None]:
+    """Messages of ichseg.training on stderr, unless the caller configured logging already."""
+    import sys
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("ichseg")
+    added = None
+    if not logger.handlers and not logging.getLogger().handlers:
+        added = logging.StreamHandler(sys.stderr)
+        added.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(added)
+        logger.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            yield
+    finally:
+        if added is not None:
+            logger.removeHandler(added)
+
+
+class _TrainLog(logging.Handler):
+    """train.log. Records logged before the run folder may be written (planning must not touch
+    the disk) are kept, and written first once `open` is called."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.pending: list[logging.LogRecord] = []
+        self.file: logging.FileHandler | None = None
+
+    def open(self, path: Path) -> None:
+        self.file = logging.FileHandler(path, encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for record in self.pending:
+            self.file.handle(record)
+        self.pending.clear()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is None:
+            self.pending.append(record)
+        else:
+            self.file.handle(record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def _train_log() -> Iterator[_TrainLog]:
+    handler = _TrainLog()
+    logger = logging.getLogger("ichseg")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
