@@ -228,12 +228,15 @@ def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
     fissure = (np.abs(px) < 1.2 + 0.8 * atrophy) & (brain < fissure_depth) & (head.inner > 0)
     tissues[fissure] = CSF
     tissues[fissure & (np.abs(px) < 0.5) & (pz > -25)] = FALX
-    # Sylvian fissures: oblique clefts from the lateral surface to the insula.
+    # Sylvian fissures: winding oblique clefts from the lateral surface in to the insula.
     for side in (-1, 1):
         box = head.box(np.array([side * 55.0, 16.0, -15.0]), 30.0)
         x, y, z = head.coords(box)
-        sylvian = ((np.abs(y - 8.0 - 0.35 * (side * x - 30.0)) < 1.0 + atrophy)
-                   & (side * x > 36) & (z > -30) & (z < 0) & (head.inner[box] > 0))
+        lateral = side * x
+        course = 8.0 + 0.35 * (lateral - 30.0) + 0.15 * z + 3.0 * np.sin(
+            0.3 * lateral + 0.2 * z + float(rng.uniform(0, 2 * math.pi)))
+        sylvian = ((np.abs(y - course) < 0.7 + atrophy) & (lateral > 36) & (z > -30) & (z < 0)
+                   & (head.inner[box] > 0))
         tissues[box][sylvian] = CSF
     # Deep grey nuclei (basal ganglia, thalami) either side of the ventricles.
     for side in (-1, 1):
