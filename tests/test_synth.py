@@ -29,7 +29,7 @@ from ichseg.errors import UsageError
 
 SHAPE, SPACING = (96, 96, 24), (2.4, 2.4, 5.0)  # a 230 mm field of view, coarse enough to be quick
 FINE_SHAPE, FINE_SPACING = (192, 192, 16), (1.2, 1.2, 5.0)
-CASES = 20
+CASES, CLEAN_CASES = 20, 8
 
 BRAIN_HU, CSF_HU, SKULL_HU, BLOOD_HU = (20, 45), (0, 15), (700, 1600), (50, 90)
 AIR, SCALP, SKULL, GREY, WHITE, CSF, VENTRICLE = (
@@ -40,9 +40,14 @@ NEIGHBOURS = np.ones((3, 3, 3), bool)
 
 @pytest.fixture(scope="module")
 def cases():
-    """(scanned, clean) pairs of the first CASES cases of seed 0."""
-    return [(make_case(0, SHAPE, SPACING, index=k), make_case(0, SHAPE, SPACING, index=k,
-                                                            clean=True)) for k in range(CASES)]
+    """The first CASES cases of seed 0, as scanned (blurred, noisy)."""
+    return [make_case(0, SHAPE, SPACING, index=k) for k in range(CASES)]
+
+
+@pytest.fixture(scope="module")
+def clean_cases():
+    """The first CLEAN_CASES of those cases as drawn, before the scanner's blur and noise."""
+    return [make_case(0, SHAPE, SPACING, index=k, clean=True) for k in range(CLEAN_CASES)]
 
 
 def _lesions(case, subtype):
@@ -62,8 +67,8 @@ def _within(values, band):
     return values.size > 0 and band[0] <= values.min() and values.max() <= band[1]
 
 
-def test_clean_tissue_hu_lies_in_the_bands(cases):
-    for _, clean in cases:
+def test_clean_tissue_hu_lies_in_the_bands(clean_cases):
+    for clean in clean_cases:
         normal = clean.label == 0
         hu, tissues = clean.hu, clean.tissues
         assert np.all(hu[(tissues == AIR) & normal] == -1000)
@@ -102,14 +107,15 @@ def test_skull_is_a_shell_of_realistic_thickness():
     assert outside[0, 0] != outside[FINE_SHAPE[0] // 2, FINE_SHAPE[1] // 2]
 
 
-def test_blood_is_50_to_90_hu_at_the_core_of_every_lesion(cases):
-    cores = 0
-    for scanned, clean in cases:
+def test_blood_is_50_to_90_hu_at_the_core_of_every_lesion(cases, clean_cases):
+    for clean in clean_cases:
         assert _within(clean.hu[clean.label > 0], BLOOD_HU) or not clean.label.any()
+    cores = 0
+    for scanned in cases:
         for subtype in SUBTYPES:
             for lesion in _lesions(scanned, subtype):
                 core = ndimage.binary_erosion(lesion, np.ones((3, 3, 1), bool))
-                if core.any():  # thin SAH tracks have no core at this resolution
+                if core.sum() >= 5:  # thin SAH tracks have little or no core at 2.4 mm
                     cores += 1
                     assert BLOOD_HU[0] <= np.median(scanned.hu[core]) <= BLOOD_HU[1], \
                         SUBTYPES[subtype]
@@ -118,7 +124,7 @@ def test_blood_is_50_to_90_hu_at_the_core_of_every_lesion(cases):
 
 def test_each_subtype_lies_in_its_place(cases):
     seen = set()
-    for case, _ in cases:
+    for case in cases:
         skull = case.tissues == SKULL
         for subtype in SUBTYPES:
             mask = case.label == subtype
@@ -145,7 +151,7 @@ def test_epidural_lenses_are_thicker_for_their_size_than_subdural_crescents(case
     def thickness_ratios(subtype):
         """Greatest depth from the skull over the cube root of the volume, per case."""
         ratios = []
-        for case, _ in cases:
+        for case in cases:
             mask = case.label == subtype
             if mask.sum() < 20:  # a sliver at the edge of the scan tells nothing of the shape
                 continue
@@ -167,7 +173,7 @@ def test_cases_vary_some_are_empty_and_labels_use_the_contract_codes():
     assert all(set(np.unique(label)) <= {0, 1, 2, 3, 4, 5} for label in labels)
     assert all(label.dtype == np.uint8 for label in labels)
     empty = sum(not label.any() for label in labels)
-    assert 2 <= empty <= 14  # about 15 % without hemorrhage
+    assert 1 <= empty <= 14  # about 15 % without hemorrhage (P(none of 40) = 0.15 %)
     assert sum(len(np.unique(label)) >= 3 for label in labels) >= 5  # several subtypes at once
     volumes = [int((label > 0).sum()) for label in labels if label.any()]
     assert max(volumes) >= 10 * min(volumes)
@@ -176,7 +182,7 @@ def test_cases_vary_some_are_empty_and_labels_use_the_contract_codes():
 def test_hemorrhage_is_not_separable_by_hu_alone(cases):
     """Partial volume of bone, the falx and calcifications put normal voxels in the blood band."""
     in_band = blood_in_band = 0
-    for case, _ in cases:
+    for case in cases:
         band = (case.hu >= BLOOD_HU[0]) & (case.hu <= BLOOD_HU[1])
         in_band += band.sum()
         blood_in_band += (band & (case.label > 0)).sum()
