@@ -279,9 +279,24 @@ def test_cli_synth_refuses_bad_arguments_before_writing(tmp_path, capsys, args, 
     assert not out.exists()
 
 
-def test_cli_synth_refuses_an_out_that_is_a_file(tmp_path, capsys):
-    out = tmp_path / "taken"
-    out.write_text("not a folder")
+@pytest.mark.parametrize("inside", [False, True])
+def test_cli_synth_refuses_an_out_that_is_or_lies_under_a_file(tmp_path, capsys, inside):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    out = taken / "synth" if inside else taken
     assert main(["synth", str(out), "--cases", "1", "--shape", "64", "64", "24"]) == 2
-    assert str(out) in capsys.readouterr().err
-    assert out.read_text() == "not a folder"
+    assert f"{taken} is a file" in capsys.readouterr().err
+    assert taken.read_text() == "not a folder"
+
+
+def test_synth_refuses_a_folder_holding_other_scans_and_rewrites_its_own(tmp_path):
+    geometry = {"shape": (64, 64, 24), "spacing": (3.6, 3.6, 5.0)}
+    write_dataset(tmp_path, 3, **geometry)
+    before = (tmp_path / "images" / "synth_002.nii.gz").read_bytes()
+    # Two cases would leave synth_002 behind, to be read as part of a two-case dataset.
+    with pytest.raises(UsageError, match="synth_002"):
+        write_dataset(tmp_path, 2, **geometry)
+    assert (tmp_path / "images" / "synth_002.nii.gz").read_bytes() == before
+    assert json.loads((tmp_path / "dataset.json").read_text())["numTraining"] == 3
+    assert write_dataset(tmp_path, 3, seed=1, **geometry) == ["synth_000", "synth_001", "synth_002"]
+    assert json.loads((tmp_path / "dataset.json").read_text())["seed"] == 1

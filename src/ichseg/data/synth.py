@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from ichseg.data.io import write_nifti
+from ichseg.data.io import nifti_files, nifti_stem, write_nifti
 from ichseg.errors import UsageError
 
 # Label codes of the contract (BHSD's order).
@@ -504,6 +505,37 @@ def resolve_geometry(shape: Sequence[int] | None,
     return shape, spacing
 
 
+def _whole_number(value: object, key: str, minimum: int) -> int:
+    try:
+        number = operator.index(value)  # ints and NumPy integers, not floats or bools
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
+        raise UsageError(f"{key} must be a whole number of at least {minimum}, got {value!r}.")
+    return number
+
+
+def _check_destination(out: Path, ids: list[str]) -> None:
+    """Refuse an OUT that cannot hold the dataset, or that holds other scans, before writing.
+
+    Other NIfTI files in OUT/images or OUT/labels (a real dataset, or the extra cases of an
+    earlier, larger synth run) would be read as part of this dataset.
+    """
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{existing} is a file; synth needs a folder there.")
+    if (out / "dataset.json").is_dir():
+        raise UsageError(f"{out / 'dataset.json'} is a folder; synth writes a file there.")
+    for folder in (out / "images", out / "labels"):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file; synth needs a folder there.")
+        if folder.is_dir():
+            others = [p for p in nifti_files(folder) if nifti_stem(p.name) not in ids]
+            if others:
+                raise UsageError(f"{others[0]} is not one of the {len(ids)} cases to write; "
+                                 "give synth an empty or new folder.")
+
+
 def case_ids(cases: int) -> list[str]:
     width = max(3, len(str(cases - 1)))
     return [f"synth_{k:0{width}d}" for k in range(cases)]
@@ -518,17 +550,11 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int = 0,
     nnU-Net-style `OUT/dataset.json` that also records the seed, shape and spacing used.
     """
     out = Path(out_dir)
-    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
-        raise UsageError(f"--cases must be a whole number of at least 1, got {cases!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"--seed must be a whole number of at least 0, got {seed!r}.")
+    cases = _whole_number(cases, "--cases", minimum=1)
+    seed = _whole_number(seed, "--seed", minimum=0)
     shape, spacing = resolve_geometry(shape, spacing)
-    for path in (out, out / "images", out / "labels", out / "dataset.json"):
-        if path.exists() and (path.is_dir() == (path.name == "dataset.json")):
-            kind = "a folder" if path.is_dir() else "a file"
-            raise UsageError(f"{path} is {kind}; synth needs it to be "
-                             f"{'a file' if path.name == 'dataset.json' else 'a folder'}.")
     ids = case_ids(cases)
+    _check_destination(out, ids)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for index, case_id in enumerate(tqdm(ids, desc="synth", unit="case", disable=None)):
