@@ -143,6 +143,8 @@ def test_a_run_whose_local_folder_is_gone_resumes_from_the_mirror(dirs, caplog):
     shutil.rmtree(local.parent)  # a fresh Colab runtime: nothing on the local disk
 
     manager = CheckpointManager(local, keep=2, mirror_dir=mirror)
+    peek = manager.load_latest(copy_back=False)  # before the run lock: reads only
+    assert peek.path == mirror / "ckpt-000003.pt" and not local.exists()
     with caplog.at_level(logging.WARNING):
         loaded = manager.load_latest()
     assert loaded.source == "mirror" and loaded.state["epoch"] == 3 and loaded.verified

@@ -397,11 +397,13 @@ class CheckpointManager:
         return self._number
 
     # loading --------------------------------------------------------------------------------
-    def load_latest(self) -> LoadedCheckpoint | None:
+    def load_latest(self, copy_back: bool = True) -> LoadedCheckpoint | None:
         """The newest generation that passes every check, locally or in the mirror.
 
         Failed generations are reported by name with a warning and skipped. No checkpoint at all:
         None. Checkpoints present but none valid: UsageError naming each, nothing touched.
+        A winner from the mirror is copied into the local folder (`bring_home`) unless
+        `copy_back` is False: that writes, so only the holder of the run's lock may do it.
         """
         failures: list[str] = []
         found_any = False
@@ -422,13 +424,16 @@ class CheckpointManager:
         best = max(candidates, key=lambda c: (_as_int(c.state.get("step")),
                                               _as_int(c.state.get("epoch")),
                                               c.source == "local"))
-        if best.source == "mirror":
-            best = self._copy_back(best)
+        if best.source == "mirror" and copy_back:
+            best = self.bring_home(best)
         return best
 
-    def _copy_back(self, loaded: LoadedCheckpoint) -> LoadedCheckpoint:
-        """A fresh runtime with an empty local disk resumes from the mirror: bring the generation
-        home first, so later saves and retention continue from it."""
+    def bring_home(self, loaded: LoadedCheckpoint) -> LoadedCheckpoint:
+        """A fresh runtime with an empty local disk resumes from the mirror: copy the generation
+        into the local folder (verified, committed) so later saves and retention continue from
+        it. Local generations are returned unchanged; a failed copy is a warning."""
+        if loaded.source != "mirror" or loaded.path.parent == self.directory:
+            return loaded
         log.warning("resuming from the mirror's %s (newer than anything in %s)",
                     loaded.path, self.directory)
         entry = loaded.entry
