@@ -23,7 +23,7 @@ from ichseg.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".lock"
+LOCK_FILE = ".lock"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -41,7 +41,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
