@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
 from ichseg.config import Config
@@ -55,21 +56,6 @@ class Augmentation:
 
 
 AUGMENTATION = Augmentation()
-
-
-def _rotation(angles: Sequence[float]) -> np.ndarray:
-    """Rotation matrix: (in-plane) for 2D; (about z, about y, about x) in radians for 3D."""
-    if len(angles) == 1:
-        c, s = np.cos(angles[0]), np.sin(angles[0])
-        return np.array([[c, -s], [s, c]])
-    about_z, about_y, about_x = angles
-    cz, sz = np.cos(about_z), np.sin(about_z)
-    cy, sy = np.cos(about_y), np.sin(about_y)
-    cx, sx = np.cos(about_x), np.sin(about_x)
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    return rz @ ry @ rx
 
 
 def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -193,11 +179,13 @@ class PatchSampler:
             return None
         matrix = np.eye(self.transform_dims)
         if rotate:
-            angles = [np.deg2rad(rng.uniform(-aug.in_plane_degrees, aug.in_plane_degrees))]
+            angles = [rng.uniform(-aug.in_plane_degrees, aug.in_plane_degrees)]
             if self.transform_dims == 3:
-                tilt = np.deg2rad(aug.out_of_plane_degrees)
+                tilt = aug.out_of_plane_degrees
                 angles += [rng.uniform(-tilt, tilt) for _ in range(2)]
-            matrix = _rotation(angles)
+            # About z (in-plane), then y and x (tilts); 2D keeps the in-plane block.
+            rotation = Rotation.from_euler("zyx"[:len(angles)], angles, degrees=True)
+            matrix = rotation.as_matrix()[:self.transform_dims, :self.transform_dims]
         if scale:
             # A zoom factor above 1 enlarges the anatomy: the patch samples a smaller region.
             matrix = matrix / rng.uniform(*aug.scale_range)
