@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ichseg.errors import UsageError
 from ichseg.training import checkpoint as ck
 from ichseg.training.checkpoint import CheckpointManager
 
@@ -184,3 +185,10 @@ def test_archiving_the_mirror_moves_the_old_run_aside(dirs):
     assert listing(target) == ["ckpt-000001.pt", "last.pt", "manifest.json"]
     # the old run's generation can no longer win a later continue
     assert CheckpointManager(local, mirror_dir=mirror).load_latest() is None
+
+
+def test_the_mirror_cannot_be_the_checkpoint_folder_itself(dirs):
+    local, _ = dirs
+    with pytest.raises(UsageError, match=f"--mirror-dir {local} is the run's own checkpoint"):
+        CheckpointManager(local, mirror_dir=local)
+    assert not local.exists()

@@ -352,6 +352,9 @@ class CheckpointManager:
         if keep < 1:
             raise UsageError(f"setting training.keep_checkpoints must be at least 1, got {keep}")
         self.directory = Path(directory)
+        if mirror_dir and Path(mirror_dir).resolve() == self.directory.resolve():
+            raise UsageError(f"--mirror-dir {mirror_dir} is the run's own checkpoint folder; "
+                             "name a folder elsewhere (e.g. on Google Drive)")
         self.keep = keep
         self.local = _Folder(self.directory, "local")
         self.mirror = _Mirror(Path(mirror_dir), self.directory, keep) if mirror_dir else None
