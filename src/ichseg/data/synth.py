@@ -28,11 +28,12 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ichseg.data.io import nifti_files, nifti_stem, write_nifti
+from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
 
-# Label codes of the contract (BHSD's order).
-LABELS = {"background": 0, "EDH": 1, "IPH": 2, "IVH": 3, "SAH": 4, "SDH": 5}
-EDH, IPH, IVH, SAH, SDH = 1, 2, 3, 4, 5
+# The contract's label codes by name, as nnU-Net's dataset.json lists them.
+LABELS = {name: code for code, name in CODES.items()}
+EDH, IPH, IVH, SAH, SDH = (LABELS[name] for name in ("EDH", "IPH", "IVH", "SAH", "SDH"))
 
 # Tissue classes of `SyntheticCase.tissues`: the anatomy drawn, before hemorrhage. Where a lesion
 # is, the map keeps the tissue the blood replaced, so tests can ask where each subtype lies.
@@ -101,6 +102,12 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return rz @ rx @ ry
 
 
+def _outline_factor(u_x, u_y):
+    """Scales the ellipsoid's normalised radius along unit direction (u_x, u_y, .): a head is
+    narrower at the forehead than across the parietal and occipital bones (up to 4 %)."""
+    return 1.0 + 0.12 * u_y * u_x * u_x
+
+
 class _Head:
     """The head frame of one case over the voxels of the head's bounding box.
 
@@ -129,7 +136,7 @@ class _Head:
         if centre[2] < extent[2] / 2 - 20:
             centre[2] = extent[2] / 2 + rng.uniform(-5, 25)
         self.centre = centre
-        # The rotated ellipsoid's half-extents along the grid axes (10 % for the egg shape),
+        # The rotated ellipsoid's half-extents along the grid axes (10 % for the outline factor),
         # plus a few voxels of air so the blur sees the head's edge.
         bound = np.array([self.axes[0], self.axes[1], self.lower_axis]) * 1.1
         half = np.sqrt(((self.rotation * bound) ** 2).sum(axis=1))
@@ -147,12 +154,12 @@ class _Head:
         px, py, pz = self.p
         self.radius = np.sqrt(px * px + py * py + pz * pz) + 1e-3
         # Depth below the scalp along the ray from the centre (close to the normal distance for a
-        # near-spherical head). The outline is an ellipsoid made egg-shaped: wider at the back.
+        # near-spherical head).
         u_x, u_y = px / self.radius, py / self.radius
         ia, ib, ic = (float(1 / a) for a in self.axes)
         pz_scaled = pz * np.where(pz > 0, np.float32(ic), np.float32(1 / self.lower_axis))
         norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2 + pz_scaled * pz_scaled)
-        norm *= 1.0 - 0.05 * u_y + 0.03 * u_y * u_y
+        norm *= _outline_factor(u_x, u_y)
         self.depth = self.radius * (1.0 / np.maximum(norm, 1e-3) - 1.0)
         self.scalp = float(rng.uniform(4.0, 6.5))
         # Skull thicker at the occiput and frontal bone than at the temporal squama.
@@ -173,9 +180,8 @@ class _Head:
     def surface_point(self, direction: np.ndarray, inward: float) -> np.ndarray:
         """The head-frame point `inward` mm inside the scalp surface along `direction`."""
         u = direction / np.linalg.norm(direction)
-        egg = 1.0 - 0.05 * u[1] + 0.03 * u[1] ** 2
         axes = self.axes if u[2] > 0 else (*self.axes[:2], self.lower_axis)
-        at_surface = 1.0 / (np.sqrt(((u / axes) ** 2).sum()) * egg)
+        at_surface = 1.0 / (np.sqrt(((u / axes) ** 2).sum()) * _outline_factor(u[0], u[1]))
         return u * (at_surface - inward)
 
     def random_field(self, rng: np.random.Generator, wavelength: float,
@@ -248,8 +254,8 @@ def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
                       + ((z - centre[2]) / radii[2]) ** 2) < 1
             tissues[box][inside] = GREY
     # Lateral ventricles: ")(" either side of the septum, closest behind the frontal horns and
-    # diverging most towards the atria; arched, so their ends sit lower than their bodies. The third ventricle is a midline
-    # slit below them.
+    # diverging most towards the atria; arched, so their ends sit lower than their bodies. The
+    # third ventricle is a midline slit below them.
     scale = 0.8 + 0.5 * atrophy
     width = 5.0 * scale
     box = head.box(np.array([0.0, -5.0, 5.0]), 50.0)
@@ -266,10 +272,10 @@ def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
     # Calcified choroid plexus in the atria, and the pineal gland: classic bright mimics.
     for centre in ((-17.0 * scale, -28.0, 4.0), (17.0 * scale, -28.0, 4.0), (0.0, -20.0, -10.0)):
         if rng.random() < 0.6:
-            c = np.asarray(centre)
-            box = head.box(c, 4.0)
+            box = head.box(np.asarray(centre), 4.0)
             x, y, z = head.coords(box)
-            tissues[box][(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < 2.5 ** 2] = CALCIFICATION
+            spot = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < 2.5 ** 2
+            tissues[box][spot] = CALCIFICATION
     return tissues
 
 
