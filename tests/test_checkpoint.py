@@ -166,6 +166,9 @@ def test_a_missing_manifest_falls_back_to_the_files_with_a_warning(ckdir, caplog
     assert loaded.state["epoch"] == 1 and not loaded.verified
     assert "checksums of its checkpoints cannot be verified" in caplog.text
     assert f"{newest} is not usable: unreadable" in caplog.text
+    rows = CheckpointManager(ckdir).generations()
+    assert [(r["file"], r["verdict"]) for r in rows] == [
+        ("ckpt-000002.pt", "unverified (no manifest)"), ("ckpt-000001.pt", "unverified (no manifest)")]
 
 
 def test_a_corrupt_manifest_is_treated_like_a_missing_one(ckdir, caplog):

@@ -455,7 +455,8 @@ class CheckpointManager:
             log.warning("could not copy %s into %s (%s); resuming from the mirror's file",
                         loaded.path, self.directory, exc)
             return loaded
-        return LoadedCheckpoint(loaded.state, local, loaded.generation, "mirror", True, entry)
+        return LoadedCheckpoint(loaded.state, local, loaded.generation, "mirror", loaded.verified,
+                                entry)
 
     def generations(self) -> list[dict[str, Any]]:
         """Every checkpoint file, local and mirrored, with its verdict, for `ichseg status`."""
@@ -505,11 +506,11 @@ class CheckpointManager:
             return None
         return target
 
-    def wait(self, timeout: float | None = 600.0) -> bool:
+    def wait(self, timeout: float | None = 300.0) -> bool:
         """Wait until the mirror has every committed file; False if it is still behind."""
         return self.mirror.wait(timeout) if self.mirror else True
 
-    def close(self, timeout: float | None = 600.0) -> bool:
+    def close(self, timeout: float | None = 300.0) -> bool:
         """Flush the mirror (at the end of training) and stop its thread."""
         return self.mirror.close(timeout) if self.mirror else True
 
