@@ -154,7 +154,7 @@ def resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
 
 def training_labels(codes: np.ndarray, subtypes: bool) -> np.ndarray:
     """Contract codes -> training targets: any hemorrhage = 1, or the five subtypes as they are."""
-    return codes.copy() if subtypes else (codes > 0).astype(np.uint8)
+    return codes if subtypes else (codes > 0).astype(np.uint8)
 
 
 def label_codes(label: Volume, label_mapping: LabelMapping | None,
@@ -193,9 +193,9 @@ def prepare_hu(image: Volume, label: Volume | None, data_cfg: DataConfig,
                              f"but its image {image.path} has {hu.shape}")
         codes = label_codes(label, label_mapping, data_cfg.subtypes)
     hu_ras, orientation = reorient_to_ras(hu, image.affine)
-    info_shape = tuple(int(n) for n in hu.shape)
+    native_shape = tuple(int(n) for n in hu.shape)
     spacing = np.linalg.norm(
-        (image.affine @ nio.inv_ornt_aff(orientation, info_shape))[:3, :3], axis=0)
+        (image.affine @ nio.inv_ornt_aff(orientation, native_shape))[:3, :3], axis=0)
     if data_cfg.crop_to_head:
         start, stop = head_box(hu_ras, spacing)
     else:
@@ -208,7 +208,7 @@ def prepare_hu(image: Volume, label: Volume | None, data_cfg: DataConfig,
     if codes is not None:
         targets = training_labels(codes, data_cfg.subtypes)
         out_label = resample(nio.apply_orientation(targets, orientation)[box], new_shape, order=0)
-    info = PreprocessInfo(native_shape=info_shape, native_affine=np.asarray(image.affine, float),
+    info = PreprocessInfo(native_shape=native_shape, native_affine=np.asarray(image.affine, float),
                           orientation=orientation, crop_start=tuple(start),
                           crop_stop=tuple(stop), resampled_shape=new_shape)
     return out_hu, out_label, info
