@@ -208,7 +208,8 @@ def prepare_hu(image: Volume, label: Volume | None, data_cfg: DataConfig,
     if codes is not None:
         targets = training_labels(codes, data_cfg.subtypes)
         out_label = resample(nio.apply_orientation(targets, orientation)[box], new_shape, order=0)
-    info = PreprocessInfo(native_shape=native_shape, native_affine=np.asarray(image.affine, float),
+    info = PreprocessInfo(native_shape=native_shape,
+                          native_affine=np.asarray(image.affine, float),
                           orientation=orientation, crop_start=tuple(start),
                           crop_stop=tuple(stop), resampled_shape=new_shape)
     return out_hu, out_label, info
