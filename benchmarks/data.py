@@ -110,11 +110,10 @@ def bench_cache(rows: list, repeats: int, cases: int, work: Path) -> None:
     entry = cache.path(case)
     hu_s = median_seconds(lambda: cache.load(case), repeats)
     float_s = median_seconds(lambda: np.load(channels_file), repeats)
-    size = f"{entry.stat().st_size / 1e6:.1f} MB"
-    row(rows, f"cache entry int16 HU + window at load ({size})", hu_s, note="used")
-    row(rows, f"cache entry float32 channels "
-              f"({channels_file.stat().st_size / 1e6:.1f} MB)", float_s,
-        note=f"{hu_s / float_s:.1f}x faster, {channels_file.stat().st_size / entry.stat().st_size:.0f}x larger")
+    hu_mb, float_mb = entry.stat().st_size / 1e6, channels_file.stat().st_size / 1e6
+    row(rows, f"cache entry int16 HU + window at load ({hu_mb:.1f} MB)", hu_s, note="used")
+    row(rows, f"cache entry float32 channels ({float_mb:.1f} MB)", float_s,
+        note=f"{hu_s / float_s:.1f}x faster, {float_mb / hu_mb:.0f}x larger")
 
 
 def bench_sampler(rows: list, repeats: int, cases: int, work: Path) -> None:

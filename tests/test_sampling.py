@@ -1,4 +1,4 @@
-"""Patch sampling: any batch rebuilt from (seed, epoch, index) alone; shares, foreground, geometry."""
+"""Patch sampling: any batch rebuilt from (seed, epoch, index); shares, foreground, geometry."""
 
 from __future__ import annotations
 
