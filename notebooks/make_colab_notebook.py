@@ -168,8 +168,8 @@ else:
 INSPECT = '''\
 # Check the dataset before spending GPU hours on it: every case readable, labels on the image's
 # grid, allowed label values; shapes, spacings and HU statistics.
-from ichseg.data.inspect import format_fingerprint  # noqa: E402
-from ichseg.errors import UsageError  # noqa: E402
+from ichseg.data.inspect import format_fingerprint
+from ichseg.errors import UsageError
 
 fingerprint = ichseg.inspect(DATA_DIR)
 print(format_fingerprint(fingerprint))
@@ -204,14 +204,14 @@ result = train_with(TRAINING_MODE, PRESET, EPOCHS, ADDITIONAL_EPOCHS)'''
 STATUS = '''\
 # Where the run stands: epochs done, state, best validation epoch, every checkpoint (local and on
 # the mirror) with its checksum verdict, and the command that continues it.
-from ichseg.training.status import format_status  # noqa: E402
+from ichseg.training.status import format_status
 
 print(format_status(ichseg.check_training_status(RUN_DIR)))'''
 
 PLOT = '''\
 # Loss, validation Dice and learning rate per epoch; dashed lines mark where a run was stopped
 # and continued.
-from IPython.display import Image, display  # noqa: E402
+from IPython.display import Image, display
 
 progress_png = Path(RUN_DIR) / "progress.png"
 if progress_png.exists():
@@ -221,15 +221,12 @@ else:
 
 PREDICT = '''\
 # Segment the held-out cases with the best model of the run: label maps on each input's own grid,
-# hemorrhage volumes in mL, and an overlay per case (brain window, prediction outlined).
-import csv  # noqa: E402
-
+# hemorrhage volumes in mL (PREDICTIONS_DIR/volumes.csv), and an overlay per case (brain window,
+# prediction outlined), the first two shown here.
 if HELD_OUT_IMAGES:
-    ichseg.predict(RUN_DIR, [HELD_OUT_IMAGES], PREDICTIONS_DIR)
-    with open(Path(PREDICTIONS_DIR) / "volumes.csv", newline="") as volumes:
-        for row in csv.DictReader(volumes):
-            print(f"{row['case']}: {float(row['total_ml']):.2f} mL predicted")
-    for overlay in sorted((Path(PREDICTIONS_DIR) / "overlays").glob("*.png"))[:2]:
+    predictions = ichseg.predict(RUN_DIR, [HELD_OUT_IMAGES], PREDICTIONS_DIR)
+    for prediction in predictions[:2]:
+        overlay = Path(PREDICTIONS_DIR) / "overlays" / f"{prediction['case']}.png"
         display(Image(filename=str(overlay)))
 else:
     print("set HELD_OUT_IMAGES in the form to predict held-out cases")'''
@@ -237,7 +234,7 @@ else:
 EVALUATE = '''\
 # Compare the predictions with the ground truth: Dice, HD95, NSD, volume error and lesion F1 per
 # case, with the mean and median.
-from ichseg.evaluation.evaluate import format_summary  # noqa: E402
+from ichseg.evaluation.evaluate import format_summary
 
 if HELD_OUT_IMAGES and HELD_OUT_LABELS:
     evaluation = ichseg.evaluate(PREDICTIONS_DIR, HELD_OUT_LABELS, EVALUATION_DIR)
