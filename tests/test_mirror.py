@@ -192,3 +192,33 @@ def test_the_mirror_cannot_be_the_checkpoint_folder_itself(dirs):
     with pytest.raises(UsageError, match=f"--mirror-dir {local} is the run's own checkpoint"):
         CheckpointManager(local, mirror_dir=local)
     assert not local.exists()
+
+
+def test_a_mirror_further_along_than_the_run_is_set_aside_not_pruned(dirs, caplog):
+    local, mirror = dirs
+    with CheckpointManager(local, keep=2, mirror_dir=mirror) as manager:
+        for value in (5, 6):
+            manager.save(state_for(value))
+            manager.wait(timeout=60)
+    old = {name: (mirror / name).read_bytes() for name in ("ckpt-000001.pt", "ckpt-000002.pt")}
+    shutil.rmtree(local)
+    # a run that starts over without resuming from the mirror (e.g. a continue that ignored it)
+    with caplog.at_level(logging.WARNING):
+        with CheckpointManager(local, keep=2, mirror_dir=mirror) as manager:
+            manager.save(state_for(1))
+    (archived,) = (mirror / "archive").iterdir()
+    assert {name: (archived / name).read_bytes() for name in old} == old
+    assert "held a run further along (step 60) than this one (step 10)" in caplog.text
+    assert [g["file"] for g in json.loads((mirror / "manifest.json").read_text())["generations"]] \
+        == ["ckpt-000003.pt"]
+
+
+def test_a_normal_continuation_does_not_set_the_mirror_aside(dirs):
+    local, mirror = dirs
+    with CheckpointManager(local, keep=2, mirror_dir=mirror) as manager:
+        manager.save(state_for(1))
+    with CheckpointManager(local, keep=2, mirror_dir=mirror) as manager:
+        manager.load_latest()
+        manager.save(state_for(2))
+    assert not (mirror / "archive").exists()
+    assert listing(mirror) == ["ckpt-000001.pt", "ckpt-000002.pt", "last.pt", "manifest.json"]

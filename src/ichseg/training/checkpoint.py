@@ -492,19 +492,7 @@ class CheckpointManager:
         if not self.mirror:
             return None
         self.mirror.wait(None)
-        if not self.mirror.folder.directory.is_dir():
-            return None
-        source = self.mirror.folder.directory
-        target = source / "archive" / stamp
-        try:
-            target.mkdir(parents=True)
-            for item in source.iterdir():
-                if item.name != "archive":
-                    os.replace(item, target / item.name)
-        except OSError as exc:
-            log.warning("could not archive the mirror %s: %s", source, exc)
-            return None
-        return target
+        return self.mirror.archive(stamp)
 
     def wait(self, timeout: float | None = 300.0) -> bool:
         """Wait until the mirror has every committed file; False if it is still behind."""
@@ -685,6 +673,46 @@ class _Mirror:
         self._closed = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._checked_ahead = False
+
+    def archive(self, stamp: str) -> Path | None:
+        """Move the mirror's files (not earlier archives) to `archive/<stamp>/`; None if there
+        was nothing to move or the move failed (a warning)."""
+        source = self.folder.directory
+        if not source.is_dir():
+            return None
+        try:
+            items = [item for item in source.iterdir() if item.name != "archive"]
+            if not items:
+                return None
+            target = source / "archive" / stamp
+            target.mkdir(parents=True)
+            for item in items:
+                os.replace(item, target / item.name)
+        except OSError as exc:
+            log.warning("could not archive the mirror %s: %s", source, exc)
+            return None
+        return target
+
+    def _set_aside_if_ahead(self, entry: dict[str, Any]) -> None:
+        """Before the first copy: a mirror whose newest generation is further along than what
+        this run saves belongs to a run that was not resumed from it (a continue that did not
+        look at the mirror, another run pointed at the same folder). Retention would prune it
+        generation by generation; move it to `archive/` instead, so nothing is lost."""
+        self._checked_ahead = True
+        try:
+            manifest = self.folder.read_manifest()
+        except _Bad:
+            manifest = None
+        newest = max(((_as_int(g.get("step")), _as_int(g.get("epoch")))
+                      for g in (manifest or {}).get("generations", [])), default=None)
+        if newest is not None and newest > (entry["step"], entry["epoch"]):
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = self.archive(stamp)
+            if target:
+                log.warning("the mirror %s held a run further along (step %d) than this one "
+                            "(step %d); it was moved to %s", self.folder.directory, newest[0],
+                            entry["step"], target)
 
     def highest_number(self) -> int:
         try:
@@ -724,6 +752,8 @@ class _Mirror:
                     self._cond.notify_all()
 
     def _copy(self, kind: str, entry: dict[str, Any]) -> None:
+        if not self._checked_ahead:
+            self._set_aside_if_ahead(entry)
         directory = self.folder.directory
         # Open the source first: once open, local retention may delete it while a slow mirror
         # is still being written, and the copy still completes.
