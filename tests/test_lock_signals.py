@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -94,6 +96,45 @@ def test_an_unlocked_lock_from_another_host_is_not_taken_over(tmp_path: Path):
     with pytest.raises(UsageError, match=f"PID 4242 on host colab-vm-7 .* delete {lock}"):
         RunLock(tmp_path).acquire()
     assert json.loads(lock.read_text())["host"] == "colab-vm-7"
+
+
+def test_without_flock_the_recorded_process_decides(tmp_path, monkeypatch, caplog):
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with RunLock(tmp_path):  # a fresh lock needs no flock
+        pass
+    lock = tmp_path / ".lock"
+    here = socket.gethostname()
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": here, "started": "today"}))
+    with pytest.raises(UsageError, match=f"in use by PID {os.getppid()} on {here}"):
+        RunLock(tmp_path).acquire()
+    pid = dead_pid()
+    lock.write_text(json.dumps({"pid": pid, "host": here, "started": "today"}))
+    with caplog.at_level(logging.WARNING), RunLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"stale lock {lock} of PID {pid}" in caplog.text
+
+
+def test_a_lock_file_removed_while_we_take_it_over_is_not_trusted(tmp_path, monkeypatch):
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    real_flock = fcntl.flock
+    calls = []
+
+    def released_meanwhile(fd, operation):
+        if not calls:  # the old holder unlinks the file between our open and our flock
+            lock.unlink()
+        calls.append(fd)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", released_meanwhile)
+    with RunLock(tmp_path) as held:
+        # the lock we hold is the file the path names now, not the unlinked one
+        assert os.fstat(held._fd).st_ino == os.stat(lock).st_ino
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(calls) == 2
 
 
 def test_sigterm_sets_the_flag_and_the_loop_exits_0_at_a_step_boundary():

@@ -53,25 +53,44 @@ class RunLock:
 
     def acquire(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            fd = self._open_locked()
+            if fd is not None and _still_named(fd, self.path):
+                self._fd = fd
+                _write_holder(fd)
+                return
+            # The file we locked was released and unlinked meanwhile (or vanished before we
+            # opened it): holding a lock on a deleted file would guard nothing. Start over.
+            if fd is not None:
+                os.close(fd)
+        raise UsageError(f"run folder {self.run_dir}: its lock file {self.path} keeps changing; "
+                         "is another trainer starting and stopping there?")
+
+    def _open_locked(self) -> int | None:
+        """A descriptor of the lock file, locked by us; None if it vanished before we opened it.
+
+        Raises UsageError when a living trainer holds it.
+        """
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
         except FileExistsError:
-            fd = self._take_over()
-        else:
-            if not _try_flock(fd):
-                # Another trainer opened the new file and locked it between our create and our
-                # flock: it won the race.
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise UsageError(_in_use_message(self.run_dir, holder))
-        self._fd = fd
-        _write_holder(fd)
+            try:
+                fd = os.open(self.path, os.O_RDWR)
+            except FileNotFoundError:
+                return None
+            return self._take_over(fd)
+        if _try_flock(fd) is False:
+            # Another trainer opened the new file and locked it between our create and our
+            # flock: it won the race.
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise UsageError(_in_use_message(self.run_dir, holder))
+        return fd
 
-    def _take_over(self) -> int:
-        """Open an existing lock; return its descriptor, locked, if its holder is gone."""
-        fd = os.open(self.path, os.O_RDWR)
-        holder = _read_holder(fd)
+    def _take_over(self, fd: int) -> int:
+        """Given an existing lock file, return its descriptor locked if its holder is gone."""
         locked = _try_flock(fd)
+        holder = _read_holder(fd)  # after the flock attempt: a winner has written itself in
         here = holder.get("host") == socket.gethostname()
         pid = holder.get("pid")
         if locked is None:  # no flock on this file system: judge by the recorded process
@@ -100,6 +119,16 @@ class RunLock:
         finally:
             os.close(self._fd)
             self._fd = None
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _try_flock(fd: int) -> bool | None:
