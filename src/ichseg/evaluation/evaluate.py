@@ -23,11 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ichseg.data.io import nifti_files, nifti_stem, read_label
+from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import METRIC_NAMES, case_metrics
 
-# Label codes 1..5 of the contract (BHSD's order).
-SUBTYPE_NAMES = ("EDH", "IPH", "IVH", "SAH", "SDH")
+# Label codes 1..5 of the contract (BHSD's order): EDH, IPH, IVH, SAH, SDH.
+SUBTYPE_NAMES = tuple(name for code, name in sorted(CODES.items()) if code > 0)
 ANY = "any"
 # Largest affine difference (mm, or direction cosine x mm) still taken as the same grid: far
 # below any voxel size, above float32 round-off of a rewritten header.
