@@ -63,10 +63,10 @@ class LoadedCheckpoint:
 
     state: dict[str, Any]
     path: Path
-    generation: int | None
+    generation: int
     source: str  # "local" or "mirror"
     verified: bool  # False when no manifest was there to check the SHA-256 against
-    entry: dict[str, Any] | None
+    entry: dict[str, Any]
 
 
 class _Bad(Exception):
@@ -76,7 +76,8 @@ class _Bad(Exception):
 # --- files ------------------------------------------------------------------------------------
 
 class _HashingWriter:
-    """Hands bytes to a file while hashing them, so the SHA-256 costs no second pass."""
+    """Hands bytes to a file while hashing them: the SHA-256 of what was sent, without a pass
+    of its own (the re-read afterwards checks what actually landed on disk)."""
 
     def __init__(self, file: BinaryIO):
         self.file = file
@@ -440,8 +441,6 @@ class CheckpointManager:
         log.warning("resuming from the mirror's %s (newer than anything in %s)",
                     loaded.path, self.directory)
         entry = loaded.entry
-        if entry is None:
-            return loaded
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             local = self.directory / entry["file"]
