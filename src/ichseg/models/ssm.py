@@ -190,7 +190,7 @@ class _CpuScan(torch.autograd.Function):
         u_, dt_ = _as_numpy(u), _as_numpy(dt)
         A_, B_, C_ = _pad_state(A, B, C)
         D_ = _as_numpy(D) if D is not None else np.zeros(channels, np.float32)
-        z_ = _as_numpy(z) if z is not None else np.empty((0, 0, 0), np.float32)
+        z_ = _as_numpy(z) if z is not None else _NO_GATE
         chunks = -(-length // _CHUNK)
         out = np.empty((batch, channels, length), np.float32)
         last = np.empty((batch, channels, A_.shape[1]), np.float32)
@@ -210,7 +210,7 @@ class _CpuScan(torch.autograd.Function):
         A_, B_, C_ = _pad_state(A, B, C)
         lanes = A_.shape[1]
         D_ = _as_numpy(D) if D is not None else np.zeros(channels, np.float32)
-        z_ = _as_numpy(z) if z is not None else np.empty((0, 0, 0), np.float32)
+        z_ = _as_numpy(z) if z is not None else _NO_GATE
         g_out = (_as_numpy(grad_out) if grad_out is not None
                  else np.zeros((batch, channels, length), np.float32))
         g_last = np.zeros((batch, channels, lanes), np.float32)
@@ -219,7 +219,7 @@ class _CpuScan(torch.autograd.Function):
         groups = min(_CHANNEL_GROUPS, channels)
         du = np.empty((batch, channels, length), np.float32)
         ddt = np.empty((batch, channels, length), np.float32)
-        dz = np.empty_like(z_)
+        dz = np.empty_like(z_)  # a scratch copy of _NO_GATE when there is no gate
         dA = np.empty((batch, channels, lanes), np.float64)
         dD = np.empty((batch, channels), np.float64)
         dB = np.zeros((batch, groups, length, lanes), np.float32)
@@ -241,6 +241,10 @@ class _CpuScan(torch.autograd.Function):
         grad_D = torch.from_numpy(dD.sum(axis=0)).float() if D is not None else None
         grad_z = torch.from_numpy(dz) if z is not None else None
         return (grad_u, grad_dt, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None, None)
+
+
+# Stands in for z (and its gradient) when there is no gate: the kernels index it but never read it.
+_NO_GATE = np.zeros((1, 1, 1), np.float32)
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -290,8 +294,8 @@ _P5 = _f32(5.0000001201e-1)
 def _pow2(typingctx, k):
     """2**k for a whole-number float32 k in [-126, 127], built from the exponent bits.
 
-    numba has no vectorisable way to reinterpret an integer as a float (and no SVML here), so
-    the few LLVM instructions are written directly; LLVM then vectorises the exp below.
+    numba has no vectorisable way to reinterpret an integer as a float (and this machine has no
+    SVML), so the few LLVM instructions are written directly; LLVM then vectorises `_exp32`.
     """
     if k != types.float32:
         return None
@@ -304,15 +308,60 @@ def _pow2(typingctx, k):
     return types.float32(types.float32), codegen
 
 
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once. Explicit, because fastmath=False forbids LLVM to fuse by itself;
+    the result is the same on every machine with FMA (all x86-64 since 2013, all ARM64)."""
+    if not (a == b == c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 @numba.njit(cache=True, fastmath=False)
 def _exp32(x):
-    """exp(x) in float32 to about 1 ulp, in plain arithmetic that LLVM can vectorise."""
+    """exp(x) in float32 to within 1 ulp, in plain arithmetic that LLVM can vectorise."""
     xc = min(max(x, _EXP_LO), _EXP_HI)
-    k = (xc * _LOG2E + _ROUND_MAGIC) - _ROUND_MAGIC
-    r = (xc - k * _LN2_HI) - k * _LN2_LO
-    p = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5)
-    e = (p * (r * r) + r + _ONE) * _pow2(k)
+    k = _fma(xc, _LOG2E, _ROUND_MAGIC) - _ROUND_MAGIC
+    r = _fma(k, -_LN2_LO, _fma(k, -_LN2_HI, xc))
+    p = _fma(_fma(_fma(_fma(_fma(_P0, r, _P1), r, _P2), r, _P3), r, _P4), r, _P5)
+    e = _fma(p, r * r, r + _ONE) * _pow2(k)
     return e if x > _EXP_LO else _ZERO
+
+
+@numba.njit(cache=True, fastmath=False, inline='always')
+def _advance_chunk(states, decays, dt, u, a, B, t0, m):
+    """Steps t0 .. t0+m-1 of one (batch, channel): from h_{t0-1} in states[0], write
+    h_t to states[t - t0 + 1] and exp(dt_t * A) to decays[t - t0]. One vector loop per step."""
+    lanes = a.shape[0]
+    for i in range(m):
+        step = dt[t0 + i]
+        step_x = step * u[t0 + i]
+        bt = B[t0 + i]
+        before = states[i]
+        after = states[i + 1]
+        decay = decays[i]
+        for n in range(lanes):
+            e = _exp32(step * a[n])
+            decay[n] = e
+            after[n] = _fma(e, before[n], step_x * bt[n])
+
+
+@numba.njit(cache=True, fastmath=False, inline='always')
+def _readout_chunk(y, states, C, t0, m):
+    """y[i] = C_t . h_t for the chunk's steps. Each sum runs in a fixed order (no reassociation),
+    but the m sums are independent, so they overlap in the CPU instead of stalling the scan."""
+    lanes = states.shape[1]
+    for i in range(m):
+        ct = C[t0 + i]
+        h = states[i + 1]
+        acc = _ZERO
+        for n in range(lanes):
+            acc = _fma(ct[n], h[n], acc)
+        y[i] = acc
 
 
 @numba.njit(cache=True, fastmath=False)
@@ -322,107 +371,131 @@ def _silu_and_slope(z):
     return z * s, s * (_ONE + z * (_ONE - s))
 
 
+@numba.njit(cache=True, fastmath=False)
+def _forward_channel(u, dt, a, B, C, D, z, has_z, out, last, checkpoints):
+    """The scan of one (batch, channel): u, dt, z, out are its rows, B and C its batch's."""
+    length = u.shape[0]
+    lanes = a.shape[0]
+    states = np.zeros((_CHUNK + 1, lanes), np.float32)
+    decays = np.empty((_CHUNK, lanes), np.float32)
+    y = np.empty(_CHUNK, np.float32)
+    for c in range(checkpoints.shape[0]):
+        t0 = c * _CHUNK
+        m = min(_CHUNK, length - t0)
+        checkpoints[c, :] = states[0]
+        _advance_chunk(states, decays, dt, u, a, B, t0, m)
+        _readout_chunk(y, states, C, t0, m)
+        for i in range(m):  # elementwise over the chunk: vectorised, exp included
+            value = _fma(D, u[t0 + i], y[i])
+            if has_z:
+                value *= _silu_and_slope(z[t0 + i])[0]
+            out[t0 + i] = value
+        states[0, :] = states[m]
+    last[:] = states[0]
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _forward_kernel(u, dt, A, B, C, D, z, has_z, out, last, checkpoints):
-    batch, channels, length = u.shape
-    lanes = A.shape[1]
+    batch, channels, _ = u.shape
+    # The loop body is one call: numba's parallel lowering optimises a long inline body poorly
+    # (it ran 3x slower than the same code compiled serially).
     for item in prange(batch * channels):
         b = item // channels
         d = item - b * channels
-        h = np.zeros(lanes, np.float32)
+        _forward_channel(u[b, d], dt[b, d], A[d], B[b], C[b], D[d], z[b, d] if has_z else z[0, 0],
+                         has_z, out[b, d], last[b, d], checkpoints[b, d])
+
+
+@numba.njit(cache=True, fastmath=False)
+def _backward_group(g, groups, u, dt, A, B, C, D, z, has_z, checkpoints, g_out, g_last,
+                    du, ddt, dz, dA, dD, dB, dC):
+    """The backward of channels g, g + groups, ... of one batch element (all arrays are that
+    element's); their contributions to dB and dC are added into this group's dB, dC."""
+    channels, length = u.shape
+    lanes = A.shape[1]
+    chunks = checkpoints.shape[1]
+    states = np.empty((_CHUNK + 1, lanes), np.float32)
+    decays = np.empty((_CHUNK, lanes), np.float32)
+    g_y = np.empty(_CHUNK, np.float32)  # dL/dy_t, y before the gate
+    # Per step, the terms of dL/d(dt_t) through the decay and of dL/d(dt_t u_t) through B_t;
+    # summed over the state after the chunk, where the sums do not hold up the scan.
+    via_decay = np.empty((_CHUNK, lanes), np.float32)
+    via_input = np.empty((_CHUNK, lanes), np.float32)
+    dh = np.empty(lanes, np.float32)
+    dA_chunk = np.empty(lanes, np.float32)
+    dA_sum = np.empty(lanes, np.float64)
+    for d in range(g, channels, groups):
         a = A[d]
-        for t in range(length):
-            if t % _CHUNK == 0:
-                checkpoints[b, d, t // _CHUNK, :] = h
-            step = dt[b, d, t]
-            x = u[b, d, t]
-            step_x = step * x
-            bt = B[b, t]
-            ct = C[b, t]
-            for n in range(lanes):
-                h[n] = _exp32(step * a[n]) * h[n] + step_x * bt[n]
-            y = _ZERO
-            for n in range(lanes):
-                y += ct[n] * h[n]
-            y += D[d] * x
+        dh[:] = g_last[d]
+        dA_sum[:] = 0.0
+        dD_sum = 0.0
+        for c in range(chunks - 1, -1, -1):
+            t0 = c * _CHUNK
+            m = min(_CHUNK, length - t0)
+            states[0, :] = checkpoints[d, c]
+            _advance_chunk(states, decays, dt[d], u[d], a, B, t0, m)
             if has_z:
-                y *= _silu_and_slope(z[b, d, t])[0]
-            out[b, d, t] = y
-        last[b, d, :] = h
+                _readout_chunk(g_y, states, C, t0, m)
+                for i in range(m):
+                    t = t0 + i
+                    y = _fma(D[d], u[d, t], g_y[i])
+                    gate, slope = _silu_and_slope(z[d, t])
+                    dz[d, t] = g_out[d, t] * y * slope
+                    g_y[i] = g_out[d, t] * gate
+            else:
+                g_y[:m] = g_out[d, t0:t0 + m]
+            # Backwards through the chunk; on entry to step t, dh = dL/dh_t from later steps.
+            dA_chunk[:] = 0.0
+            for i in range(m - 1, -1, -1):
+                t = t0 + i
+                step = dt[d, t]
+                step_x = step * u[d, t]
+                gy = g_y[i]
+                bt = B[t]
+                ct = C[t]
+                dBt = dB[t]
+                dCt = dC[t]
+                before = states[i]
+                after = states[i + 1]
+                decay = decays[i]
+                p_decay = via_decay[i]
+                p_input = via_input[i]
+                for n in range(lanes):
+                    dhn = _fma(gy, ct[n], dh[n])
+                    dCt[n] = _fma(gy, after[n], dCt[n])
+                    d_exponent = dhn * before[n] * decay[n]
+                    dA_chunk[n] = _fma(d_exponent, step, dA_chunk[n])
+                    p_decay[n] = d_exponent * a[n]
+                    dBt[n] = _fma(dhn, step_x, dBt[n])
+                    p_input[n] = dhn * bt[n]
+                    dh[n] = dhn * decay[n]
+            dD_chunk = _ZERO
+            for i in range(m):
+                t = t0 + i
+                s_decay = _ZERO
+                s_input = _ZERO
+                for n in range(lanes):
+                    s_decay += via_decay[i, n]
+                    s_input += via_input[i, n]
+                x = u[d, t]
+                du[d, t] = _fma(g_y[i], D[d], dt[d, t] * s_input)
+                ddt[d, t] = _fma(x, s_input, s_decay)
+                dD_chunk = _fma(g_y[i], x, dD_chunk)
+            for n in range(lanes):
+                dA_sum[n] += dA_chunk[n]
+            dD_sum += dD_chunk
+        dA[d, :] = dA_sum
+        dD[d] = dD_sum
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def _backward_kernel(u, dt, A, B, C, D, z, has_z, checkpoints, g_out, g_last,
                      du, ddt, dz, dA, dD, dB, dC):
-    batch, channels, length = u.shape
-    lanes = A.shape[1]
+    batch = u.shape[0]
     groups = dB.shape[1]
-    chunks = checkpoints.shape[2]
     for item in prange(batch * groups):
         b = item // groups
         g = item - b * groups
-        # This item owns channels g, g + groups, ... and the partial sums dB[b, g], dC[b, g].
-        states = np.empty((_CHUNK + 1, lanes), np.float32)  # h_{t0-1} .. h_{t1-1}
-        decays = np.empty((_CHUNK, lanes), np.float32)
-        dh = np.empty(lanes, np.float32)
-        dA_chunk = np.empty(lanes, np.float32)
-        dA_sum = np.empty(lanes, np.float64)
-        for d in range(g, channels, groups):
-            a = A[d]
-            dh[:] = g_last[b, d]
-            dA_sum[:] = 0.0
-            dD_sum = 0.0
-            for c in range(chunks - 1, -1, -1):
-                t0 = c * _CHUNK
-                t1 = min(t0 + _CHUNK, length)
-                # Recompute this chunk's states from its checkpoint.
-                states[0, :] = checkpoints[b, d, c]
-                for t in range(t0, t1):
-                    i = t - t0
-                    step = dt[b, d, t]
-                    step_x = step * u[b, d, t]
-                    bt = B[b, t]
-                    for n in range(lanes):
-                        e = _exp32(step * a[n])
-                        decays[i, n] = e
-                        states[i + 1, n] = e * states[i, n] + step_x * bt[n]
-                # Walk the chunk backwards; dh holds dL/dh_t on entry to step t's update.
-                dA_chunk[:] = 0.0
-                dD_chunk = _ZERO
-                for t in range(t1 - 1, t0 - 1, -1):
-                    i = t - t0
-                    x = u[b, d, t]
-                    step = dt[b, d, t]
-                    bt = B[b, t]
-                    ct = C[b, t]
-                    g_y = g_out[b, d, t]
-                    if has_z:
-                        y = _ZERO
-                        for n in range(lanes):
-                            y += ct[n] * states[i + 1, n]
-                        y += D[d] * x
-                        gate, slope = _silu_and_slope(z[b, d, t])
-                        dz[b, d, t] = g_y * y * slope
-                        g_y = g_y * gate
-                    dD_chunk += g_y * x
-                    dBt = dB[b, g, t]
-                    dCt = dC[b, g, t]
-                    s_decay = _ZERO
-                    s_input = _ZERO
-                    step_x = step * x
-                    for n in range(lanes):
-                        dhn = dh[n] + g_y * ct[n]
-                        dCt[n] += g_y * states[i + 1, n]
-                        grad_exponent = dhn * states[i, n] * decays[i, n]
-                        dA_chunk[n] += grad_exponent * step
-                        s_decay += grad_exponent * a[n]
-                        dBt[n] += dhn * step_x
-                        s_input += dhn * bt[n]
-                        dh[n] = dhn * decays[i, n]
-                    du[b, d, t] = g_y * D[d] + step * s_input
-                    ddt[b, d, t] = s_decay + x * s_input
-                for n in range(lanes):
-                    dA_sum[n] += dA_chunk[n]
-                dD_sum += dD_chunk
-            dA[b, d, :] = dA_sum
-            dD[b, d] = dD_sum
+        _backward_group(g, groups, u[b], dt[b], A, B[b], C[b], D, z[b] if has_z else z[0], has_z,
+                        checkpoints[b], g_out[b], g_last[b], du[b], ddt[b],
+                        dz[b] if has_z else dz[0], dA[b], dD[b], dB[b, g], dC[b, g])
