@@ -38,8 +38,10 @@ EDH, IPH, IVH, SAH, SDH = (LABELS[name] for name in ("EDH", "IPH", "IVH", "SAH",
 # Tissue classes of `SyntheticCase.tissues`: the anatomy drawn, before hemorrhage. Where a lesion
 # is, the map keeps the tissue the blood replaced, so tests can ask where each subtype lies.
 TISSUES = {"air": 0, "scalp": 1, "skull": 2, "grey": 3, "white": 4, "csf": 5, "ventricle": 6,
-           "edema": 7, "falx": 8, "calcification": 9}
-AIR, SCALP, SKULL, GREY, WHITE, CSF, VENTRICLE, EDEMA, FALX, CALCIFICATION = range(10)
+           "edema": 7, "falx": 8, "calcification": 9, "fat": 10, "eye": 11}
+AIR, SCALP, SKULL, GREY, WHITE, CSF, VENTRICLE, EDEMA, FALX, CALCIFICATION, FAT, EYE = range(12)
+# Where blood can lie: inside the dura, outside the ventricles (IVH is drawn on its own).
+EXTRA_AXIAL_SPACE = (GREY, WHITE, CSF, FALX)
 
 # HU ranges, drawn once per case (before blur and noise). Skull values vary across its thickness
 # between diploe and the cortical tables. Blood is drawn per lesion.
@@ -55,6 +57,8 @@ HU_RANGES = {
     "edema": (12.0, 19.0),
     "falx": (45.0, 65.0),
     "calcification": (120.0, 250.0),
+    "fat": (-110.0, -70.0),  # orbital fat
+    "eye": (5.0, 15.0),  # vitreous
     "blood": (56.0, 84.0),
 }
 BLOOD_VARIATION_HU = 5.0  # low-frequency clot heterogeneity on top of a lesion's mean
@@ -66,6 +70,8 @@ SCAN_LENGTH_MM = 160.0  # along z, when only the spacing is given
 MIN_FIELD_OF_VIEW_MM = 200.0  # a head is up to ~196 mm front to back
 MIN_SHAPE = (24, 24, 2)
 LOWER_HEAD_STRETCH = 1.6
+SKULL_BASE_TOP = -38.0  # mm below the head's centre: the floor of the anterior cranial fossa
+FLOOR_THICKNESS_MM = 4.0
 EMPTY_CASE_FRACTION = 0.15
 SUBTYPE_WEIGHTS = {EDH: 0.13, IPH: 0.27, IVH: 0.15, SAH: 0.23, SDH: 0.22}
 
@@ -177,6 +183,15 @@ class _Head:
     def coords(self, box: tuple[slice, slice, slice]) -> list[np.ndarray]:
         return [c[box] for c in self.p]
 
+    def ellipsoid(self, centre: Sequence[float], radii: Sequence[float]
+                  ) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """An axis-aligned head-frame ellipsoid: its bounding box and the mask within it."""
+        box = self.box(np.asarray(centre, dtype=np.float64), max(radii))
+        total = 0.0
+        for c, m, r in zip(self.coords(box), centre, radii, strict=True):
+            total = total + ((c - float(m)) * float(1 / r)) ** 2
+        return box, total < 1
+
     def surface_point(self, direction: np.ndarray, inward: float) -> np.ndarray:
         """The head-frame point `inward` mm inside the scalp surface along `direction`."""
         u = direction / np.linalg.norm(direction)
@@ -248,10 +263,7 @@ def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
     # Deep grey nuclei (basal ganglia, thalami) either side of the ventricles.
     for side in (-1, 1):
         for centre, radii in (((side * 20, 8, -8), (8, 16, 11)), ((side * 10, -10, -6), (8, 11, 9))):
-            box = head.box(np.asarray(centre, float), max(radii))
-            x, y, z = head.coords(box)
-            inside = (((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
-                      + ((z - centre[2]) / radii[2]) ** 2) < 1
+            box, inside = head.ellipsoid(centre, radii)
             tissues[box][inside] = GREY
     # Lateral ventricles: ")(" either side of the septum, closest behind the frontal horns and
     # diverging most towards the atria; arched, so their ends sit lower than their bodies. The
@@ -272,11 +284,76 @@ def _draw_anatomy(rng: np.random.Generator, head: _Head) -> np.ndarray:
     # Calcified choroid plexus in the atria, and the pineal gland: classic bright mimics.
     for centre in ((-17.0 * scale, -28.0, 4.0), (17.0 * scale, -28.0, 4.0), (0.0, -20.0, -10.0)):
         if rng.random() < 0.6:
-            box = head.box(np.asarray(centre), 4.0)
-            x, y, z = head.coords(box)
-            spot = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < 2.5 ** 2
+            box, spot = head.ellipsoid(centre, (2.5, 2.5, 2.5))
             tissues[box][spot] = CALCIFICATION
     return tissues
+
+
+def _logistic(t: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-t))
+
+
+def _draw_skull_base(head: _Head, tissues: np.ndarray) -> None:
+    """The lowest slices: the cranial floor stepping down from the anterior to the middle and
+    posterior fossae, a plate of bone with the face's soft tissue, orbits and sinuses below it,
+    the petrous ridges and clivus, the tentorium and the fourth ventricle.
+
+    No random draws: it follows the head's size and pose, and leaves the rest of the case's
+    random stream as it was.
+    """
+    top = SKULL_BASE_TOP
+    lowest = head.p[2].min(axis=(0, 1))  # per slice
+    slices = np.flatnonzero(lowest < top)
+    if slices.size == 0:
+        return
+    box = (slice(None), slice(None), slice(int(slices.min()), int(slices.max()) + 1))
+    x, y, z = head.coords(box)
+    ax = np.abs(x)
+    t = tissues[box]  # a view: drawing on it draws on the case
+    inside = head.inner[box] > 0
+    # Cranial floor: the anterior fossa, domed over each orbit and dipping at the cribriform
+    # plate; behind the sphenoid ridges (curving back laterally) the middle fossa (temporal
+    # lobes) about 20 mm lower; behind the petrous ridges the posterior fossa lower still.
+    floor = (top + 6.0 * np.exp(-(((ax - 28.0) * (1 / 14.0)) ** 2))
+             - 5.0 * np.exp(-((x * (1 / 5.0)) ** 2))
+             - 26.0 * _logistic((22.0 - 0.3 * ax - y) * 0.3)
+             - 20.0 * _logistic((-12.0 - y) * 0.3))
+    # The brain rests on the floor through a thin layer of CSF, its cortex above that.
+    above = z - floor
+    t[(t == WHITE) & (above < 4.0)] = GREY
+    t[np.isin(t, (GREY, WHITE)) & (above < 1.5)] = CSF
+    # Below the floor: a plate of bone, then the soft tissue of the face and skull base.
+    t[inside & (above < 0)] = SKULL
+    t[inside & (above < -FLOOR_THICKNESS_MM)] = SCALP
+    # Petrous ridges, from the apex beside the clivus back and out to the mastoid, and the
+    # clivus itself, between the middle and posterior fossae.
+    petrous = (ax > 12) & (np.abs(y + 2.0 + 0.6 * (ax - 12.0)) < 5.0)
+    clivus = (ax < 13) & (np.abs(y - 4.0 + 0.5 * (top - 22.0 - z)) < 6.0)
+    t[inside & (petrous | clivus) & (z < top - 20) & (z > top - 60)] = SKULL
+    # Tentorium: a dural sheet sloping down and back over the cerebellum.
+    tentorium = np.abs(z - (top - 20.0) - 0.3 * (y + 12.0)) < 0.6
+    t[tentorium & (y < -14) & np.isin(t, (GREY, WHITE, CSF))] = FALX
+
+    # Air spaces, the orbits (fat around the globe) and the fourth ventricle, each kept inside
+    # the skull or under the scalp.
+    def intracranial(part):
+        return head.inner[part] > 0
+
+    def under_scalp(part):
+        return head.depth[part] > head.scalp
+
+    for code, centre, radii, within in (
+            (AIR, (0.0, 14.0, top - 32), (11, 9, 9), under_scalp),  # sphenoid sinus
+            (AIR, (0.0, 50.0, top - 30), (6, 22, 12), under_scalp),  # nasal cavity
+            (AIR, (-44.0, -24.0, top - 40), (7, 8, 8), intracranial),  # mastoid air cells
+            (AIR, (44.0, -24.0, top - 40), (7, 8, 8), intracranial),
+            (FAT, (-30.0, 56.0, top - 22), (15, 20, 13), under_scalp),
+            (FAT, (30.0, 56.0, top - 22), (15, 20, 13), under_scalp),
+            (EYE, (-30.0, 62.0, top - 22), (11, 11, 11), under_scalp),
+            (EYE, (30.0, 62.0, top - 22), (11, 11, 11), under_scalp),
+            (VENTRICLE, (0.0, -34.0, top - 36), (6, 4, 7), intracranial)):
+        part, mask = head.ellipsoid(centre, radii)
+        tissues[part][mask & within(part)] = code
 
 
 def _direction_on_convexity(rng: np.random.Generator) -> np.ndarray:
@@ -289,7 +366,8 @@ def _direction_on_convexity(rng: np.random.Generator) -> np.ndarray:
 Lesion = tuple[tuple[slice, slice, slice], np.ndarray]  # bounding box in the crop, mask in it
 
 
-def _extra_axial(rng: np.random.Generator, head: _Head, subtype: int) -> Lesion:
+def _extra_axial(rng: np.random.Generator, head: _Head, tissues: np.ndarray,
+                 subtype: int) -> Lesion:
     """An EDH (biconvex lens) or SDH (crescent) against the inner table.
 
     Its thickness tapers with the angle `a` from its centre direction: sqrt(1 - (a/A)^2) bulges
@@ -309,7 +387,8 @@ def _extra_axial(rng: np.random.Generator, head: _Head, subtype: int) -> Lesion:
     taper = np.clip(1.0 - angle * angle, 0.0, None)
     profile = np.sqrt(taper) if subtype == EDH else taper
     inner = head.inner[box]
-    return box, (inner > 0) & (inner < thickness * profile)
+    space = np.isin(tissues[box], EXTRA_AXIAL_SPACE)
+    return box, space & (inner > 0) & (inner < thickness * profile)
 
 
 def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray,
@@ -317,7 +396,8 @@ def _intraparenchymal(rng: np.random.Generator, head: _Head, tissues: np.ndarray
     """A lobulated blob in grey or white matter with an oedema rim; None if there is no room."""
     radius = float(rng.uniform(4, 18))
     # Stretch and lobulation reach up to twice the radius: keep the clot inside the brain.
-    candidates = np.flatnonzero((tissues == WHITE) & (head.inner > 2 * radius + 6))
+    candidates = np.flatnonzero((tissues == WHITE) & (head.inner > 2 * radius + 6)
+                                & (head.p[2] > SKULL_BASE_TOP + 2 * radius))
     if candidates.size == 0:
         return None
     centre = np.array([c.flat[rng.choice(candidates)] for c in head.p], dtype=np.float64)
@@ -405,13 +485,14 @@ def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
     rng = np.random.default_rng([int(seed), int(index)])
     head = _Head(rng, shape, spacing)
     tissues = _draw_anatomy(rng, head)
+    _draw_skull_base(head, tissues)
     label = np.zeros(head.shape, np.uint8)
     lesions: list[Lesion] = []
     count = 0 if rng.random() < EMPTY_CASE_FRACTION else int(rng.integers(1, 5))
     subtypes = rng.choice(list(SUBTYPE_WEIGHTS), size=count, p=list(SUBTYPE_WEIGHTS.values()))
     for subtype in subtypes:
         if subtype in (EDH, SDH):
-            lesion = _extra_axial(rng, head, subtype)
+            lesion = _extra_axial(rng, head, tissues, subtype)
         elif subtype == IPH:
             lesion = _intraparenchymal(rng, head, tissues, label)
         elif subtype == IVH:
