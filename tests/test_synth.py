@@ -32,8 +32,8 @@ FINE_SHAPE, FINE_SPACING = (192, 192, 16), (1.2, 1.2, 5.0)
 CASES, CLEAN_CASES = 20, 8
 
 BRAIN_HU, CSF_HU, SKULL_HU, BLOOD_HU = (20, 45), (0, 15), (700, 1600), (50, 90)
-AIR, SCALP, SKULL, GREY, WHITE, CSF, VENTRICLE = (
-    TISSUES[n] for n in ("air", "scalp", "skull", "grey", "white", "csf", "ventricle"))
+AIR, SCALP, SKULL, GREY, WHITE, CSF, VENTRICLE, FAT, EYE = (
+    TISSUES[n] for n in ("air", "scalp", "skull", "grey", "white", "csf", "ventricle", "fat", "eye"))
 SUBTYPES = {EDH: "EDH", IPH: "IPH", IVH: "IVH", SAH: "SAH", SDH: "SDH"}
 NEIGHBOURS = np.ones((3, 3, 3), bool)
 
@@ -79,6 +79,8 @@ def test_clean_tissue_hu_lies_in_the_bands(clean_cases):
         assert _within(hu[np.isin(tissues, (CSF, VENTRICLE)) & normal], CSF_HU)
         scalp = hu[(tissues == SCALP) & normal]
         assert _within(scalp, (-120, 80)) and scalp.min() < -50  # skin and subcutaneous fat
+        assert _within(hu[tissues == FAT], (-120, -50)) or not (tissues == FAT).any()
+        assert _within(hu[tissues == EYE], (0, 20)) or not (tissues == EYE).any()
 
 
 def test_scanned_tissue_hu_keeps_its_mean_and_gains_a_few_hu_of_noise():

@@ -4,7 +4,8 @@ A case is drawn analytically: every voxel centre is mapped into a head frame (x 
 z superior, mm, origin at the head's centre) and the anatomy is a set of nested, slightly
 irregular ellipsoid shells (scalp, skull, subarachnoid CSF, cortex over white matter), with
 sulci cut where a random smooth field crosses zero, lateral and third ventricles, deep grey
-nuclei, the falx and choroid-plexus calcifications. Hemorrhages are drawn in the places and
+nuclei, the falx and choroid-plexus calcifications, and in the lowest slices the skull base
+(cranial fossae, petrous ridges, orbits, sinuses). Hemorrhages are drawn in the places and
 shapes they take in real scans. Then comes what the scanner adds: partial-volume blur (voxel
 footprint plus point-spread function) and spatially correlated noise of a few HU.
 
