@@ -87,9 +87,11 @@ class MambaLayer(nn.Module):
         dt, b, c = torch.matmul(self.x_proj.weight, x).split(
             [self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = torch.matmul(self.dt_proj.weight, dt)
-        # selective_scan always computes in float32, autocast or not (Mamba layers are known to
-        # give NaN under AMP), and returns x's dtype for out_proj.
-        y = selective_scan(x, delta, -torch.exp(self.A_log.float()), b, c, self.D, z=z,
-                           delta_bias=self.dt_proj.bias, delta_softplus=True,
-                           backend=self.scan_backend)
-        return torch.matmul(self.out_proj.weight, y)
+        # The scan's exponentials and long products lose all precision in bf16/fp16 (Mamba layers
+        # are known to give NaN under AMP), so it runs in float32 whatever autocast says.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            y = selective_scan(
+                x.float(), delta.float(), -torch.exp(self.A_log.float()), b.float(), c.float(),
+                self.D.float(), z=z.float(), delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True, backend=self.scan_backend)
+        return torch.matmul(self.out_proj.weight, y.to(x.dtype))

@@ -140,21 +140,22 @@ class DecoderLevel(nn.Module):
 
 
 class FullResolutionHead(nn.Module):
-    """From the stem-resolution decoder features to full-resolution logits.
+    """Full-resolution logits from the decoder features at the stem's resolution.
 
-    The strided stem leaves no full-resolution skip, so after upsampling one conv-norm-ReLU
-    refines the interpolated features (the authors use a double conv here that ends in a ReLU on
-    the class channels); a 1×1 convolution then gives raw logits. Shared with the DynUNet baseline
-    so that both networks end the same way.
+    Upsampling and then applying a 1×1 convolution equals applying it first and upsampling the
+    logits (interpolation is linear and its weights sum to one), so the head runs at the coarse
+    resolution and interpolates only `num_classes` channels. No full-resolution convolution: the
+    strided stem leaves no full-resolution features to refine with, and on a CPU a 3×3×3
+    convolution there costs more than any other layer of the network. Shared with the DynUNet
+    baseline so that both networks end the same way.
     """
 
     def __init__(self, dims: int, channels: int, num_classes: int):
         super().__init__()
-        self.refine = conv_norm_relu(dims, channels, channels)
         self.logits = _conv(dims)(channels, num_classes, 1)
 
     def forward(self, features: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return self.logits(self.refine(upsample_to(features, size)))
+        return upsample_to(self.logits(features), size)
 
 
 def stage_strides(strides: Sequence[Sequence[int]], dims: int) -> list[tuple[int, ...]]:
