@@ -130,6 +130,8 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
         raise UsageError(f"selective_scan: u must be (batch, channels, length), got shape "
                          f"{tuple(u.shape)}.")
     batch, channels, length = u.shape
+    if length == 0:
+        raise UsageError("selective_scan: u must have at least one step (length 0 given).")
     if delta.shape != u.shape:
         raise UsageError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got "
                          f"{tuple(delta.shape)}.")
