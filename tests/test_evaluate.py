@@ -39,6 +39,8 @@ def folders(tmp_path):
     _write(pred, "b_missed", empty)
     _write(gt, "c_empty", empty)
     _write(pred, "c_empty", empty)
+    _write(gt, "d_false_alarm", empty)
+    _write(pred, "d_false_alarm", _blob())
     return pred, gt
 
 
@@ -46,7 +48,7 @@ def test_scores_and_summaries(folders, tmp_path):
     pred, gt = folders
     report = evaluate_folders(pred, gt, tmp_path / "report")
     by_case = {r["case"]: r for r in report["cases"]}
-    assert list(by_case) == ["a_same", "b_missed", "c_empty"]
+    assert list(by_case) == ["a_same", "b_missed", "c_empty", "d_false_alarm"]
     assert by_case["a_same"]["dice"] == 1.0 and by_case["a_same"]["hd95"] == 0.0
     diagonal = math.sqrt(8.0**2 + 8.0**2 + 30.0**2)
     assert by_case["b_missed"]["dice"] == 0.0
@@ -54,10 +56,14 @@ def test_scores_and_summaries(folders, tmp_path):
     assert by_case["b_missed"]["gt_ml"] == pytest.approx(32 * 1.25 / 1000)
     assert by_case["b_missed"]["volume_error_ml"] == pytest.approx(-32 * 1.25 / 1000)
     assert by_case["c_empty"]["dice"] == 1.0 and by_case["c_empty"]["hd_max"] == 0.0
-    assert report["mean"]["dice"] == pytest.approx(2 / 3)
-    assert report["median"]["dice"] == 1.0
-    assert report["mean"]["hd_max"] == pytest.approx(diagonal / 3)
+    assert by_case["d_false_alarm"]["hd95"] == pytest.approx(diagonal)
+    assert by_case["d_false_alarm"]["rvd"] is None  # undefined against an empty ground truth
+    assert report["mean"]["dice"] == pytest.approx(0.5)
+    assert report["median"]["dice"] == pytest.approx(0.5)
+    assert report["mean"]["hd_max"] == pytest.approx(diagonal / 2)
+    assert report["mean"]["rvd"] == pytest.approx(-1 / 3)  # the three defined values
     assert report["classes"] == {}  # binary labels: no per-subtype scores
+    json.dumps(report, allow_nan=False)  # what `ichseg evaluate --json` prints is valid JSON
 
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     for key in ("case", "dice", "hd95", "hd_max", "nsd", "rvd", "volume_error_ml", "lesion_f1",
@@ -65,12 +71,12 @@ def test_scores_and_summaries(folders, tmp_path):
         assert key in saved["cases"][0]
     with (tmp_path / "report" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["case"] for r in rows] == ["a_same", "b_missed", "c_empty"]
+    assert [r["case"] for r in rows] == ["a_same", "b_missed", "c_empty", "d_false_alarm"]
     assert float(rows[1]["dice"]) == 0.0
     png = (tmp_path / "report" / "metrics.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     text = format_summary(report)
-    assert "b_missed" in text and "mean" in text and "median" in text
+    assert "b_missed" in text and "mean" in text and "median" in text and "n/a" in text
 
 
 def test_subtypes_scored_per_class(tmp_path):

@@ -97,7 +97,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
 
     Returns {"pred_dir", "gt_dir", "cases": [per-case metrics, with "classes" when subtyped],
     "mean", "median", "classes": {subtype: {"cases", "mean", "median"}}, "files"}; with `out_dir`,
-    also writes metrics.csv, metrics.json and metrics.png there.
+    also writes metrics.csv, metrics.json and metrics.png there. Undefined values (a relative
+    volume difference against an empty ground truth) are None, so the report is valid JSON.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs = _pairs(pred_dir, gt_dir)
@@ -118,7 +119,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
             report["classes"][name] = {"cases": len(present), **_summary(present)}
     if out_dir is not None:
         report["files"] = _write_outputs(report, Path(out_dir))
-    return report
+    return _json_safe(report)
 
 
 def _write_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
@@ -184,8 +185,9 @@ def format_summary(report: dict[str, Any]) -> str:
     header = f"{'case':<20}" + "".join(f"{n.replace('volume_error_ml', 'vol_err_ml'):>11}"
                                        for n in shown)
 
-    def line(label: str, values: dict[str, float]) -> str:
-        return f"{label:<20}" + "".join(f"{values[n]:>11.3f}" for n in shown)
+    def line(label: str, values: dict[str, float | None]) -> str:
+        return f"{label:<20}" + "".join(f"{'n/a':>11}" if values[n] is None else
+                                        f"{values[n]:>11.3f}" for n in shown)
 
     lines = [f"{len(report['cases'])} cases: {report['pred_dir']} against {report['gt_dir']}",
              header]
