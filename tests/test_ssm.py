@@ -9,7 +9,13 @@ import torch
 
 from ichseg.errors import UsageError
 from ichseg.models import selective_scan
-from ichseg.models.ssm import _CHUNK, _exp32, available_backends, resolve_backend
+from ichseg.models.ssm import (
+    _CHUNK,
+    _exp32,
+    _softplus32,
+    available_backends,
+    resolve_backend,
+)
 
 TOLERANCE = 1e-5  # relative error allowed between cpu and reference, in float32
 
@@ -112,6 +118,13 @@ def test_exp32_is_accurate_to_an_ulp_over_float32s_normal_range():
     ours = np.array([_exp32(v) for v in x[::97]], dtype=np.float64)
     assert np.max(np.abs(ours - exact[::97]) / exact[::97]) <= 2 ** -23
     assert _exp32(np.float32(-100.0)) == 0.0
+
+
+def test_softplus32_matches_float64():
+    x = np.linspace(-30.0, 30.0, 2_001, dtype=np.float32)
+    exact = np.logaddexp(0.0, x.astype(np.float64))
+    ours = np.array([_softplus32(v) for v in x], dtype=np.float64)
+    assert np.max(np.abs(ours - exact) / exact) <= 2 ** -22
 
 
 def test_gradients_do_not_depend_on_the_thread_count():

@@ -177,42 +177,37 @@ def _mamba_ssm_scan():
 class _CpuScan(torch.autograd.Function):
     """Forward and backward of the scan through the numba kernels below.
 
-    The softplus and the bias of delta stay in torch (vectorised there); the kernels see the
-    final step sizes `dt`. B and C are handed over as (batch, length, state) copies padded to
-    whole vectors, so each step reads its state-vector slice contiguously.
+    Everything over (batch, channels, length), the softplus of delta included, happens inside
+    the kernels: torch's own elementwise ops would each be another pass over memory, run on
+    threads of their own. B and C go in as (batch, length, state) copies padded to whole
+    vectors, so each step reads its state-vector slice contiguously.
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         batch, channels, length = u.shape
         state = A.shape[1]
-        dt = delta if delta_bias is None else delta + delta_bias[:, None]
-        if delta_softplus:
-            dt = F.softplus(dt)
-        u_, dt_ = _as_numpy(u), _as_numpy(dt)
         A_, B_, C_ = _pad_state(A, B, C)
-        D_ = _as_numpy(D) if D is not None else np.zeros(channels, np.float32)
-        z_ = _as_numpy(z) if z is not None else _NO_GATE
-        chunks = -(-length // _CHUNK)
+        lanes = A_.shape[1]
         out = np.empty((batch, channels, length), np.float32)
-        last = np.empty((batch, channels, A_.shape[1]), np.float32)
-        checkpoints = np.empty((batch, channels, chunks, A_.shape[1]), np.float32)
-        _forward_kernel(u_, dt_, A_, B_, C_, D_, z_, z is not None, out, last, checkpoints)
-        ctx.save_for_backward(u, delta, dt, A, B, C, D, z, delta_bias,
-                              torch.from_numpy(checkpoints))
+        last = np.empty((batch, channels, lanes), np.float32)
+        checkpoints = np.empty((batch, channels, -(-length // _CHUNK), lanes), np.float32)
+        _forward_kernel(_as_numpy(u), _as_numpy(delta), _channel_values(delta_bias, channels),
+                        delta_softplus, A_, B_, C_, _channel_values(D, channels),
+                        _gate_values(z), z is not None, out, last, checkpoints)
+        ctx.save_for_backward(u, delta, D, z, delta_bias, torch.from_numpy(checkpoints))
+        ctx.padded = (A_, B_, C_)
         ctx.delta_softplus = delta_softplus
         ctx.state = state
-        return torch.from_numpy(out), torch.from_numpy(last[:, :, :state].copy())
+        return torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(last[:, :, :state]))
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        u, delta, dt, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        u, delta, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        A_, B_, C_ = ctx.padded
         batch, channels, length = u.shape
         state = ctx.state
-        A_, B_, C_ = _pad_state(A, B, C)
         lanes = A_.shape[1]
-        D_ = _as_numpy(D) if D is not None else np.zeros(channels, np.float32)
-        z_ = _as_numpy(z) if z is not None else _NO_GATE
         g_out = (_as_numpy(grad_out) if grad_out is not None
                  else np.zeros((batch, channels, length), np.float32))
         g_last = np.zeros((batch, channels, lanes), np.float32)
@@ -220,38 +215,50 @@ class _CpuScan(torch.autograd.Function):
             g_last[:, :, :state] = _as_numpy(grad_last)
         groups = min(_CHANNEL_GROUPS, channels)
         du = np.empty((batch, channels, length), np.float32)
-        ddt = np.empty((batch, channels, length), np.float32)
-        dz = np.empty_like(z_)  # a scratch copy of _NO_GATE when there is no gate
+        ddelta = np.empty((batch, channels, length), np.float32)
+        z_ = _gate_values(z)
+        dz = np.empty_like(z_)  # scratch the kernel never reads when there is no gate
+        # Sums over time, per (batch, channel), in float64; summed over the batch below.
         dA = np.empty((batch, channels, lanes), np.float64)
         dD = np.empty((batch, channels), np.float64)
+        dbias = np.empty((batch, channels), np.float64)
         dB = np.zeros((batch, groups, length, lanes), np.float32)
         dC = np.zeros((batch, groups, length, lanes), np.float32)
-        _backward_kernel(_as_numpy(u), _as_numpy(dt), A_, B_, C_, D_, z_, z is not None,
-                         checkpoints.numpy(), g_out, g_last, du, ddt, dz, dA, dD, dB, dC)
-        grad_u = torch.from_numpy(du)
-        grad_dt = torch.from_numpy(ddt)
-        if ctx.delta_softplus:
-            pre = delta if delta_bias is None else delta + delta_bias[:, None]
-            grad_dt = grad_dt * torch.sigmoid(pre)
-        grad_bias = grad_dt.sum(dim=(0, 2)) if delta_bias is not None else None
-        grad_A = torch.from_numpy(dA.sum(axis=0)[:, :state]).float()
-        # (batch, groups, length, lanes) -> (batch, state, length), summed over groups in float64
-        grad_B = torch.from_numpy(dB.sum(axis=1, dtype=np.float64)[:, :, :state]
-                                  .transpose(0, 2, 1)).float().contiguous()
-        grad_C = torch.from_numpy(dC.sum(axis=1, dtype=np.float64)[:, :, :state]
-                                  .transpose(0, 2, 1)).float().contiguous()
-        grad_D = torch.from_numpy(dD.sum(axis=0)).float() if D is not None else None
-        grad_z = torch.from_numpy(dz) if z is not None else None
-        return (grad_u, grad_dt, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None, None)
-
-
-# Stands in for z (and its gradient) when there is no gate: the kernels index it but never read it.
-_NO_GATE = np.zeros((1, 1, 1), np.float32)
+        _backward_kernel(_as_numpy(u), _as_numpy(delta), _channel_values(delta_bias, channels),
+                         ctx.delta_softplus, A_, B_, C_, _channel_values(D, channels), z_,
+                         z is not None, checkpoints.numpy(), g_out, g_last,
+                         du, ddelta, dz, dA, dD, dbias, dB, dC)
+        return (torch.from_numpy(du), torch.from_numpy(ddelta),
+                _float32_tensor(dA.sum(axis=0)[:, :state]),
+                _float32_tensor(_sum_groups(dB, state)), _float32_tensor(_sum_groups(dC, state)),
+                _float32_tensor(dD.sum(axis=0)) if D is not None else None,
+                torch.from_numpy(dz) if z is not None else None,
+                _float32_tensor(dbias.sum(axis=0)) if delta_bias is not None else None,
+                None, None)
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous float32 NumPy view (a copy only where the tensor needs one)."""
     return t.detach().float().contiguous().numpy()
+
+
+def _channel_values(t: torch.Tensor | None, channels: int) -> np.ndarray:
+    """D or delta_bias as a float32 array; zeros (which change nothing) where it is absent."""
+    return _as_numpy(t) if t is not None else np.zeros(channels, np.float32)
+
+
+def _gate_values(z: torch.Tensor | None) -> np.ndarray:
+    """z as float32, or a stand-in the kernels index but never read when there is no gate."""
+    return _as_numpy(z) if z is not None else np.zeros((1, 1, 1), np.float32)
+
+
+def _sum_groups(partial: np.ndarray, state: int) -> np.ndarray:
+    """(batch, groups, length, lanes) partial sums -> (batch, state, length), in float64."""
+    return partial.sum(axis=1, dtype=np.float64)[:, :, :state].transpose(0, 2, 1)
+
+
+def _float32_tensor(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
 def _pad_state(A, B, C):
@@ -282,6 +289,7 @@ _EXP_LO = _f32(-87.33654)
 _EXP_HI = _f32(88.0)
 _ROUND_MAGIC = _f32(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds to an integer
 _ONE = _f32(1.0)
+_TWO = _f32(2.0)
 _ZERO = _f32(0.0)
 # Minimax polynomial for (exp(r) - 1 - r) / r**2 on |r| <= ln(2)/2 (Cephes' expf).
 _P0 = _f32(1.9875691500e-4)
@@ -290,6 +298,8 @@ _P2 = _f32(8.3334519073e-3)
 _P3 = _f32(4.1665795894e-2)
 _P4 = _f32(1.6666665459e-1)
 _P5 = _f32(5.0000001201e-1)
+# 2 / (2k + 1): the series of 2 atanh(s) / s in s**2, for the softplus.
+_S3, _S5, _S7, _S9, _S11, _S13 = (_f32(2.0 / k) for k in (3, 5, 7, 9, 11, 13))
 
 
 @intrinsic
@@ -334,15 +344,45 @@ def _exp32(x):
     return e if x > _EXP_LO else _ZERO
 
 
-@numba.njit(cache=True, fastmath=False, inline='always')
-def _advance_chunk(states, decays, dt, u, a, B, t0, m):
-    """Steps t0 .. t0+m-1 of one (batch, channel): from h_{t0-1} in states[0], write
-    h_t to states[t - t0 + 1] and exp(dt_t * A) to decays[t - t0]. One vector loop per step."""
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _softplus32(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), where log1p(e) = 2 atanh(e / (2 + e))
+    is a series in s = e / (2 + e) <= 1/3: seven terms leave an error under 1e-8."""
+    e = _exp32(-abs(x))
+    s = e / (_TWO + e)
+    s2 = s * s
+    series = _fma(_fma(_fma(_fma(_fma(_fma(_S13, s2, _S11), s2, _S9), s2, _S7), s2, _S5),
+                       s2, _S3), s2, _TWO)
+    return max(x, _ZERO) + s * series
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _sigmoid32(x):
+    return _ONE / (_ONE + _exp32(-x))
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _silu32(x):
+    return x * _sigmoid32(x)
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _step_sizes(steps, delta, bias, softplus):
+    """dt = softplus(delta + bias), or delta + bias, for one chunk of one (batch, channel)."""
+    for i in range(steps.shape[0]):
+        pre = delta[i] + bias
+        steps[i] = _softplus32(pre) if softplus else pre
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _advance_chunk(states, decays, steps, u, B, a):
+    """One chunk of one (batch, channel), all arrays chunk-local: from h before the chunk in
+    states[0], write h_i to states[i + 1] and exp(dt_i * A) to decays[i]. One vector loop a step."""
     lanes = a.shape[0]
-    for i in range(m):
-        step = dt[t0 + i]
-        step_x = step * u[t0 + i]
-        bt = B[t0 + i]
+    for i in range(steps.shape[0]):
+        step = steps[i]
+        step_x = step * u[i]
+        bt = B[i]
         before = states[i]
         after = states[i + 1]
         decay = decays[i]
@@ -352,13 +392,13 @@ def _advance_chunk(states, decays, dt, u, a, B, t0, m):
             after[n] = _fma(e, before[n], step_x * bt[n])
 
 
-@numba.njit(cache=True, fastmath=False, inline='always')
-def _readout_chunk(y, states, C, t0, m):
-    """y[i] = C_t . h_t for the chunk's steps. Each sum runs in a fixed order (no reassociation),
-    but the m sums are independent, so they overlap in the CPU instead of stalling the scan."""
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _readout_chunk(y, states, C):
+    """y[i] = C_i . h_i for one chunk. Each sum runs in a fixed order (no reassociation), but the
+    sums of different steps are independent, so they overlap in the CPU instead of stalling."""
     lanes = states.shape[1]
-    for i in range(m):
-        ct = C[t0 + i]
+    for i in range(y.shape[0]):
+        ct = C[i]
         h = states[i + 1]
         acc = _ZERO
         for n in range(lanes):
@@ -367,62 +407,60 @@ def _readout_chunk(y, states, C, t0, m):
 
 
 @numba.njit(cache=True, fastmath=False)
-def _silu_and_slope(z):
-    """SiLU(z) and its derivative."""
-    s = _ONE / (_ONE + _exp32(-z))
-    return z * s, s * (_ONE + z * (_ONE - s))
-
-
-@numba.njit(cache=True, fastmath=False)
-def _forward_channel(u, dt, a, B, C, D, z, has_z, out, last, checkpoints):
-    """The scan of one (batch, channel): u, dt, z, out are its rows, B and C its batch's."""
+def _forward_channel(u, delta, bias, softplus, a, B, C, D, z, has_z, out, last, checkpoints):
+    """The scan of one (batch, channel): u, delta, z, out are its rows, B and C its batch's."""
     length = u.shape[0]
     lanes = a.shape[0]
     states = np.zeros((_CHUNK + 1, lanes), np.float32)
     decays = np.empty((_CHUNK, lanes), np.float32)
+    steps = np.empty(_CHUNK, np.float32)
     y = np.empty(_CHUNK, np.float32)
     for c in range(checkpoints.shape[0]):
         t0 = c * _CHUNK
-        m = min(_CHUNK, length - t0)
+        t1 = min(t0 + _CHUNK, length)
+        m = t1 - t0
         checkpoints[c, :] = states[0]
-        _advance_chunk(states, decays, dt, u, a, B, t0, m)
-        _readout_chunk(y, states, C, t0, m)
-        for i in range(m):  # elementwise over the chunk: vectorised, exp included
+        _step_sizes(steps[:m], delta[t0:t1], bias, softplus)
+        _advance_chunk(states, decays, steps[:m], u[t0:t1], B[t0:t1], a)
+        _readout_chunk(y[:m], states, C[t0:t1])
+        for i in range(m):  # elementwise over the chunk, so it vectorises, gate's exp included
             value = _fma(D, u[t0 + i], y[i])
-            if has_z:
-                value *= _silu_and_slope(z[t0 + i])[0]
-            out[t0 + i] = value
+            out[t0 + i] = value * _silu32(z[t0 + i]) if has_z else value
         states[0, :] = states[m]
     last[:] = states[0]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(u, dt, A, B, C, D, z, has_z, out, last, checkpoints):
+def _forward_kernel(u, delta, bias, softplus, A, B, C, D, z, has_z, out, last, checkpoints):
     batch, channels, _ = u.shape
-    # The loop body is one call: numba's parallel lowering optimises a long inline body poorly
-    # (it ran 3x slower than the same code compiled serially).
+    # The loop body is one call: numba's parallel lowering optimised the same code written
+    # inline here three times worse than this serially compiled function.
     for item in prange(batch * channels):
         b = item // channels
         d = item - b * channels
-        _forward_channel(u[b, d], dt[b, d], A[d], B[b], C[b], D[d], z[b, d] if has_z else z[0, 0],
-                         has_z, out[b, d], last[b, d], checkpoints[b, d])
+        _forward_channel(u[b, d], delta[b, d], bias[d], softplus, A[d], B[b], C[b], D[d],
+                         z[b, d] if has_z else z[0, 0], has_z, out[b, d], last[b, d],
+                         checkpoints[b, d])
 
 
 @numba.njit(cache=True, fastmath=False)
-def _backward_group(g, groups, u, dt, A, B, C, D, z, has_z, checkpoints, g_out, g_last,
-                    du, ddt, dz, dA, dD, dB, dC):
-    """The backward of channels g, g + groups, ... of one batch element (all arrays are that
-    element's); their contributions to dB and dC are added into this group's dB, dC."""
+def _backward_group(g, groups, u, delta, bias, softplus, A, B, C, D, z, has_z, checkpoints,
+                    g_out, g_last, du, ddelta, dz, dA, dD, dbias, dB, dC):
+    """The backward of channels g, g + groups, ... of one batch element (every array is that
+    element's); their shares of dB and dC are added into this group's partial sums dB, dC."""
     channels, length = u.shape
     lanes = A.shape[1]
     chunks = checkpoints.shape[1]
     states = np.empty((_CHUNK + 1, lanes), np.float32)
     decays = np.empty((_CHUNK, lanes), np.float32)
-    g_y = np.empty(_CHUNK, np.float32)  # dL/dy_t, y before the gate
-    # Per step, the terms of dL/d(dt_t) through the decay and of dL/d(dt_t u_t) through B_t;
-    # summed over the state after the chunk, where the sums do not hold up the scan.
+    steps = np.empty(_CHUNK, np.float32)
+    g_y = np.empty(_CHUNK, np.float32)  # dL/dy, y before the gate
+    # Per step and state lane, the terms of dL/d(dt) through the decay and of dL/d(dt u)
+    # through B, summed over the state after the chunk, where the sums hold up no recurrence.
     via_decay = np.empty((_CHUNK, lanes), np.float32)
     via_input = np.empty((_CHUNK, lanes), np.float32)
+    s_decay = np.empty(_CHUNK, np.float32)
+    s_input = np.empty(_CHUNK, np.float32)
     dh = np.empty(lanes, np.float32)
     dA_chunk = np.empty(lanes, np.float32)
     dA_sum = np.empty(lanes, np.float64)
@@ -431,32 +469,34 @@ def _backward_group(g, groups, u, dt, A, B, C, D, z, has_z, checkpoints, g_out, 
         dh[:] = g_last[d]
         dA_sum[:] = 0.0
         dD_sum = 0.0
+        dbias_sum = 0.0
         for c in range(chunks - 1, -1, -1):
             t0 = c * _CHUNK
-            m = min(_CHUNK, length - t0)
+            t1 = min(t0 + _CHUNK, length)
+            m = t1 - t0
             states[0, :] = checkpoints[d, c]
-            _advance_chunk(states, decays, dt[d], u[d], a, B, t0, m)
+            _step_sizes(steps[:m], delta[d, t0:t1], bias[d], softplus)
+            _advance_chunk(states, decays, steps[:m], u[d, t0:t1], B[t0:t1], a)
             if has_z:
-                _readout_chunk(g_y, states, C, t0, m)
+                _readout_chunk(g_y[:m], states, C[t0:t1])
                 for i in range(m):
                     t = t0 + i
                     y = _fma(D[d], u[d, t], g_y[i])
-                    gate, slope = _silu_and_slope(z[d, t])
-                    dz[d, t] = g_out[d, t] * y * slope
-                    g_y[i] = g_out[d, t] * gate
+                    gate = _sigmoid32(z[d, t])
+                    dz[d, t] = g_out[d, t] * y * gate * _fma(z[d, t], _ONE - gate, _ONE)
+                    g_y[i] = g_out[d, t] * z[d, t] * gate
             else:
-                g_y[:m] = g_out[d, t0:t0 + m]
+                g_y[:m] = g_out[d, t0:t1]
             # Backwards through the chunk; on entry to step t, dh = dL/dh_t from later steps.
             dA_chunk[:] = 0.0
             for i in range(m - 1, -1, -1):
-                t = t0 + i
-                step = dt[d, t]
-                step_x = step * u[d, t]
+                step = steps[i]
+                step_x = step * u[d, t0 + i]
                 gy = g_y[i]
-                bt = B[t]
-                ct = C[t]
-                dBt = dB[t]
-                dCt = dC[t]
+                bt = B[t0 + i]
+                ct = C[t0 + i]
+                dBt = dB[t0 + i]
+                dCt = dC[t0 + i]
                 before = states[i]
                 after = states[i + 1]
                 decay = decays[i]
@@ -471,33 +511,42 @@ def _backward_group(g, groups, u, dt, A, B, C, D, z, has_z, checkpoints, g_out, 
                     dBt[n] = _fma(dhn, step_x, dBt[n])
                     p_input[n] = dhn * bt[n]
                     dh[n] = dhn * decay[n]
-            dD_chunk = _ZERO
             for i in range(m):
-                t = t0 + i
-                s_decay = _ZERO
-                s_input = _ZERO
+                total_decay = _ZERO
+                total_input = _ZERO
                 for n in range(lanes):
-                    s_decay += via_decay[i, n]
-                    s_input += via_input[i, n]
-                x = u[d, t]
-                du[d, t] = _fma(g_y[i], D[d], dt[d, t] * s_input)
-                ddt[d, t] = _fma(x, s_input, s_decay)
-                dD_chunk = _fma(g_y[i], x, dD_chunk)
+                    total_decay += via_decay[i, n]
+                    total_input += via_input[i, n]
+                s_decay[i] = total_decay
+                s_input[i] = total_input
+            for i in range(m):  # elementwise, so it vectorises
+                t = t0 + i
+                du[d, t] = _fma(g_y[i], D[d], steps[i] * s_input[i])
+                d_step = _fma(u[d, t], s_input[i], s_decay[i])
+                ddelta[d, t] = d_step * _sigmoid32(delta[d, t] + bias[d]) if softplus else d_step
+            dD_chunk = _ZERO
+            dbias_chunk = _ZERO
+            for i in range(m):
+                dD_chunk = _fma(g_y[i], u[d, t0 + i], dD_chunk)
+                dbias_chunk += ddelta[d, t0 + i]
             for n in range(lanes):
                 dA_sum[n] += dA_chunk[n]
             dD_sum += dD_chunk
+            dbias_sum += dbias_chunk
         dA[d, :] = dA_sum
         dD[d] = dD_sum
+        dbias[d] = dbias_sum
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(u, dt, A, B, C, D, z, has_z, checkpoints, g_out, g_last,
-                     du, ddt, dz, dA, dD, dB, dC):
+def _backward_kernel(u, delta, bias, softplus, A, B, C, D, z, has_z, checkpoints, g_out, g_last,
+                     du, ddelta, dz, dA, dD, dbias, dB, dC):
     batch = u.shape[0]
     groups = dB.shape[1]
     for item in prange(batch * groups):
         b = item // groups
         g = item - b * groups
-        _backward_group(g, groups, u[b], dt[b], A, B[b], C[b], D, z[b] if has_z else z[0], has_z,
-                        checkpoints[b], g_out[b], g_last[b], du[b], ddt[b],
-                        dz[b] if has_z else dz[0], dA[b], dD[b], dB[b, g], dC[b, g])
+        _backward_group(g, groups, u[b], delta[b], bias, softplus, A, B[b], C[b], D,
+                        z[b] if has_z else z[0], has_z, checkpoints[b], g_out[b], g_last[b],
+                        du[b], ddelta[b], dz[b] if has_z else dz[0], dA[b], dD[b], dbias[b],
+                        dB[b, g], dC[b, g])

@@ -1,0 +1,253 @@
+"""Selective-scan benchmark: the numba `cpu` backend against a well-written sequential torch loop,
+and against the floor of the arithmetic the scan cannot avoid, at this CPU's measured rates.
+
+    python benchmarks/scan.py [--lengths 512 4096 32768] [--repeats 5]
+
+Prints one markdown table (the figures in BENCHMARKS.md come from it). Times are wall-clock
+medians; other processes share the cores, so the ratios, measured side by side in one run, are
+the figures to read. Peak memory is the growth of the process's resident set (VmHWM, reset
+through /proc/self/clear_refs before each measurement) over its size just before the call, with
+glibc told to return large blocks at once (Linux with glibc only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import prange
+
+from ichseg.models.ssm import _exp32, _fma, selective_scan
+
+BATCH, CHANNELS, STATE = 1, 128, 16
+
+
+# --- the baseline -------------------------------------------------------------------------------
+
+def sequential_torch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
+    """The scan as a Python loop written well: every decay exp(dt A) and input term dt B u is
+    computed once for all steps as (batch, channels, length, state) tensors and split into
+    per-step views up front, so each step is one fused torch call through a local name."""
+    dt = delta + delta_bias[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    decays = torch.exp(dt.unsqueeze(-1) * A.unsqueeze(1)).unbind(2)
+    drives = ((dt * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)).unbind(2)
+    addcmul = torch.addcmul
+    h = drives[0]  # the state starts at zero, so h_0 is the first input term alone
+    states = [h]
+    append = states.append
+    for decay, drive in zip(decays[1:], drives[1:], strict=True):
+        h = addcmul(drive, decay, h)
+        append(h)
+    y = torch.einsum("bdln,bnl->bdl", torch.stack(states, dim=2), C)
+    return (y + D[:, None] * u) * F.silu(z)
+
+
+def cpu_scan(u, delta, A, B, C, D, z, delta_bias):
+    return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True,
+                          backend="cpu")
+
+
+# --- measurement helpers ------------------------------------------------------------------------
+
+def make_inputs(length, requires_grad, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = dict(u=(BATCH, CHANNELS, length), delta=(BATCH, CHANNELS, length),
+                  B=(BATCH, STATE, length), C=(BATCH, STATE, length), D=(CHANNELS,),
+                  z=(BATCH, CHANNELS, length), delta_bias=(CHANNELS,))
+    inputs = {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
+    inputs["delta"] = inputs["delta"] * 0.5 - 2.0
+    inputs["A"] = -torch.arange(1, STATE + 1, dtype=torch.float32).repeat(CHANNELS, 1)
+    for t in inputs.values():
+        t.requires_grad_(requires_grad)
+    return inputs
+
+
+def forward_only(scan, inputs):
+    with torch.no_grad():
+        scan(**inputs)
+
+
+def forward_backward(scan, inputs):
+    out = scan(**inputs)
+    out.backward(torch.ones_like(out))
+
+
+def median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def return_large_blocks_to_the_system():
+    """Make glibc serve every block over 128 KiB by mmap and unmap it when freed (by default the
+    threshold grows after the first big free and later blocks stay in the heap), so that the
+    resident set follows what is live and its high-water mark is the true peak."""
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
+
+
+def peak_memory_mib(fn):
+    """Resident-set growth during fn(), in MiB (Linux: VmHWM reset by clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS:")
+    fn()
+    return (_status_kib("VmHWM:") - before) / 1024
+
+
+# --- the floor ----------------------------------------------------------------------------------
+
+@numba.njit(parallel=True, fastmath=False)
+def _exp_throughput_kernel(x, out, repeats):
+    rows = x.shape[0]
+    for r in prange(rows):
+        xr = x[r]
+        outr = out[r]
+        for _ in range(repeats):
+            for i in range(xr.shape[0]):
+                outr[i] = _exp32(xr[i])
+
+
+@numba.njit(parallel=True, fastmath=False)
+def _fma_throughput_kernel(a, b, h, repeats):
+    # Each row holds 16 independent vectors of state, so the FMA units, not latency, bound it.
+    rows = h.shape[0]
+    for r in prange(rows):
+        ar = a[r]
+        br = b[r]
+        hr = h[r]
+        for _ in range(repeats):
+            for n in range(hr.shape[0]):
+                hr[n] = _fma(ar[n], hr[n], br[n])
+
+
+def measure_rates():
+    """Exps and multiply-adds per second on this CPU now, on arrays that stay in cache (so the
+    floor counts arithmetic, not memory traffic), with every available thread where possible."""
+    threads = numba.get_num_threads()
+    rows, width, repeats = 4 * threads, 1 << 14, 64
+    x = -np.random.default_rng(0).random((rows, width), dtype=np.float32) * 10
+    y = np.empty_like(x)
+    _exp_throughput_kernel(x[:, :64], y[:, :64], 1)
+    numba_exp = rows * width * repeats / median_seconds(
+        lambda: _exp_throughput_kernel(x, y, repeats), 5)
+    numpy_exp = x.size * 8 / median_seconds(lambda: [np.exp(x, out=y) for _ in range(8)], 5)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    torch_exp = x.size * 8 / median_seconds(lambda: [torch.exp(tx, out=ty) for _ in range(8)], 5)
+    a = np.full((rows, 128), 0.999, np.float32)
+    b = np.full((rows, 128), 1e-3, np.float32)
+    h = np.zeros((rows, 128), np.float32)
+    _fma_throughput_kernel(a, b, h, 1)
+    fma_repeats = 200_000
+    fma = rows * 128 * fma_repeats / median_seconds(
+        lambda: _fma_throughput_kernel(a, b, h, fma_repeats), 5)
+    return dict(numba_exp=numba_exp, numpy_exp=numpy_exp, torch_exp=torch_exp, fma=fma,
+                threads=threads)
+
+
+# Arithmetic per (batch, channel, step, state) element. Forward: exp(dt A), the state update
+# and the readout C.h. Backward: the states are recomputed (one exp and one update; storing them
+# instead would cost L x N memory), then nine multiply-adds: dh += dy C, dC, dB, dA, the two
+# factors of the decay's gradient, the sums into d(dt) and du, and carrying dh back a step.
+FLOOR_OPS = {"forward": (1, 2), "forward+backward": (2, 2 + 1 + 9)}
+
+
+def floor_seconds(length, mode, rates):
+    elements = BATCH * CHANNELS * length * STATE
+    exps, fmas = FLOOR_OPS[mode]
+    best_exp = max(rates["numba_exp"], rates["numpy_exp"], rates["torch_exp"])
+    return elements * (exps / best_exp + fmas / rates["fma"])
+
+
+# --- cold compile -------------------------------------------------------------------------------
+
+def cold_compile_seconds():
+    """Seconds to compile the kernels from nothing (an empty numba cache), then to load them."""
+    script = textwrap.dedent("""
+        import time, torch
+        from ichseg.models import selective_scan
+        x = [torch.randn(1, 2, 8, requires_grad=True) for _ in range(2)]
+        A = -torch.ones(2, 4, requires_grad=True)
+        B, C = (torch.randn(1, 4, 8, requires_grad=True) for _ in range(2))
+        start = time.perf_counter()
+        selective_scan(x[0], x[1], A, B, C, delta_softplus=True, backend="cpu").sum().backward()
+        print(time.perf_counter() - start)
+    """)
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        run = [sys.executable, "-c", script]
+        cold = float(subprocess.run(run, env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+        warm = float(subprocess.run(run, env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    return cold, warm
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 4096, 32768])
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs per figure (the torch loop at 32,768 and up gets 3)")
+    args = parser.parse_args()
+    return_large_blocks_to_the_system()
+
+    cold, warm = cold_compile_seconds()
+    forward_backward(cpu_scan, make_inputs(64, True))  # load the compiled kernels
+    rates = measure_rates()
+    print(f"batch {BATCH}, channels {CHANNELS}, state {STATE}; torch {torch.__version__}, "
+          f"numba {numba.__version__}, {rates['threads']} numba threads, "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"cold compile of the cpu kernels {cold:.1f} s (empty cache), {warm:.2f} s "
+          f"from the cache")
+    print(f"measured rates: exp {rates['numba_exp'] / 1e9:.2f} G/s (numba, vectorised, all "
+          f"threads), {rates['numpy_exp'] / 1e9:.2f} G/s (numpy), {rates['torch_exp'] / 1e9:.2f}"
+          f" G/s (torch); float32 multiply-add {rates['fma'] / 1e9:.1f} G/s (numba, all threads)")
+    print()
+    print("| length | pass | torch loop s | cpu s | speed-up | cpu ns/token | floor s "
+          "| cpu / floor | torch loop peak MiB | cpu peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for length in args.lengths:
+        for mode, run in (("forward", forward_only), ("forward+backward", forward_backward)):
+            print(table_row(length, mode, run, rates, args.repeats), flush=True)
+
+
+def table_row(length, mode, run, rates, repeats):
+    inputs = make_inputs(length, requires_grad=mode != "forward")
+    run(sequential_torch_scan, inputs)  # warm-up
+    loop_s = median_seconds(lambda: run(sequential_torch_scan, inputs),
+                            3 if length >= 32768 else repeats)
+    cpu_s = median_seconds(lambda: run(cpu_scan, inputs), repeats)
+    loop_mib = peak_memory_mib(lambda: run(sequential_torch_scan, inputs))
+    cpu_mib = peak_memory_mib(lambda: run(cpu_scan, inputs))
+    floor = floor_seconds(length, mode, rates)
+    return (f"| {length:,} | {mode} | {loop_s:.3f} | {cpu_s:.4f} | {loop_s / cpu_s:.1f}x "
+            f"| {cpu_s / (BATCH * length) * 1e9:,.0f} | {floor:.4f} | {cpu_s / floor:.1f}x "
+            f"| {loop_mib:,.0f} | {cpu_mib:,.1f} |")
+
+if __name__ == "__main__":
+    main()
