@@ -202,8 +202,8 @@ def train_with(mode, preset, epochs=0, additional_epochs=0):
 result = train_with(TRAINING_MODE, PRESET, EPOCHS, ADDITIONAL_EPOCHS)'''
 
 STATUS = '''\
-# Where the run stands: epochs done, state, best validation epoch, every checkpoint (local and on
-# the mirror) with its checksum verdict, and the command that continues it.
+# Where the run stands: state, epochs done, best validation epoch, the checkpoints with their
+# checksum verdicts, and the command that continues it.
 from ichseg.training.status import format_status
 
 print(format_status(ichseg.check_training_status(RUN_DIR)))'''
