@@ -70,9 +70,15 @@ if importlib.util.find_spec("ichseg") is None:
                            f"ichseg{extra} @ {ICHSEG_SOURCE}"])
     importlib.invalidate_caches()
 
+import torch  # noqa: E402
+
 import ichseg  # noqa: E402
 
-print(f"ichseg {ichseg.__version__}, {'in Colab' if IN_COLAB else 'outside Colab'}")'''
+print(f"ichseg {ichseg.__version__}, {'in Colab' if IN_COLAB else 'outside Colab'}")
+if torch.cuda.is_available():
+    print(f"GPU: {torch.cuda.get_device_name(0)}")
+elif IN_COLAB:
+    print("No GPU: choose Runtime > Change runtime type > GPU, or training will be very slow")'''
 
 MOUNT = '''\
 # Google Drive holds the checkpoint mirror (and the predictions), which outlive the runtime.
