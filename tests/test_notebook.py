@@ -44,14 +44,9 @@ def _cell(notebook: nbformat.NotebookNode, cell_id: str) -> nbformat.NotebookNod
 
 
 def _text(cell: nbformat.NotebookNode) -> str:
-    """Everything a code cell printed (stdout, stderr and text results)."""
-    parts = []
-    for output in cell.outputs:
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif "data" in output and "text/plain" in output.data:
-            parts.append(output.data["text/plain"])
-    return "".join(parts)
+    """What a code cell printed to stdout (log messages and progress bars go to stderr)."""
+    return "".join(output.text for output in cell.outputs
+                   if output.output_type == "stream" and output.name == "stdout")
 
 
 def _images(cell: nbformat.NotebookNode) -> int:
