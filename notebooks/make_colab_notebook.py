@@ -31,7 +31,7 @@ in the settings form:
 | You want to | Set | What happens |
 |---|---|---|
 | **1. Train for the first time** | `TRAINING_MODE = "new"`, `EPOCHS` = the total | starts at epoch 1 (an earlier run in `RUN_DIR` is moved to `RUN_DIR/archive/`, never deleted) |
-| **2. Go on after Colab disconnected or timed out** | `TRAINING_MODE = "continue"`, `ADDITIONAL_EPOCHS` = how many more (or `EPOCHS` = the new total) | resumes from the newest valid checkpoint, on the local disk or on Drive, at the exact batch it stopped: stopped in epoch 1500 of a 1500-epoch run with `ADDITIONAL_EPOCHS = 1000`, it trains epochs 1501 to 2500 |
+| **2. Go on after Colab disconnected or timed out** | `TRAINING_MODE = "continue"`, `ADDITIONAL_EPOCHS` = how many more (or `EPOCHS` = the new total) | resumes from the newest valid checkpoint, on the local disk or on Drive, at the exact batch where it stopped: from the checkpoint of epoch 1500, `ADDITIONAL_EPOCHS = 1000` trains epochs 1501 to 2500 |
 | **3. Continue, but there is no checkpoint yet** | `TRAINING_MODE = "continue"` | warns that there is nothing to resume and starts a new run (no crash) |
 
 `continue` is the default, so after any interruption the answer is always the same: reconnect,
