@@ -377,17 +377,15 @@ class Trainer:
         self._save_seconds = time.monotonic() - started
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, stop: Any = None, time_limit: float | None = None) -> str:
-        """Train until the target, early stopping, a stop request or the time limit.
+    def fit(self, stop: Any = None, deadline: float | None = None) -> str:
+        """Train until the target, early stopping, a stop request or the deadline.
 
         Returns "finished", "early-stopped" or "stopped". `stop` has a `.requested` flag
-        (`signals.StopRequest`); `time_limit` is in seconds from now.
+        (`signals.StopRequest`); `deadline` is a `time.monotonic()` value.
         """
         t = self.cfg.training
         steps = t.steps_per_epoch
-        started = time.monotonic()
-        deadline = started + time_limit if time_limit else None
-        last_save = started
+        last_save = time.monotonic()
         p = self.progress
         p.session += 1
         self.model.train()
@@ -471,9 +469,8 @@ class Trainer:
 
     def _out_of_time(self, deadline: float | None, p: Progress, validating: bool = False) -> bool:
         """Would the next unit of work (a step, or the epoch's validation) plus a save overrun?"""
-        if deadline is None:
-            return False
-        # The first step of a session is always taken: there is nothing to measure before it.
+        if deadline is None or not self._step_seconds:
+            return False  # the first step of a session is always taken, and measured
         work = self._validation_seconds if validating else self._step_seconds
         if validating and not self._validation_seconds:
             work = self._step_seconds * max(len(self.val_cases), 1)

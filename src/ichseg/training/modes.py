@@ -69,12 +69,15 @@ class Plan:
 def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
                  **options: Any) -> Any:
     """Train in `run_dir` as the contract's "Training modes" say; returns a `TrainResult`."""
+    started = time.monotonic()  # the time limit counts from here, data preparation included
     with _console_logging(), _train_log() as train_log:
         plan = plan_run(data, run_dir, mode, **options)
         if plan.done_message:
             log.info(plan.done_message)
             return _result(plan, "already-finished", plan.checkpoint, plan.checkpoint_path)
-        return _train(plan, options.get("time_limit"), train_log)
+        limit = plan.cfg.training.time_limit
+        deadline = started + parse_duration(limit) if limit else None
+        return _train(plan, deadline, train_log)
 
 
 # --- planning: read and check, write nothing ----------------------------------------------------
@@ -233,7 +236,7 @@ def _read_split(path: Path) -> dict[str, list[str]]:
 
 # --- doing it ---------------------------------------------------------------------------------
 
-def _train(plan: Plan, time_limit: str | None, train_log: _TrainLog) -> TrainResult:
+def _train(plan: Plan, deadline: float | None, train_log: _TrainLog) -> TrainResult:
     from ichseg.data.cache import load_cases
     from ichseg.training.lock import RunLock
     from ichseg.training.loop import Trainer
@@ -260,11 +263,9 @@ def _train(plan: Plan, time_limit: str | None, train_log: _TrainLog) -> TrainRes
             if plan.restart_patience:
                 trainer.early.restart()
         _log_start(trainer, plan)
-        limit = parse_duration(time_limit or cfg.training.time_limit) if (
-            time_limit or cfg.training.time_limit) else None
         try:
             with StopRequest() as stop:
-                state = trainer.fit(stop, limit)
+                state = trainer.fit(stop, deadline)
         finally:
             trainer.checkpoints.close()
         _log_end(trainer, state)
@@ -282,6 +283,9 @@ def _log_start(trainer: Any, plan: Plan) -> None:
         where = f"epoch {p.epoch + 1}" + (f", batch {p.epoch_step + 1}" if p.epoch_step else "")
         log.info("continuing %s from %s at %s (step %d), target %d epochs", plan.run_dir,
                  plan.checkpoint_path, where, p.step, plan.target)
+    if cfg.training.time_limit:
+        log.info("time limit %s (training.time_limit): the run saves and stops before it",
+                 cfg.training.time_limit)
     log.info("device %s, scan backend %s, %d training and %d validation cases", trainer.device,
              resolve_backend(cfg.model.scan_backend, trainer.device), len(plan.split["train"]),
              len(plan.split["validation"]))

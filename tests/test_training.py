@@ -1,0 +1,248 @@
+"""Training modes and targets (CONTRACT.md "Training modes"), the user's three scenarios, the loss,
+the schedules, early stopping and the history.
+
+Runs go through `ichseg.train` in this process, on the tiny preset with a 16 x 16 x 8 patch and
+two steps per epoch; `test_resume.py` covers stops and exact continuation in child processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from trainrun import assert_equal_tree, assert_same_training, fast_options, load_last, snapshot
+
+import ichseg
+from ichseg.errors import UsageError
+from ichseg.training.history import COLUMNS, History
+from ichseg.training.loop import EarlyStopping, PolyLR
+from ichseg.training.losses import DeepSupervisionLoss, dice_ce
+
+
+def train(data, run, mode="continue", **options):
+    return ichseg.train(data, run, mode=mode, **fast_options(**options))
+
+
+@pytest.fixture(scope="module")
+def five_epochs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Scenario 1 of the seed: a new run of 5 epochs (kept read-only; copy it to change it)."""
+    run = tmp_path_factory.mktemp("five") / "run"
+    result = train(tiny_dataset, run, mode="new", epochs=5)
+    assert (result.state, result.epochs_completed, result.target_epochs) == ("finished", 5, 5)
+    return run
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
+
+
+# --- the seed's scenarios ---------------------------------------------------------------------
+
+def test_new_run_writes_the_run_folder(five_epochs):
+    for name in ("config.yaml", "split.json", "history.csv", "train.log", "progress.png",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (five_epochs / name).exists(), name
+    state = load_last(five_epochs)
+    assert state["epoch"] == 5 and state["epoch_step"] == 0 and state["step"] == 10
+    assert state["history"]["epoch"] == [1, 2, 3, 4, 5]
+    assert state["history"]["session"] == [1] * 5
+    # history.csv mirrors the checkpoint's history, one row per epoch.
+    rows = (five_epochs / "history.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(COLUMNS) and len(rows) == 6
+    # config.yaml is the resolved config, every default filled in.
+    cfg = ichseg.config.read_run_config(five_epochs / "config.yaml")
+    assert cfg.training.epochs == 5 and cfg.data.patch_size == [16, 16, 8]
+    assert cfg.training.steps_per_epoch == 2 and cfg.training.momentum == 0.99
+
+
+def test_continue_to_a_higher_target_starts_at_the_next_epoch(five_epochs, tmp_path, caplog):
+    run = copy_run(five_epochs, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="ichseg"):
+        result = ichseg.train(None, run, epochs=8)  # data and config come from config.yaml
+    assert (result.state, result.epochs_completed, result.target_epochs) == ("finished", 8, 8)
+    assert "at epoch 6" in caplog.text
+    history = load_last(run)["history"]
+    assert history["epoch"] == list(range(1, 9))
+    assert history["session"] == [1] * 5 + [2] * 3  # the plot marks where it was continued
+    assert "epoch 6/8" in (run / "train.log").read_text()
+
+
+def test_additional_epochs_count_from_the_checkpoint(five_epochs, tmp_path):
+    run = copy_run(five_epochs, tmp_path / "run")
+    result = ichseg.train(None, run, additional_epochs=3)
+    assert (result.epochs_completed, result.target_epochs) == (8, 8)
+    assert ichseg.config.read_run_config(run / "config.yaml").training.epochs == 8
+
+
+def test_continue_with_nothing_saved_warns_and_starts_new(tiny_dataset, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ichseg"):
+        result = train(tiny_dataset, tmp_path / "run", epochs=1)
+    assert "no checkpoint" in caplog.text and "starting a new run" in caplog.text
+    assert result.epochs_completed == 1
+    assert "no checkpoint" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_strict_resume_with_nothing_saved_exits_2_without_writing(tiny_dataset, tmp_path):
+    with pytest.raises(UsageError, match="strict-resume"):
+        train(tiny_dataset, tmp_path / "run", epochs=1, strict_resume=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_does_nothing_until_the_target_is_raised(five_epochs, caplog):
+    before = snapshot(five_epochs)
+    with caplog.at_level(logging.INFO, logger="ichseg"):
+        result = ichseg.train(None, five_epochs)
+    assert result.state == "already-finished" and result.epochs_completed == 5
+    assert "already reached its target of 5 epochs" in caplog.text
+    assert snapshot(five_epochs) == before
+
+
+# --- modes --------------------------------------------------------------------------------------
+
+def test_mode_new_archives_the_old_run_and_deletes_nothing(tiny_dataset, five_epochs, tmp_path):
+    run = copy_run(five_epochs, tmp_path / "run")
+    old_files = {p: s for p, s in snapshot(run).items()}
+    result = train(tiny_dataset, run, mode="new", epochs=1)
+    assert result.epochs_completed == 1 and load_last(run)["history"]["epoch"] == [1]
+    (archived,) = (run / "archive").iterdir()
+    moved = {p: s for p, s in snapshot(archived).items()}
+    assert set(moved) == set(old_files)  # every file of the old run, sizes unchanged
+    assert all(moved[p][0] == old_files[p][0] for p in moved)
+
+
+def test_a_model_change_on_continue_is_refused_with_the_keys(five_epochs, caplog):
+    before = snapshot(five_epochs)
+    with pytest.raises(UsageError) as error:
+        ichseg.train(None, five_epochs, epochs=6,
+                     sets=["model.base_width=8", "training.lr=0.1"])
+    assert "model.base_width" in str(error.value) and "training.lr" in str(error.value)
+    assert snapshot(five_epochs) == before
+
+
+def test_harmless_changes_on_continue_are_allowed_and_logged(five_epochs, tmp_path, caplog):
+    run = copy_run(five_epochs, tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="ichseg"):
+        result = ichseg.train(None, run, epochs=6, patience=9)
+    assert result.epochs_completed == 6
+    assert "training.patience changed on continue: 5 -> 9" in caplog.text
+    assert ichseg.config.read_run_config(run / "config.yaml").training.patience == 9
+
+
+def test_legacy_checkpoint_loads_through_resume_from(tiny_dataset, five_epochs, tmp_path, caplog):
+    state = load_last(five_epochs)
+    legacy = {k: state[k] for k in ("model_state", "epoch", "history", "best_val", "no_improve",
+                                    "optimizer_state", "scheduler_state", "scaler_state")}
+    legacy["history"] = {"train_loss": state["history"]["train_loss"],
+                         "val_loss": state["history"]["val_loss"]}  # the old script's columns
+    path = tmp_path / "old_model.pt"
+    torch.save(legacy, path)
+    with caplog.at_level(logging.WARNING, logger="ichseg"):
+        result = train(tiny_dataset, tmp_path / "run", resume_from=path, additional_epochs=1)
+    assert "legacy format" in caplog.text and "not bit-exactly" in caplog.text
+    assert result.epochs_completed == 6
+    resumed = load_last(tmp_path / "run")
+    assert resumed["history"]["epoch"] == [1, 2, 3, 4, 5, 6]
+    assert resumed["history"]["train_loss"][:5] == state["history"]["train_loss"]
+    assert resumed["step"] == 12  # the schedule continued from epoch 5's step count
+
+
+def test_the_same_command_twice_gives_bit_identical_states(tiny_dataset, five_epochs, tmp_path):
+    train(tiny_dataset, tmp_path / "again", mode="new", epochs=5)
+    assert_same_training(load_last(tmp_path / "again"), load_last(five_epochs))
+    assert_equal_tree(torch.load(tmp_path / "again" / "checkpoints" / "best.pt",
+                                 weights_only=True)["model_state"],
+                      torch.load(five_epochs / "checkpoints" / "best.pt",
+                                 weights_only=True)["model_state"], "best")
+
+
+def test_early_stop_then_a_raised_target_restarts_the_patience(tiny_dataset, tmp_path, caplog):
+    # With a zero learning rate the validation loss never improves after epoch 1.
+    frozen = ["training.lr=0", "training.min_lr=0"]
+    run = tmp_path / "run"
+    result = train(tiny_dataset, run, epochs=10, patience=2, sets=frozen)
+    assert (result.state, result.epochs_completed, result.best_epoch) == ("early-stopped", 3, 1)
+    with caplog.at_level(logging.INFO, logger="ichseg"):
+        again = train(tiny_dataset, run, epochs=10, patience=2, sets=frozen)
+    assert again.state == "already-finished" and "stopped early at epoch 3" in caplog.text
+    raised = train(tiny_dataset, run, additional_epochs=5, patience=2, sets=frozen)
+    # A fresh count of 2 bad epochs: epochs 4 and 5, then it stops again.
+    assert (raised.state, raised.epochs_completed, raised.target_epochs) == ("early-stopped", 5, 8)
+
+
+def test_bad_usage_is_refused_before_anything_is_written(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(UsageError, match="--data"):
+        ichseg.train(None, run, preset="tiny")
+    with pytest.raises(UsageError, match="not both"):
+        train(tiny_dataset, run, epochs=3, additional_epochs=2)
+    with pytest.raises(UsageError, match="time-limit"):
+        train(tiny_dataset, run, time_limit="soon")
+    with pytest.raises(UsageError, match="does not exist"):
+        train(tiny_dataset, run, resume_from=tmp_path / "nothing.pt")
+    assert not run.exists()
+
+
+# --- pieces ---------------------------------------------------------------------------------
+
+def test_deep_supervision_weights_and_downsampled_labels():
+    torch.manual_seed(0)
+    labels = (torch.rand(2, 1, 8, 8, 4) > 0.7).long()
+    perfect = F.one_hot(labels[:, 0], 2).permute(0, 4, 1, 2, 3).float() * 40 - 20
+    coarse_labels = F.interpolate(labels.float(), size=(4, 4, 2), mode="nearest").long()
+    coarse_perfect = F.one_hot(coarse_labels[:, 0], 2).permute(0, 4, 1, 2, 3).float() * 40 - 20
+    loss = DeepSupervisionLoss()
+    assert loss(perfect, labels) < 1e-3
+    # A head at half resolution is compared with the labels brought to its size.
+    assert loss([perfect, coarse_perfect], labels) < 1e-3
+    # A wrong coarse head costs its weight share: 1/2 of (1 + 1/2).
+    wrong = -coarse_perfect
+    expected = dice_ce()(wrong, coarse_labels) * (0.5 / 1.5)
+    assert torch.allclose(loss([perfect, wrong], labels), expected, atol=1e-3)
+
+
+def test_poly_schedule_is_closed_form_and_stretches_with_the_target():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.01)
+    schedule = PolyLR(optimizer, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[-1] == 0.0 and lrs[4] == pytest.approx(0.01 * 0.5 ** 0.9)
+    schedule.total_steps = 20  # the target doubled: halfway again
+    schedule.last_epoch -= 1
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    early = EarlyStopping(patience=2)
+    assert early.update(1.0, 1) and early.update(0.9, 2)
+    assert not early.update(0.9, 3) and not early.stopped
+    assert not early.update(1.5, 4) and early.stopped
+    assert (early.best, early.best_epoch) == (0.9, 2)
+    never = EarlyStopping(patience=0)
+    for epoch in range(1, 20):
+        never.update(1.0, epoch)
+    assert not never.stopped
+
+
+def test_history_keeps_legacy_columns_and_writes_csv(tmp_path):
+    history = History()
+    history.load_state_dict({"train_loss": [1.0, 0.5], "dice": [0.1, 0.2]})
+    assert history.columns["epoch"] == [1, 2] and history.columns["dice"] == [0.1, 0.2]
+    assert math.isnan(history.columns["val_loss"][0])
+    history.append({"epoch": 3, "train_loss": 0.25, "val_loss": 0.3})
+    history.write_csv(tmp_path / "history.csv")
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,val_loss") and lines[0].endswith(",dice")
+    assert lines[3].startswith("3,0.25,0.3")
+    assert not list(tmp_path.glob(".*"))  # the temporary file was renamed over
