@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ichseg.config import PRESETS, preset_config
 from ichseg.models import build_model, selective_scan
 from ichseg.models.baseline import matching_width, parameter_count
+from ichseg.models.mamba import causal_depthwise_conv1d
 
 NETWORKS = ("nnmamba", "dynunet")
 PAPER_PARAMETERS = 15.55e6
@@ -72,6 +73,28 @@ def time_side_by_side(preset: str, repeats: int) -> dict[str, list[float]]:
             training_step(*run)
             seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def time_causal_conv(repeats: int) -> dict[str, float]:
+    """Forward + backward of Mamba's depthwise causal conv at `small`'s first stage (4 flipped
+    copies of a batch of 2, 2 x 16 channels, 24 x 24 x 32 tokens): nn.Conv1d against the shifted
+    products ichseg uses, alternated, medians."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(32, 32, 4, groups=32, padding=3)
+    # The scan input is half of in_proj's output, as in the layer: a view, not a copy.
+    projected = torch.randn(8, 64, 24 * 24 * 32, requires_grad=True)
+    grad = torch.randn(8, 32, projected.shape[-1])
+    ways = {
+        "nn.Conv1d": lambda x: conv(x)[..., :x.shape[-1]],
+        "shifted products": lambda x: causal_depthwise_conv1d(x, conv.weight, conv.bias),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way(projected.chunk(2, dim=1)[0]).backward(grad)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values[1:]) for name, values in seconds.items()}
 
 
 def _resident_bytes() -> int:
@@ -126,6 +149,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("\n".join(parameter_table()))
+    conv = time_causal_conv(args.repeats)
+    print(f"\nDepthwise causal conv forward + backward, median of {args.repeats}: " + ", ".join(
+        f"{name} {value:.3f} s" for name, value in conv.items()))
     print(f"\nForward + backward of one training step, median of {args.repeats} alternated "
           "steps; peak memory the step adds\n")
     print("| preset | patch × batch | nnMamba s | DynUNet s | nnMamba / DynUNet | "

@@ -11,7 +11,7 @@ from ichseg.config import preset_config
 from ichseg.errors import UsageError
 from ichseg.models import build_model, check_input_shape
 from ichseg.models.baseline import DynUNetBaseline, parameter_count
-from ichseg.models.mamba import MambaLayer
+from ichseg.models.mamba import MambaLayer, causal_depthwise_conv1d
 from ichseg.models.nnmamba import MICCSS, NnMambaUNet
 
 PAPER_PARAMETERS = 15.55e6
@@ -195,6 +195,20 @@ def test_mamba_layer_is_causal_along_the_sequence():
         before, after = layer(tokens), layer(changed)
     torch.testing.assert_close(before[..., :12], after[..., :12])
     assert (before[..., 12:] - after[..., 12:]).abs().amax(dim=(0, 1)).min() > 0
+
+
+def test_shifted_causal_conv_equals_torch_depthwise_conv_with_gradients():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
+    x = torch.randn(3, 6, 25, requires_grad=True)
+    grad = torch.randn(3, 6, 25)
+    expected = conv(x)[..., :25]
+    got = causal_depthwise_conv1d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(got, expected)
+    wanted = torch.autograd.grad(expected, (x, conv.weight, conv.bias), grad)
+    for ours, theirs in zip(torch.autograd.grad(got, (x, conv.weight, conv.bias), grad), wanted,
+                            strict=True):
+        torch.testing.assert_close(ours, theirs)
 
 
 def test_mamba_initialisation_and_no_weight_decay_marks():

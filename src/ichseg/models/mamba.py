@@ -29,6 +29,24 @@ def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
     return param
 
 
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor) -> torch.Tensor:
+    """`nn.Conv1d(groups=channels, padding=K-1)` cut to the input's length, as K shifted products.
+
+    out[:, d, t] = bias[d] + sum_k weight[d, 0, k] · x[:, d, t - (K-1) + k], zeros before t = 0.
+    With K = 4 taps this is four fused multiply-adds over the sequence; the oneDNN depthwise
+    convolution it replaces took seconds for its backward pass on long sequences (BENCHMARKS.md).
+    """
+    taps = weight.shape[-1]
+    length = x.shape[-1]
+    padded = F.pad(x, (taps - 1, 0))
+    per_channel = weight[:, 0, :, None]  # (channels, K, 1) broadcasts over (batch, channels, L)
+    out = torch.addcmul(bias[:, None], per_channel[:, taps - 1], x)
+    for k in range(taps - 1):
+        out = torch.addcmul(out, per_channel[:, k], padded[..., k:k + length])
+    return out
+
+
 class MambaLayer(nn.Module):
     """Selective state-space layer: `(batch, d_model, length) -> (batch, d_model, length)`.
 
@@ -51,7 +69,8 @@ class MambaLayer(nn.Module):
         # Linear modules for mamba-ssm's parameter names and init; forward uses their weights in
         # channels-first matrix products (see the module docstring).
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        # Left padding of d_conv - 1 and keeping the first `length` outputs makes it causal.
+        # Parameters of the depthwise causal convolution; forward applies them through
+        # causal_depthwise_conv1d.
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
                                 padding=d_conv - 1)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
@@ -81,9 +100,8 @@ class MambaLayer(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        length = hidden.shape[-1]
         x, z = torch.matmul(self.in_proj.weight, hidden).chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :length])
+        x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         dt, b, c = torch.matmul(self.x_proj.weight, x).split(
             [self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = torch.matmul(self.dt_proj.weight, dt)
