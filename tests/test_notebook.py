@@ -1,11 +1,13 @@
 """The Colab notebook: in sync with its generator, and runnable top to bottom outside Colab.
 
 The headless run executes notebooks/ichseg_colab.ipynb with nbclient in a fresh ipykernel, on the
-`tiny` preset and the synthetic data the notebook makes itself, in a temporary folder. Then it
-simulates what a Colab user lives through: the runtime is reset (the local run folder is gone),
-and the notebook's cells through the status are run again with TRAINING_MODE "continue" and
-ADDITIONAL_EPOCHS 1, which must resume from the mirror (the stand-in for Google Drive) and train
-exactly one more epoch. One epoch each keeps the test near a minute of CPU time.
+`tiny` preset and the synthetic data the notebook makes itself, in a temporary folder, with the
+form's own TRAINING_MODE, "continue": there is no checkpoint yet, so it must warn and start new
+(the seed's third scenario). Then it simulates what a Colab user lives through: the runtime is
+reset (the local run folder is gone), and the notebook's cells through the status are run again
+with ADDITIONAL_EPOCHS 1, which must resume from the mirror (the stand-in for Google Drive) and
+train exactly one more epoch (the second scenario). One epoch each keeps the test near a minute
+of CPU time.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ def _cell(notebook: nbformat.NotebookNode, cell_id: str) -> nbformat.NotebookNod
     return next(cell for cell in notebook.cells if cell.get("id") == cell_id)
 
 
-def _text(cell: nbformat.NotebookNode) -> str:
-    """What a code cell printed to stdout (log messages and progress bars go to stderr)."""
+def _text(cell: nbformat.NotebookNode, stream: str = "stdout") -> str:
+    """What a code cell printed to `stream` (log messages and progress bars go to stderr)."""
     return "".join(output.text for output in cell.outputs
-                   if output.output_type == "stream" and output.name == "stdout")
+                   if output.output_type == "stream" and output.name == stream)
 
 
 def _images(cell: nbformat.NotebookNode) -> int:
@@ -123,13 +125,14 @@ def test_notebook_runs_headless_then_resumes_from_the_mirror_after_a_runtime_res
     run, mirror = work / "run", work / "drive" / "checkpoints"
     predictions = work / "drive" / "predictions"
 
-    # Scenario 1: the first run.
-    monkeypatch.setenv("ICHSEG_NB_TRAINING_MODE", "new")
+    # Scenario 3: "continue" (the form's default) without any checkpoint starts a new run.
     monkeypatch.setenv("ICHSEG_NB_EPOCHS", "1")
     notebook = _execute(work.parent)
 
     assert "outside Colab" in _text(_cell(notebook, "install"))
     assert "not mounted" in _text(_cell(notebook, "mount-drive"))
+    assert "TRAINING_MODE      'continue'" in _text(_cell(notebook, "settings"))
+    assert "no checkpoint" in _text(_cell(notebook, "train"), "stderr").lower()
     assert "no problems found" in _text(_cell(notebook, "dataset-check"))
     cfg = read_run_config(run / "config.yaml")
     assert (cfg.preset, cfg.training.epochs) == ("tiny", 1)
@@ -152,7 +155,6 @@ def test_notebook_runs_headless_then_resumes_from_the_mirror_after_a_runtime_res
     # Scenario 2 on a fresh runtime: the local disk is empty, Drive still has the mirror. The
     # cells through the status are what a user reruns after a reset.
     shutil.rmtree(run)
-    monkeypatch.setenv("ICHSEG_NB_TRAINING_MODE", "continue")
     monkeypatch.setenv("ICHSEG_NB_EPOCHS", "0")
     monkeypatch.setenv("ICHSEG_NB_ADDITIONAL_EPOCHS", "1")
     notebook = _execute(work.parent, through="status")
