@@ -455,10 +455,7 @@ def _backward_group(g, groups, u, delta, bias, softplus, A, B, C, D, z, has_z, c
     decays = np.empty((_CHUNK, lanes), np.float32)
     steps = np.empty(_CHUNK, np.float32)
     g_y = np.empty(_CHUNK, np.float32)  # dL/dy, y before the gate
-    # Per step and state lane, the terms of dL/d(dt) through the decay and of dL/d(dt u)
-    # through B, summed over the state after the chunk, where the sums hold up no recurrence.
-    via_decay = np.empty((_CHUNK, lanes), np.float32)
-    via_input = np.empty((_CHUNK, lanes), np.float32)
+    # Per step, dL/d(dt) through the decays and dL/d(dt u) through B, summed over the state.
     s_decay = np.empty(_CHUNK, np.float32)
     s_input = np.empty(_CHUNK, np.float32)
     dh = np.empty(lanes, np.float32)
@@ -500,23 +497,17 @@ def _backward_group(g, groups, u, delta, bias, softplus, A, B, C, D, z, has_z, c
                 before = states[i]
                 after = states[i + 1]
                 decay = decays[i]
-                p_decay = via_decay[i]
-                p_input = via_input[i]
+                total_decay = _ZERO
+                total_input = _ZERO
                 for n in range(lanes):
                     dhn = _fma(gy, ct[n], dh[n])
                     dCt[n] = _fma(gy, after[n], dCt[n])
                     d_exponent = dhn * before[n] * decay[n]
                     dA_chunk[n] = _fma(d_exponent, step, dA_chunk[n])
-                    p_decay[n] = d_exponent * a[n]
+                    total_decay = _fma(d_exponent, a[n], total_decay)
                     dBt[n] = _fma(dhn, step_x, dBt[n])
-                    p_input[n] = dhn * bt[n]
+                    total_input = _fma(dhn, bt[n], total_input)
                     dh[n] = dhn * decay[n]
-            for i in range(m):
-                total_decay = _ZERO
-                total_input = _ZERO
-                for n in range(lanes):
-                    total_decay += via_decay[i, n]
-                    total_input += via_input[i, n]
                 s_decay[i] = total_decay
                 s_input[i] = total_input
             for i in range(m):  # elementwise, so it vectorises
