@@ -102,6 +102,17 @@ def test_subtypes_scored_per_class(tmp_path):
     assert report["classes"]["IVH"]["cases"] == 0
 
 
+def test_binary_predictions_against_subtype_labels_score_any_hemorrhage(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    _write(gt, "s1", _blob(4))  # SAH
+    _write(pred, "s1", _blob(1))  # a binary model's "hemorrhage", not EDH
+    report = evaluate_folders(pred, gt)
+    assert report["cases"][0]["dice"] == 1.0
+    assert "classes" not in report["cases"][0] and report["classes"] == {}
+    assert "ground truth" in report["note"]
+    assert "Note: only the ground truth" in format_summary(report)
+
+
 def test_missing_prediction_names_the_file_and_writes_nothing(folders, tmp_path):
     pred, gt = folders
     (pred / "b_missed.nii.gz").unlink()

@@ -1,8 +1,9 @@
 """`ichseg evaluate`: predicted label maps against ground truth, case by case, with a summary.
 
 Pairs are matched by case id (the file name without `.nii` / `.nii.gz`). Every case is scored for
-"any hemorrhage" (label > 0); when the labels carry subtype codes (any code above 1 in either
-folder) each subtype is scored too. Summaries are the mean and median over cases, skipping
+"any hemorrhage" (label > 0); when both folders carry subtype codes (some code above 1 in the
+predictions and in the ground truth) each subtype is scored too. A binary model's code 1 is "any
+hemorrhage", not EDH, so against subtype labels it is scored as any hemorrhage only. Summaries are the mean and median over cases, skipping
 undefined values (a relative volume difference against an empty ground truth). Per-subtype
 summaries count only the cases where that subtype occurs in the ground truth or the prediction:
 a subtype absent from both would otherwise add a perfect score by convention and hide the misses.
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ichseg.data.io import nifti_files, nifti_stem, read_label
+from ichseg.data.io import Volume, nifti_files, nifti_stem, read_label
 from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import METRIC_NAMES, case_metrics
@@ -55,8 +56,8 @@ def _pairs(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
     return [(case, preds[case], gts[case]) for case in sorted(gts)]
 
 
-def _score_case(case: str, pred_path: Path, gt_path: Path) -> tuple[dict[str, Any], bool]:
-    """Metrics of one pair, "any hemorrhage" and per subtype; and whether it holds subtype codes."""
+def _read_pair(pred_path: Path, gt_path: Path) -> tuple[Volume, Volume]:
+    """Both label maps, refused (naming the prediction) unless they lie on the same grid."""
     pred, gt = read_label(pred_path), read_label(gt_path)
     if pred.array.shape != gt.array.shape:
         raise UsageError(f"prediction {pred_path} has shape {pred.array.shape} but its ground "
@@ -64,21 +65,13 @@ def _score_case(case: str, pred_path: Path, gt_path: Path) -> tuple[dict[str, An
     if not np.allclose(pred.affine, gt.affine, rtol=0.0, atol=_AFFINE_TOLERANCE):
         raise UsageError(f"prediction {pred_path} lies on another grid (affine) than its "
                          f"ground truth {gt_path}")
-    spacing, voxel_mm3 = gt.spacing, gt.voxel_volume_mm3
-    row: dict[str, Any] = {"case": case}
-    row.update(case_metrics(pred.array > 0, gt.array > 0, spacing, voxel_mm3))
-    subtyped = max(int(pred.array.max()), int(gt.array.max())) > 1
-    if subtyped:
-        row["classes"] = {
-            name: case_metrics(pred.array == code, gt.array == code, spacing, voxel_mm3)
+    return pred, gt
+
+
+def _subtype_metrics(pred: Volume, gt: Volume) -> dict[str, dict[str, float]]:
+    return {name: case_metrics(pred.array == code, gt.array == code, gt.spacing,
+                               gt.voxel_volume_mm3)
             for code, name in enumerate(SUBTYPE_NAMES, start=1)}
-    else:
-        # Codes 0/1 only: code 1 (EDH) is the "any" mask and the other subtypes are absent.
-        empty = np.zeros(gt.array.shape, dtype=bool)
-        absent = case_metrics(empty, empty, spacing, voxel_mm3)
-        row["classes"] = {name: dict(absent) for name in SUBTYPE_NAMES}
-        row["classes"][SUBTYPE_NAMES[0]] = {k: row[k] for k in METRIC_NAMES}
-    return row, subtyped
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -102,21 +95,31 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs = _pairs(pred_dir, gt_dir)
-    scored = [_score_case(case, pred, gt)
-              for case, pred, gt in tqdm(pairs, desc="evaluate", unit="case", disable=None)]
-    rows = [row for row, _ in scored]
-    subtyped = any(flag for _, flag in scored)
+    rows: list[dict[str, Any]] = []
+    pred_max = gt_max = 0
+    for case, pred_path, gt_path in tqdm(pairs, desc="evaluate", unit="case", disable=None):
+        pred, gt = _read_pair(pred_path, gt_path)
+        rows.append({"case": case, **case_metrics(pred.array > 0, gt.array > 0, gt.spacing,
+                                                  gt.voxel_volume_mm3)})
+        pred_max, gt_max = max(pred_max, int(pred.array.max())), max(gt_max, int(gt.array.max()))
 
     report: dict[str, Any] = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "cases": rows,
-                              **_summary(rows), "classes": {}}
-    if not subtyped:
-        for row in rows:
-            del row["classes"]
-    else:
+                              **_summary(rows), "classes": {}, "note": None}
+    if pred_max > 1 and gt_max > 1:
+        for row, (_, pred_path, gt_path) in zip(
+                rows, tqdm(pairs, desc="evaluate subtypes", unit="case", disable=None),
+                strict=True):
+            row["classes"] = _subtype_metrics(*_read_pair(pred_path, gt_path))
         for name in SUBTYPE_NAMES:
             present = [r["classes"][name] for r in rows
                        if r["classes"][name]["gt_ml"] > 0 or r["classes"][name]["pred_ml"] > 0]
             report["classes"][name] = {"cases": len(present), **_summary(present)}
+    elif max(pred_max, gt_max) > 1:
+        # A binary model against subtype labels (or the reverse): code 1 means different things
+        # on the two sides, so only "any hemorrhage" is comparable.
+        side = "ground truth carries" if gt_max > 1 else "predictions carry"
+        report["note"] = (f"only the {side} subtype codes: scored as any hemorrhage, "
+                          f"without per-subtype rows")
     if out_dir is not None:
         report["files"] = _write_outputs(report, Path(out_dir))
     return _json_safe(report)
@@ -197,6 +200,8 @@ def format_summary(report: dict[str, Any]) -> str:
         if summary["cases"]:
             lines.append(line(f"{name} mean (n={summary['cases']})", summary["mean"]))
     lines.append("Dice, NSD (1 mm) and lesion F1 in [0, 1]; HD in mm; volumes in mL.")
+    if report.get("note"):
+        lines.append(f"Note: {report['note']}.")
     for kind, path in report.get("files", {}).items():
         lines.append(f"{kind}: {path}")
     return "\n".join(lines)
