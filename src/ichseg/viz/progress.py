@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from ichseg.errors import UsageError
 from ichseg.viz.figure import new_figure, save_figure
 
@@ -53,10 +55,15 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path) -> Pat
     axes[1].set_title("validation Dice")
     dice = [(d, e) for d, e in zip(column["val_dice"], epochs, strict=True) if not math.isnan(d)]
     if dice:
-        # The first epoch reaching the best value: the one best.pt holds.
-        best, best_epoch = max(dice, key=lambda pair: (pair[0], -pair[1]))
-        axes[1].scatter([best_epoch], [best], s=60, facecolors="none", edgecolors="black",
-                        zorder=3, label=f"best {best:.3f} (epoch {best_epoch:g})")
+        top, top_epoch = max(dice, key=lambda pair: (pair[0], -pair[1]))
+        axes[1].scatter([top_epoch], [top], s=60, facecolors="none", edgecolors="black",
+                        zorder=3, label=f"highest {top:.3f} (epoch {top_epoch:g})")
+    losses = [(v, e) for v, e in zip(column["val_loss"], epochs, strict=True) if not math.isnan(v)]
+    if losses:
+        # The trainer keeps best.pt at the lowest validation loss (its first epoch, ties kept).
+        low, low_epoch = min(losses, key=lambda pair: (pair[0], pair[1]))
+        axes[0].scatter([low_epoch], [low], s=60, facecolors="none", edgecolors="black",
+                        zorder=3, label=f"best.pt (epoch {low_epoch:g})")
     axes[2].plot(epochs, column["lr"], marker=marker, ms=3, color="tab:purple",
                  label="learning rate")
     if any(v > 0 for v in column["lr"]):
@@ -68,6 +75,7 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path) -> Pat
             ax.axvline(epoch - 0.5, color="tab:red", linestyle="--", linewidth=1,
                        label="stopped and continued" if i == 0 else None)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right" if ax is not axes[1] else "lower right")
     sessions = len(resumes) + 1 if epochs else 0
