@@ -118,11 +118,16 @@ def draw_overlay(image: Volume, labels: np.ndarray, path: str | Path, case_id: s
                   vmax=BRAIN_WINDOW_HU[1], aspect=spacing[1] / spacing[0],
                   interpolation="bilinear")
         plane = _radiological(codes[:, :, z])
+        rows, cols = plane.shape
         for code in class_names:
             mask = plane == code
             if mask.any():
-                ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colours[code]],
-                           linewidths=1.3)
+                # A ring of background around the slice closes outlines that reach its edge.
+                ax.contour(np.arange(-1, cols + 1), np.arange(-1, rows + 1),
+                           np.pad(mask, 1).astype(np.float32), levels=[0.5],
+                           colors=[colours[code]], linewidths=1.3)
+        ax.set_xlim(-0.5, cols - 0.5)
+        ax.set_ylim(rows - 0.5, -0.5)
         native_z = depth - 1 - z if flipped else z
         ax.set_title(f"slice {native_z + 1}/{depth}", color="white", fontsize=9)
         ax.text(0.02, 0.5, "R", transform=ax.transAxes, color="white", fontsize=10,
