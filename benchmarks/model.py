@@ -6,7 +6,8 @@ Time: one training step's forward + backward (deep supervision on, every output 
 the preset's patch and batch size; the two networks alternate step by step in one process so
 that the machine's load hits both alike, and the medians are compared. Memory: the peak resident
 memory one step adds on top of the built model and its input, measured in a fresh process per
-network (a process's high-water mark cannot be reset). Counts: parameters of every preset.
+network (freed memory stays with the allocator, so a second network in one process would reuse
+it unseen). Counts: parameters of every preset.
 """
 
 from __future__ import annotations
@@ -97,19 +98,28 @@ def time_causal_conv(repeats: int) -> dict[str, float]:
     return {name: statistics.median(values[1:]) for name, values in seconds.items()}
 
 
+def _peak_resident_bytes() -> int:
+    with open("/proc/self/status") as f:
+        peak_kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    return int(peak_kib) * 1024
+
+
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def step_peak_memory(preset: str, network: str) -> int:
-    """Run in a fresh process: bytes one training step adds to the resident high-water mark."""
+    """Run in a fresh process: bytes one training step adds to the resident memory at its peak."""
     warm_up_scan()
     run = setup(preset, network)
+    # Writing 5 to clear_refs resets the high-water mark (Linux >= 4.0), so that the imports'
+    # and the warm-up's own peaks do not count.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     before = _resident_bytes()
     training_step(*run)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return peak - before
+    return _peak_resident_bytes() - before
 
 
 def measure_memory_in_subprocess(preset: str, network: str) -> int:
