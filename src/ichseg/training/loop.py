@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ichseg.config import Config
 from ichseg.errors import UsageError
+from ichseg.training import distributed
 from ichseg.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointManager,
@@ -204,7 +205,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.val_cases = list(val_cases)
-        self.device = pick_device(cfg.training.device)
+        self.device = distributed.rank_device(pick_device(cfg.training.device))
 
         # Model initialisation is seeded by training.seed; the global NumPy and Python generators
         # too, so anything outside the (seed, epoch, index) scheme is still repeatable.
@@ -213,11 +214,14 @@ class Trainer:
         np.random.seed(seed)
         random.seed(seed)
         self.model = build_model(cfg).to(self.device)
+        # Training steps run through DDP under torchrun; `model` stays the plain network.
+        self.network = distributed.wrap_model(self.model, cfg, self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, target_epochs)
         self.amp_dtype, needs_scaler = amp_policy(cfg.training.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
         self.loss_fn = DeepSupervisionLoss()
+        self.train_loss_fn = distributed.training_loss(self.loss_fn)
         self.sampler = PatchSampler(list(train_cases), cfg, seed)
 
         self.progress = Progress()
@@ -254,6 +258,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "progress": progress,
             "early_stopping": early,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -316,7 +321,7 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.loss_fn(self.model(images), labels)
+            loss = self.train_loss_fn(self.network(images), labels)
         clip = self.cfg.training.grad_clip
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -347,11 +352,13 @@ class Trainer:
         def predictor(x: torch.Tensor) -> torch.Tensor:
             return self.model(x[..., 0])[..., None] if two_d else self.model(x)
 
+        distributed.sync_buffers(self.model)
         losses, dices = [], []
         self.model.eval()
         try:
             with rng_untouched():
-                for case in self.val_cases:
+                # Each rank validates its own share of the cases; the sums are added up below.
+                for case in self.val_cases[self.rank::self.world_size]:
                     image = torch.from_numpy(np.ascontiguousarray(case.image))[None].to(self.device)
                     label = torch.from_numpy(case.label.astype(np.int64))[None, None].to(self.device)
                     with self._autocast():
@@ -362,18 +369,20 @@ class Trainer:
                     dices.append(dice_of_hemorrhage(logits.argmax(1), label[:, 0]))
         finally:
             self.model.train()
-        return float(np.mean(losses)), float(np.mean(dices))
+        loss_sum, dice_sum = distributed.sum_over_ranks([sum(losses), sum(dices)])
+        return loss_sum / len(self.val_cases), dice_sum / len(self.val_cases)
 
     # -- saving ----------------------------------------------------------------------------------
     def save(self, best: bool = False) -> None:
-        if not self.is_main:
-            return
+        """Rank 0 writes; every rank waits until the generation is committed."""
         started = time.monotonic()
-        state = self.state_dict()
-        if best:
-            self.checkpoints.save_best(state)
-        else:
-            self.last_checkpoint = self.checkpoints.save(state)
+        if self.is_main:
+            state = self.state_dict()
+            if best:
+                self.checkpoints.save_best(state)
+            else:
+                self.last_checkpoint = self.checkpoints.save(state)
+        distributed.barrier()
         self._save_seconds = time.monotonic() - started
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -397,12 +406,14 @@ class Trainer:
                        unit="batch", leave=False, disable=quiet, dynamic_ncols=True)
             with bar:
                 while p.epoch_step < steps:
-                    if (stop is not None and stop.requested) or self._out_of_time(deadline, p):
+                    # Agreed across ranks, so that all of them stop at this same step.
+                    if distributed.any_rank((stop is not None and stop.requested)
+                                            or self._out_of_time(deadline, p)):
                         return self._stop_now(stop)
                     tick = time.monotonic()
                     images, labels = self.sampler.batch(epoch, p.epoch_step, self.rank,
                                                         self.world_size)
-                    loss = self.train_step(images, labels)
+                    loss = distributed.mean_over_ranks(self.train_step(images, labels))
                     elapsed = time.monotonic() - tick
                     self._step_seconds = max(self._step_seconds, elapsed)
                     p.loss_sum += loss
@@ -415,13 +426,13 @@ class Trainer:
                     bar.update()
                     # Periodic saves; the last batch of an epoch is saved by the epoch's end.
                     now = time.monotonic()
-                    if p.epoch_step < steps and (
+                    if p.epoch_step < steps and distributed.any_rank(
                             (t.save_every_steps and p.step % t.save_every_steps == 0)
                             or (t.save_every_minutes and now - last_save >= 60 * t.save_every_minutes)):
                         self.save()
                         last_save = time.monotonic()
-            if (stop is not None and stop.requested) or self._out_of_time(deadline, p,
-                                                                          validating=True):
+            if distributed.any_rank((stop is not None and stop.requested)
+                                    or self._out_of_time(deadline, p, validating=True)):
                 return self._stop_now(stop)
             self._end_epoch(epoch)
             last_save = time.monotonic()

@@ -29,6 +29,7 @@ from ichseg.config import (
     resolve_config,
 )
 from ichseg.errors import UsageError
+from ichseg.training import distributed
 
 log = logging.getLogger("ichseg.training")
 
@@ -70,14 +71,21 @@ def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "cont
                  **options: Any) -> Any:
     """Train in `run_dir` as the contract's "Training modes" say; returns a `TrainResult`."""
     started = time.monotonic()  # the time limit counts from here, data preparation included
-    with _console_logging(), _train_log() as train_log:
-        plan = plan_run(data, run_dir, mode, **options)
+    ranks = distributed.ranks_from_environment()  # torchrun's; a single process is rank 0 of 1
+    with _console_logging(), distributed.main_rank_logs(ranks), _train_log() as train_log:
+        # Every rank plans (reading only); nothing is written until they all have.
+        plan = plan_run(data, run_dir, distributed.mode_after_restart(mode), **options)
         if plan.done_message:
             log.info(plan.done_message)
             return _result(plan, "already-finished", plan.checkpoint, plan.checkpoint_path)
+        distributed.check_batch_split(plan.cfg, ranks)
         limit = plan.cfg.training.time_limit
         deadline = started + parse_duration(limit) if limit else None
-        return _train(plan, deadline, train_log)
+        distributed.start(plan.cfg, ranks)
+        try:
+            return _train(plan, deadline, train_log, ranks)
+        finally:
+            distributed.stop()
 
 
 # --- planning: read and check, write nothing ----------------------------------------------------
@@ -236,25 +244,37 @@ def _read_split(path: Path) -> dict[str, list[str]]:
 
 # --- doing it ---------------------------------------------------------------------------------
 
-def _train(plan: Plan, deadline: float | None, train_log: _TrainLog) -> TrainResult:
+def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
+           ranks: distributed.Ranks) -> TrainResult:
     from ichseg.data.cache import load_cases
     from ichseg.training.lock import RunLock
     from ichseg.training.loop import Trainer
     from ichseg.training.signals import StopRequest
 
     cfg, run_dir = plan.cfg, plan.run_dir
+    step = plan.checkpoint.get("step") if plan.checkpoint is not None else None
+    distributed.same_on_every_rank((str(plan.checkpoint_path), step), "checkpoints to start from")
     ids = plan.split["train"] + plan.split["validation"]
-    prepared = {c.case_id: c for c in load_cases(cfg.data, [plan.cases[i] for i in ids],
-                                                 progress=not cfg.training.quiet)}
-    with RunLock(run_dir):
+    # Rank 0 decodes the dataset into the cache first; the other ranks then read the cache.
+    prepared = distributed.in_turn(lambda: {c.case_id: c for c in load_cases(
+        cfg.data, [plan.cases[i] for i in ids], progress=not cfg.training.quiet and ranks.is_main)})
+
+    def prepare_run_folder(held: contextlib.ExitStack) -> None:
+        # Rank 0 alone holds the lock and writes; a second job's rank 0 fails here, and
+        # `on_main` makes every rank of that job exit 2 with its message.
+        held.enter_context(RunLock(run_dir))
         if plan.archive_first:
             _archive(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
         (run_dir / SPLIT_FILE).write_text(json.dumps(plan.split, indent=1) + "\n")
         train_log.open(run_dir / TRAIN_LOG)
+
+    with contextlib.ExitStack() as held:
+        distributed.on_main(lambda: prepare_run_folder(held))
         trainer = Trainer(cfg, [prepared[i] for i in plan.split["train"]],
-                          [prepared[i] for i in plan.split["validation"]], run_dir, plan.target)
+                          [prepared[i] for i in plan.split["validation"]], run_dir, plan.target,
+                          rank=ranks.rank, world_size=ranks.world_size)
         if plan.checkpoint is not None:
             if plan.legacy:
                 trainer.load_legacy(plan.checkpoint, plan.checkpoint_path)
@@ -262,6 +282,7 @@ def _train(plan: Plan, deadline: float | None, train_log: _TrainLog) -> TrainRes
                 trainer.load_state_dict(plan.checkpoint)
             if plan.restart_patience:
                 trainer.early.restart()
+            distributed.note_world_size(plan.checkpoint, cfg, ranks)
         _log_start(trainer, plan)
         try:
             with StopRequest() as stop:

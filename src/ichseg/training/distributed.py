@@ -1,0 +1,316 @@
+"""Data-parallel training under `torchrun`: process group, DDP, and the agreements between ranks.
+
+`torchrun --nproc-per-node N -m ichseg train ...` starts N copies of the ordinary command with
+RANK, WORLD_SIZE and LOCAL_RANK in their environment; that is how a distributed job is detected.
+Everything here is PyTorch's own machinery (`torch.distributed`, `DistributedDataParallel`,
+`SyncBatchNorm`); the rules that make a job behave like one trainer are:
+
+- the global batch `training.batch_size` is split across ranks; `PatchSampler.batch(epoch, step,
+  rank, world_size)` gives each rank its contiguous share, so N ranks see the samples one process
+  would;
+- the training loss is nnU-Net's batch Dice over the *global* batch (the Dice sums are all-reduced
+  with gradient, as nnU-Net does under DDP) plus the cross-entropy of the rank's share, which DDP's
+  gradient averaging turns into the global mean;
+- every decision that could differ between ranks (stop on a signal or the time limit, a timed
+  save) is all-reduced at a step boundary, so no rank waits alone in a collective;
+- rank 0 alone writes files and logs; the others wait at a barrier for each checkpoint commit.
+
+Without torchrun every function here is a no-op, and the trainer runs exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ichseg.config import Config
+from ichseg.errors import UsageError
+
+log = logging.getLogger("ichseg.training")
+
+T = TypeVar("T")
+
+# MONAI's DiceLoss defaults, which the single-process loss uses.
+_SMOOTH = 1e-5
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the job; `Ranks()` is a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def ranks_from_environment() -> Ranks:
+    """This process's rank as torchrun set it (before any process group exists)."""
+    if not launched_by_torchrun():
+        return Ranks()
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise UsageError("the environment variables RANK, WORLD_SIZE and LOCAL_RANK set by "
+                         "torchrun must be integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"environment variable RANK={rank} is not a rank of WORLD_SIZE={world}")
+    return Ranks(rank, world, local)
+
+
+def is_active() -> bool:
+    """A process group of more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def check_batch_split(cfg: Config, ranks: Ranks) -> None:
+    """The global batch must split evenly; called before anything is written."""
+    if cfg.training.batch_size % ranks.world_size:
+        raise UsageError(f"setting training.batch_size ({cfg.training.batch_size}) must be a "
+                         f"multiple of the number of processes ({ranks.world_size}); it is the "
+                         "global batch, split across ranks")
+
+
+def start(cfg: Config, ranks: Ranks) -> None:
+    """Join torchrun's process group: NCCL when training on CUDA, gloo on CPUs."""
+    if ranks.world_size == 1 or dist.is_initialized():
+        return
+    from ichseg.training.loop import pick_device
+
+    on_cuda = pick_device(cfg.training.device).type == "cuda"
+    if on_cuda:
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK {ranks.local_rank} has no GPU: this node has "
+                             f"{torch.cuda.device_count()}; give torchrun --nproc-per-node "
+                             "at most that many")
+        torch.cuda.set_device(ranks.local_rank)
+    dist.init_process_group("nccl" if on_cuda else "gloo")
+
+
+def stop() -> None:
+    """Leave the process group (at the end of the job, also after an error)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Rank r of a CUDA job trains on cuda:LOCAL_RANK (`start` made it the current device)."""
+    if device.type == "cuda" and is_active():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _collective_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo only CPU ones.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# --- the model and the loss -------------------------------------------------------------------
+
+def wrap_model(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around `model` (BatchNorm synchronised when configured).
+
+    `model` itself stays the plain network whose state_dict goes into checkpoints; the returned
+    wrapper is what training steps call. Single process: `model` unchanged.
+    """
+    if not is_active():
+        return model
+    if cfg.model.sync_batchnorm:
+        if device.type == "cuda":
+            # Converts the BatchNorm children in place, keeping their parameters and buffers,
+            # so `model` (and the optimizer built on its parameters) see the same tensors.
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif dist.get_rank() == 0:
+            log.warning("model.sync_batchnorm is set, but PyTorch synchronises BatchNorm on GPUs "
+                        "only: on CPUs each rank normalises with its own share of the batch")
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks, differentiable: its backward all-reduces the gradient."""
+    if not is_active():
+        return tensor
+    import torch.distributed._functional_collectives as funcol
+
+    reduced = funcol.all_reduce(tensor, "sum", dist.group.WORLD)
+    return reduced.wait() if isinstance(reduced, funcol.AsyncCollectiveTensor) else reduced
+
+
+class GlobalBatchDiceCE(nn.Module):
+    """The Dice + CE term of `losses.dice_ce()`, with the batch Dice taken over the global batch.
+
+    MONAI's `DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)`
+    sums intersection and volumes over the batch before dividing; under DDP each rank holds part
+    of the batch, so those sums are all-reduced (with gradient) first, as nnU-Net's DDP batch Dice
+    does. Every rank then has the global Dice; the all-reduce's backward sums the ranks'
+    gradients and DDP averages them, which gives exactly the global Dice's gradient. The CE is the
+    rank's mean, which DDP's averaging turns into the global mean (every rank has the same share).
+    Single process: identical to MONAI's term.
+    """
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(logits, 1)
+        target = F.one_hot(labels[:, 0].long(), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        reduce = [0, *range(2, logits.ndim)]
+        fg_prob, fg_target = probabilities[:, 1:], target[:, 1:]  # no background channel
+        sums = torch.stack([(fg_prob * fg_target).sum(reduce), fg_target.sum(reduce),
+                            fg_prob.sum(reduce)])
+        intersection, truth, predicted = _all_reduce_with_grad(sums)
+        dice = 1.0 - (2.0 * intersection + _SMOOTH) / (truth + predicted + _SMOOTH)
+        return dice.mean() + F.cross_entropy(logits, labels[:, 0].long())
+
+
+def training_loss(loss_fn: nn.Module) -> nn.Module:
+    """The loss training steps use: `loss_fn` itself, or under DDP a copy whose Dice + CE term is
+    `GlobalBatchDiceCE`. (Validation keeps `loss_fn`: ranks validate different cases, so a
+    collective inside its loss would pair unrelated calls.)"""
+    if not is_active():
+        return loss_fn
+    import copy
+
+    global_loss = copy.deepcopy(loss_fn)
+    global_loss.term = GlobalBatchDiceCE()
+    return global_loss
+
+
+# --- agreements between ranks -------------------------------------------------------------------
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any (stop requests, time limits, timed saves)."""
+    if not is_active():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """Element-wise sums across ranks, in float64."""
+    if not is_active():
+        return [float(v) for v in values]
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of one number across ranks (every rank holds an equal share of the batch)."""
+    if not is_active():
+        return value
+    return sum_over_ranks([value])[0] / dist.get_world_size()
+
+
+def barrier() -> None:
+    if is_active():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), which the checkpoint
+    holds, so that validation on any rank scores the model that is saved."""
+    if not is_active():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def same_on_every_rank(value: Any, what: str) -> None:
+    """UsageError on every rank unless `value` is the same on all (e.g. the checkpoint chosen)."""
+    if not is_active():
+        return
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise UsageError(f"the ranks of this job found different {what} ({values}); do all "
+                         "nodes see the same run folder?")
+
+
+def on_main(action: Callable[[], T]) -> T | None:
+    """Run `action` on rank 0 only; a UsageError there is raised on every rank, with its message,
+    so the whole job exits 2 together instead of leaving the others waiting in a collective."""
+    if not is_active():
+        return action()
+    message, result = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = action()
+        except UsageError as exc:
+            message = str(exc)
+    shared = [message]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise UsageError(shared[0])
+    return result
+
+
+def in_turn(action: Callable[[], T]) -> T:
+    """Rank 0 first, then the others: for work whose first run fills a cache the rest reuse
+    (decoding the dataset)."""
+    if not is_active():
+        return action()
+    if dist.get_rank() == 0:
+        result = action()
+        barrier()
+    else:
+        barrier()
+        result = action()
+    return result
+
+
+@contextlib.contextmanager
+def main_rank_logs(ranks: Ranks) -> Iterator[None]:
+    """Only rank 0 reports (warnings included: every rank would repeat them); the other ranks
+    keep their errors."""
+    logger = logging.getLogger("ichseg")
+    previous = logger.level
+    if not ranks.is_main:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def note_world_size(checkpoint: dict[str, Any] | None, cfg: Config, ranks: Ranks) -> None:
+    """Say so when a run continues with another number of processes than it was saved with."""
+    if checkpoint is None:
+        return
+    saved = checkpoint.get("world_size")
+    if saved is None or int(saved) == ranks.world_size:
+        return
+    log.warning("continuing a run saved by %d process(es) with %d: the global batch stays %d "
+                "(%d per process); the continuation is exact only with the same number of "
+                "processes", int(saved), ranks.world_size, cfg.training.batch_size,
+                cfg.training.batch_size // ranks.world_size)
+
+
+def mode_after_restart(mode: str) -> str:
+    """`new` on a torchrun restart means `continue`: the first incarnation already started the
+    run, and starting it over would archive the work done since."""
+    if mode == "new" and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        log.warning("torchrun restarted this job: --mode new continues the run it began")
+        return "continue"
+    return mode
