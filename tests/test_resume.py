@@ -8,6 +8,7 @@ runs it; the reference is one uninterrupted child run of the same command.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import signal
@@ -20,7 +21,8 @@ from trainrun import assert_same_training, fast_args, load_last, run_cli, snapsh
 
 from ichseg.cli import main as cli_main
 from ichseg.errors import UsageError
-from ichseg.training.checkpoint import MANIFEST
+from ichseg.training.checkpoint import MANIFEST, load_checkpoint_file
+from ichseg.training.lock import RunLock
 from ichseg.training.modes import plan_run
 
 EPOCHS = 3
@@ -45,18 +47,18 @@ def _generations(run: Path) -> int:
     return len(list((run / "checkpoints").glob("ckpt-*.pt")))
 
 
-def _finish(data: Path, run: Path) -> str:
-    done = run_cli(exact_args(data, run))
+def _finish(data: Path, run: Path, *extra: str) -> str:
+    done = run_cli(exact_args(data, run, *extra))
     assert done.returncode == 0, done.stderr
     return done.stderr
 
 
 def test_sigkill_at_random_moments_then_continue_is_bit_exact(tiny_dataset, reference, tmp_path):
-    """Three SIGKILLs at random instants (each continuing a continued run), then the rest."""
+    """Two SIGKILLs at random instants (the second one kills a continued run), then the rest."""
     run = tmp_path / "run"
     rng = random.Random(4)
     kills = 0
-    while kills < 3:
+    while kills < 2:
         before = _generations(run) if run.exists() else 0
         child = start_cli(exact_args(tiny_dataset, run))
         # Wait for this session's first checkpoint, then strike at a random instant after it.
@@ -68,71 +70,61 @@ def test_sigkill_at_random_moments_then_continue_is_bit_exact(tiny_dataset, refe
         child.send_signal(signal.SIGKILL)  # this child's own PID
         child.wait()
         kills += 1
-    assert kills >= 2, "the run finished before it could be killed twice; make it longer"
+    assert kills == 2, "the run finished before it could be killed twice; make it longer"
     _finish(tiny_dataset, run)
     final = load_last(run)
     assert final["epoch"] == EPOCHS
     assert_same_training(final, load_last(reference))
-    assert max(final["history"]["session"]) >= 2  # the history knows it was continued
+    assert final["history"]["session"][-1] == 3  # the history knows it was continued twice
 
 
-def test_kill_during_a_checkpoint_write(tiny_dataset, reference, tmp_path):
+def test_a_run_stopped_every_way_in_turn_ends_bit_exact(tiny_dataset, reference, tmp_path):
+    """Each stage continues the one before: kill after a best-save, kill inside a checkpoint
+    write, SIGTERM mid-epoch, the time limit; then the run finishes like the reference."""
     run = tmp_path / "run"
-    killed = run_cli(exact_args(tiny_dataset, run), fault="kill-in-save:4")
-    assert killed.returncode == -signal.SIGKILL
-    leftovers = list((run / "checkpoints").glob(".*.tmp"))
-    assert leftovers, "the kill should have left a half-written temporary file"
-    before = load_last(run)
-    assert before["step"] == 3  # the 4th save never committed: the 3rd is the newest
-    log = _finish(tiny_dataset, run)
-    assert "continuing" in log
-    assert_same_training(load_last(run), load_last(reference))
+    checkpoints = run / "checkpoints"
 
-
-def test_kill_right_after_a_best_save(tiny_dataset, reference, tmp_path):
-    run = tmp_path / "run"
+    # 1. SIGKILL right after epoch 1's best model is committed, before its `last` save.
     killed = run_cli(exact_args(tiny_dataset, run), fault="kill-after-best:1")
     assert killed.returncode == -signal.SIGKILL
-    _finish(tiny_dataset, run)
-    assert_same_training(load_last(run), load_last(reference))
+    assert load_last(run)["step"] == 2
+    assert load_checkpoint_file(checkpoints / "best.pt")["epoch"] == 1
 
+    # 2. SIGKILL halfway through writing a checkpoint (this session's 2nd save, at step 4).
+    killed = run_cli(exact_args(tiny_dataset, run), fault="kill-in-save:2")
+    assert killed.returncode == -signal.SIGKILL
+    assert list(checkpoints.glob(".*.tmp")), "the kill should leave a half-written temp file"
+    assert load_last(run)["step"] == 3  # the half-written one never became a generation
 
-def test_sigterm_mid_epoch_saves_that_step_and_exits_0(tiny_dataset, reference, tmp_path):
-    run = tmp_path / "run"
-    # No periodic saves: the checkpoint at step 5 can only come from the stop request.
-    args = fast_args(tiny_dataset, run, "--epochs", str(EPOCHS), "--save-every-steps", "0",
-                     steps=STEPS)
-    stopped = run_cli(args, fault="sigterm-at-step:5")
+    # 3. SIGTERM during this session's 2nd step (step 5), no periodic saves: the stop saves.
+    stopped = run_cli(fast_args(tiny_dataset, run, "--save-every-steps", "0", steps=STEPS),
+                      fault="sigterm-at-step:2")
     assert stopped.returncode == 0, stopped.stderr
     assert "stop requested" in stopped.stderr
     saved = load_last(run)
     assert (saved["epoch"], saved["epoch_step"], saved["step"]) == (1, 2, 5)
-    _finish(tiny_dataset, run)
-    assert_same_training(load_last(run), load_last(reference))
 
-
-def test_time_limit_stops_cleanly_and_continues_exactly(tiny_dataset, reference, tmp_path):
-    run = tmp_path / "run"
+    # 4. A time limit too short for more than a step: saves and exits 0 before the end.
     stopped = run_cli(exact_args(tiny_dataset, run, "--time-limit", "1s"))
     assert stopped.returncode == 0, stopped.stderr
-    assert "time limit" in stopped.stderr
-    assert load_last(run)["step"] < EPOCHS * STEPS
-    done = run_cli(exact_args(tiny_dataset, run, "--time-limit", "10m"))
-    assert done.returncode == 0, done.stderr
-    assert_same_training(load_last(run), load_last(reference))
+    assert "time limit reached" in stopped.stderr
+    assert 5 < load_last(run)["step"] < EPOCHS * STEPS
+
+    # 5. The rest, without a limit.
+    _finish(tiny_dataset, run, "--time-limit", "1d")
+    final = load_last(run)
+    assert_same_training(final, load_last(reference))
+    assert final["history"]["session"][-1] == 5
 
 
-def test_two_trainers_on_one_folder(tiny_dataset, tmp_path):
+def test_a_second_trainer_on_the_same_folder_exits_2(tiny_dataset, reference, tmp_path, capsys):
     run = tmp_path / "run"
-    first = start_cli(fast_args(tiny_dataset, run, "--epochs", "100"))
-    try:
-        while not (run / "train.log").exists():  # the lock is taken before train.log
-            assert first.poll() is None, first.stdout.read()
-            time.sleep(0.05)
-        assert cli_main(fast_args(tiny_dataset, run, "--epochs", "100")) == 2
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    shutil.copytree(reference, run, symlinks=True)
+    before = snapshot(run)
+    with RunLock(run):  # what a live trainer holds (this process is alive)
+        assert cli_main(fast_args(tiny_dataset, run, "--epochs", "5", steps=STEPS)) == 2
+    assert f"in use by PID {os.getpid()}" in capsys.readouterr().err
+    assert snapshot(run) == before
 
 
 # --- damaged checkpoints: the choice is made before anything is written -----------------------
