@@ -6,8 +6,8 @@ and against the floor of the arithmetic the scan cannot avoid, at this CPU's mea
 Prints one markdown table (the figures in BENCHMARKS.md come from it). Times are wall-clock
 medians; other processes share the cores, so the ratios, measured side by side in one run, are
 the figures to read. Peak memory is the growth of the process's resident set (VmHWM, reset
-through /proc/self/clear_refs before each measurement) over its size just before the call, with
-glibc told to return large blocks at once (Linux with glibc only).
+through /proc/self/clear_refs) over its size just before the call, in a fresh process after one
+warm-up call, with glibc told to return large blocks at once (Linux with glibc only).
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def forward_only(scan, inputs):
 
 def forward_backward(scan, inputs):
     out = scan(**inputs)
-    out.backward(torch.ones_like(out))
+    # autograd.grad, not backward(): gradients are returned, not added into .grad from the
+    # previous repeat, which would time torch's accumulation as well.
+    torch.autograd.grad(out, list(inputs.values()), torch.ones_like(out))
 
 
 def median_seconds(fn, repeats):
@@ -102,20 +104,32 @@ def _status_kib(key):
     raise KeyError(key)
 
 
-def return_large_blocks_to_the_system():
-    """Make glibc serve every block over 128 KiB by mmap and unmap it when freed (by default the
-    threshold grows after the first big free and later blocks stay in the heap), so that the
-    resident set follows what is live and its high-water mark is the true peak."""
-    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
-
-
 def peak_memory_mib(fn):
-    """Resident-set growth during fn(), in MiB (Linux: VmHWM reset by clear_refs)."""
+    """Resident-set growth during fn(), in MiB (Linux: VmHWM reset through clear_refs)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kib("VmRSS:")
     fn()
     return (_status_kib("VmHWM:") - before) / 1024
+
+
+def peak_memory_in_child(scan_name, length, mode):
+    """peak_memory_mib of one call, measured in a fresh process after one warm-up call: in this
+    process, memory the allocators kept from earlier runs would hide the growth."""
+    command = [sys.executable, __file__, "--memory-of", scan_name, str(length), mode]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout)
+
+
+def _memory_of(scan_name, length, mode):
+    # glibc: serve blocks over 128 KiB by mmap and unmap them when freed (by default the
+    # threshold grows after the first large free), so the resident set follows what is live.
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
+    scan = {"torch-loop": sequential_torch_scan, "cpu": cpu_scan}[scan_name]
+    run = {"forward": forward_only, "forward+backward": forward_backward}[mode]
+    inputs = make_inputs(length, requires_grad=mode != "forward")
+    run(scan, inputs)
+    print(peak_memory_mib(lambda: run(scan, inputs)))
 
 
 # --- the floor ----------------------------------------------------------------------------------
@@ -156,6 +170,7 @@ def measure_rates():
         lambda: _exp_throughput_kernel(x, y, repeats), 5)
     numpy_exp = x.size * 8 / median_seconds(lambda: [np.exp(x, out=y) for _ in range(8)], 5)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    torch.set_num_threads(1)  # like numpy's; torch's pool only slows down on shared cores
     torch_exp = x.size * 8 / median_seconds(lambda: [torch.exp(tx, out=ty) for _ in range(8)], 5)
     a = np.full((rows, 128), 0.999, np.float32)
     b = np.full((rows, 128), 1e-3, np.float32)
@@ -213,37 +228,49 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 4096, 32768])
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs per figure (the torch loop at 32,768 and up gets 3)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="threads for the torch loop (default 1: its per-step ops are too "
+                             "small to split, and on cores shared with other jobs torch's "
+                             "thread pool slows its few bulk ops down instead of up)")
+    parser.add_argument("--memory-of", nargs=3, metavar=("SCAN", "LENGTH", "MODE"),
+                        help=argparse.SUPPRESS)  # the child process of peak_memory_in_child
     args = parser.parse_args()
-    return_large_blocks_to_the_system()
+    if args.memory_of:
+        scan_name, length, mode = args.memory_of
+        _memory_of(scan_name, int(length), mode)
+        return
 
     cold, warm = cold_compile_seconds()
     forward_backward(cpu_scan, make_inputs(64, True))  # load the compiled kernels
     rates = measure_rates()
     print(f"batch {BATCH}, channels {CHANNELS}, state {STATE}; torch {torch.__version__}, "
-          f"numba {numba.__version__}, {rates['threads']} numba threads, "
-          f"{torch.get_num_threads()} torch threads")
+          f"numba {numba.__version__} ({numba.threading_layer()} threading layer), "
+          f"{rates['threads']} numba threads, {args.torch_threads} torch thread(s) for the loop")
     print(f"cold compile of the cpu kernels {cold:.1f} s (empty cache), {warm:.2f} s "
           f"from the cache")
     print(f"measured rates: exp {rates['numba_exp'] / 1e9:.2f} G/s (numba, vectorised, all "
           f"threads), {rates['numpy_exp'] / 1e9:.2f} G/s (numpy), {rates['torch_exp'] / 1e9:.2f}"
-          f" G/s (torch); float32 multiply-add {rates['fma'] / 1e9:.1f} G/s (numba, all threads)")
+          f" G/s (torch), one thread each; float32 multiply-add {rates['fma'] / 1e9:.1f} G/s (numba, all threads)")
     print()
     print("| length | pass | torch loop s | cpu s | speed-up | cpu ns/token | floor s "
           "| cpu / floor | torch loop peak MiB | cpu peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for length in args.lengths:
         for mode, run in (("forward", forward_only), ("forward+backward", forward_backward)):
-            print(table_row(length, mode, run, rates, args.repeats), flush=True)
+            print(table_row(length, mode, run, rates, args.repeats, args.torch_threads), flush=True)
 
 
-def table_row(length, mode, run, rates, repeats):
+def table_row(length, mode, run, rates, repeats, torch_threads):
     inputs = make_inputs(length, requires_grad=mode != "forward")
+    # Set here, each time: numba's OpenMP threading layer resets the thread count of the
+    # OpenMP runtime it shares with torch whenever it starts its own threads.
+    torch.set_num_threads(torch_threads)
     run(sequential_torch_scan, inputs)  # warm-up
     loop_s = median_seconds(lambda: run(sequential_torch_scan, inputs),
                             3 if length >= 32768 else repeats)
     cpu_s = median_seconds(lambda: run(cpu_scan, inputs), repeats)
-    loop_mib = peak_memory_mib(lambda: run(sequential_torch_scan, inputs))
-    cpu_mib = peak_memory_mib(lambda: run(cpu_scan, inputs))
+    loop_mib = peak_memory_in_child("torch-loop", length, mode)
+    cpu_mib = peak_memory_in_child("cpu", length, mode)
     floor = floor_seconds(length, mode, rates)
     return (f"| {length:,} | {mode} | {loop_s:.3f} | {cpu_s:.4f} | {loop_s / cpu_s:.1f}x "
             f"| {cpu_s / (BATCH * length) * 1e9:,.0f} | {floor:.4f} | {cpu_s / floor:.1f}x "
