@@ -9,9 +9,9 @@ For every batch b, channel d and step t, in float32 (also under autocast):
 
 Backends:
 - `reference`: a plain sequential loop in torch, written to be read; the tests' oracle.
-- `cpu`: numba kernels behind a custom autograd function. The forward keeps one state vector
-  per (batch, channel) in registers and stores it every `_CHUNK` steps; the backward recomputes
-  each chunk's states from those checkpoints instead of keeping all L x N of them.
+- `cpu`: numba kernels behind a custom autograd function, parallel over (batch, channel),
+  vectorised over the state. The forward keeps one state every `_CHUNK` steps; the backward
+  recomputes each chunk's states from those checkpoints instead of storing all L x N of them.
 - `cuda`: mamba-ssm's fused kernel, imported only when asked for.
 `auto` picks `cuda` for CUDA tensors when mamba-ssm imports, `cpu` for CPU tensors.
 """
