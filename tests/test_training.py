@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,6 @@ def five_epochs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def copy_run(run: Path, dest: Path) -> Path:
-    import shutil
-
     shutil.copytree(run, dest, symlinks=True)
     return dest
 
@@ -116,6 +115,21 @@ def test_mode_new_archives_the_old_run_and_deletes_nothing(tiny_dataset, five_ep
     moved = {p: s for p, s in snapshot(archived).items()}
     assert set(moved) == set(old_files)  # every file of the old run, sizes unchanged
     assert all(moved[p][0] == old_files[p][0] for p in moved)
+
+
+def test_a_fresh_runtime_continues_from_the_mirror(tiny_dataset, tmp_path, caplog):
+    """Colab: the local run folder is gone after a reset; the mirror (Drive) still has it."""
+    run, mirror = tmp_path / "run", tmp_path / "drive"
+    train(tiny_dataset, run, epochs=1, mirror_dir=mirror)
+    shutil.rmtree(run)
+    with caplog.at_level(logging.WARNING, logger="ichseg"):
+        result = ichseg.train(None, run, mirror_dir=mirror, additional_epochs=1)
+    assert "resuming from the mirror" in caplog.text
+    assert result.epochs_completed == 2
+    assert load_last(run)["history"]["session"] == [1, 2]
+    # --mode new moves the mirror's old run aside too, so it never wins a later continue.
+    train(tiny_dataset, run, mode="new", epochs=1, mirror_dir=mirror)
+    assert (mirror / "archive").is_dir() and load_last(run)["epoch"] == 1
 
 
 def test_a_model_change_on_continue_is_refused_with_the_keys(five_epochs, caplog):

@@ -63,6 +63,8 @@ class Plan:
     archive_first: bool = False      # move the existing run aside before starting
     restart_patience: bool = False   # a stopped run whose target was raised
     done_message: str | None = None  # set when there is nothing to train
+    from_mirror: Any = None  # the LoadedCheckpoint to copy home from the mirror, under the lock
+    mode: str = "continue"
     split: dict[str, list[str]] = field(default_factory=dict)
     cases: dict[str, Any] = field(default_factory=dict)  # case id -> Case
 
@@ -119,7 +121,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     config_path = run_dir / CONFIG_FILE
 
     # 1. The state to start from, and the config it was trained with.
-    checkpoint, checkpoint_path, legacy, archive_first = None, None, False, False
+    checkpoint, checkpoint_path, legacy, archive_first, loaded = None, None, False, False, None
     has_run = run_dir.is_dir() and any(p.name != ARCHIVE for p in run_dir.iterdir())
     if resume_from:
         checkpoint_path = Path(resume_from)
@@ -130,11 +132,13 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
                         "config): training continues from it, but not bit-exactly", checkpoint_path)
         archive_first = has_run
     elif mode == "continue":
-        keep = 3
-        if config_path.is_file():
-            keep = read_run_config(config_path).training.keep_checkpoints
-        manager = CheckpointManager(run_dir / "checkpoints", keep=keep)
-        loaded = manager.load_latest()  # UsageError when checkpoints exist but none is valid
+        # The mirror (e.g. Google Drive) counts too: a fresh runtime has an empty local disk.
+        recorded = read_run_config(config_path) if config_path.is_file() else None
+        manager = CheckpointManager(
+            run_dir / "checkpoints", keep=recorded.training.keep_checkpoints if recorded else 3,
+            mirror_dir=mirror_dir or (recorded.training.mirror_dir if recorded else None) or None)
+        # Read only: a winner in the mirror is brought home once the run's lock is held.
+        loaded = manager.load_latest(copy_back=False)  # UsageError: files there, none valid
         if loaded is None:
             if strict_resume:
                 raise UsageError(f"--strict-resume: there is no checkpoint in {run_dir} to "
@@ -165,7 +169,9 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     done_epochs = int(checkpoint["epoch"]) if checkpoint is not None else 0
     target = done_epochs + additional_epochs if additional_epochs is not None else cfg.training.epochs
     cfg.training.epochs = target
-    plan = Plan(cfg, run_dir, target, checkpoint, checkpoint_path, legacy, archive_first)
+    plan = Plan(cfg, run_dir, target, checkpoint, checkpoint_path, legacy, archive_first,
+                from_mirror=loaded if loaded is not None and loaded.source == "mirror" else None,
+                mode=mode)
     if checkpoint is not None:
         stopped_early = bool((checkpoint.get("early_stopping") or {}).get("early_stopped"))
         previous_target = saved.training.epochs if saved is not None else None
@@ -247,6 +253,7 @@ def _read_split(path: Path) -> dict[str, list[str]]:
 def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
            ranks: distributed.Ranks) -> TrainResult:
     from ichseg.data.cache import load_cases
+    from ichseg.training.checkpoint import CheckpointManager
     from ichseg.training.lock import RunLock
     from ichseg.training.loop import Trainer
     from ichseg.training.signals import StopRequest
@@ -263,8 +270,16 @@ def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
         # Rank 0 alone holds the lock and writes; a second job's rank 0 fails here, and
         # `on_main` makes every rank of that job exit 2 with its message.
         held.enter_context(RunLock(run_dir))
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         if plan.archive_first:
-            _archive(run_dir)
+            _archive(run_dir, stamp)
+        if plan.mode == "new" or plan.from_mirror is not None:
+            with CheckpointManager(run_dir / "checkpoints", cfg.training.keep_checkpoints,
+                                   cfg.training.mirror_dir or None) as checkpoints:
+                if plan.mode == "new":  # else the old run's generations win a later continue
+                    checkpoints.archive_mirror(stamp)
+                else:
+                    checkpoints.bring_home(plan.from_mirror)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
         (run_dir / SPLIT_FILE).write_text(json.dumps(plan.split, indent=1) + "\n")
@@ -330,11 +345,10 @@ def _result(plan: Plan, state: str, checkpoint: dict[str, Any],
                        best_epoch=early.get("best_epoch") or None, last_checkpoint=last)
 
 
-def _archive(run_dir: Path) -> Path:
-    """Move everything of the run (not earlier archives, not the lock) to archive/<UTC time>/."""
+def _archive(run_dir: Path, stamp: str) -> Path:
+    """Move everything of the run (not earlier archives, not the lock) to archive/<stamp>/."""
     from ichseg.training.lock import LOCK_FILE
 
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = run_dir / ARCHIVE / stamp
     suffix = 1
     while target.exists():
