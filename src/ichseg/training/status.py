@@ -32,9 +32,10 @@ def training_status(run_dir: str | Path) -> dict[str, Any]:
                          "no checkpoints/)")
     cfg = read_run_config(config_path) if config_path.is_file() else None
     manager = CheckpointManager(run_dir / "checkpoints",
-                                keep=cfg.training.keep_checkpoints if cfg else 3)
+                                keep=cfg.training.keep_checkpoints if cfg else 3,
+                                mirror_dir=(cfg.training.mirror_dir or None) if cfg else None)
     try:
-        loaded = manager.load_latest()
+        loaded = manager.load_latest(copy_back=False)  # status never writes
         problem = None
     except UsageError as exc:  # every checkpoint damaged: still worth a status
         loaded, problem = None, str(exc)
