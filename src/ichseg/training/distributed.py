@@ -76,8 +76,8 @@ def ranks_from_environment() -> Ranks:
 
 
 def is_active() -> bool:
-    """A process group of more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """This process is a rank of torchrun's process group (of one rank or more)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def check_batch_split(cfg: Config, ranks: Ranks) -> None:
@@ -89,8 +89,11 @@ def check_batch_split(cfg: Config, ranks: Ranks) -> None:
 
 
 def start(cfg: Config, ranks: Ranks) -> None:
-    """Join torchrun's process group: NCCL when training on CUDA, gloo on CPUs."""
-    if ranks.world_size == 1 or dist.is_initialized():
+    """Join torchrun's process group: NCCL when training on CUDA, gloo on CPUs.
+
+    Also with one process, so that `torchrun --nproc-per-node 1` runs the same DDP code path.
+    """
+    if not launched_by_torchrun() or dist.is_initialized():
         return
     from ichseg.training.loop import pick_device
 
@@ -101,7 +104,15 @@ def start(cfg: Config, ranks: Ranks) -> None:
                              f"{torch.cuda.device_count()}; give torchrun --nproc-per-node "
                              "at most that many")
         torch.cuda.set_device(ranks.local_rank)
-    dist.init_process_group("nccl" if on_cuda else "gloo")
+    # torchrun's rendezvous store, as `init_process_group("env://")` would use it, but with the
+    # group's keys under this attempt's prefix: the static rendezvous (`--master-port`) keeps one
+    # store across `--max-restarts` restarts, and without the prefix a restarted rank reads the
+    # dead attempt's addresses and cannot connect.
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if on_cuda else "gloo",
+                            store=dist.PrefixStore(f"ichseg/attempt_{attempt}/", store),
+                            rank=rank, world_size=world_size)
 
 
 def stop() -> None:
