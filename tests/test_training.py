@@ -166,6 +166,10 @@ def test_legacy_checkpoint_loads_through_resume_from(tiny_dataset, five_epochs, 
     assert resumed["history"]["epoch"] == [1, 2, 3, 4, 5, 6]
     assert resumed["history"]["train_loss"][:5] == state["history"]["train_loss"]
     assert resumed["step"] == 12  # the schedule continued from epoch 5's step count
+    # Weights of another network are refused before anything is written.
+    with pytest.raises(UsageError, match="does not fit the configured network"):
+        train(tiny_dataset, tmp_path / "other", resume_from=path, sets=["model.base_width=8"])
+    assert not (tmp_path / "other").exists()
 
 
 def test_the_same_command_twice_gives_bit_identical_states(tiny_dataset, five_epochs, tmp_path):

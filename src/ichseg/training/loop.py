@@ -189,6 +189,18 @@ def dice_of_hemorrhage(prediction: torch.Tensor, truth: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
 
 
+def fits_network(cfg: Config, model_state: dict[str, Any], origin: Path) -> None:
+    """UsageError, before anything is written, when weights from elsewhere (a legacy checkpoint)
+    do not fit the configured network."""
+    from ichseg.models import build_model
+
+    try:
+        build_model(cfg).load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise UsageError(f"checkpoint {origin} does not fit the configured network: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
 # --- the trainer ------------------------------------------------------------------------------
 
 class Trainer:
@@ -285,11 +297,7 @@ class Trainer:
         boundary after `epoch`, not bit-exactly. An optimizer or schedule whose parameter groups
         do not fit this network's starts fresh, with a warning.
         """
-        try:
-            self.model.load_state_dict(state["model_state"])
-        except RuntimeError as exc:
-            raise UsageError(f"checkpoint {origin} does not fit the configured network: "
-                             f"{str(exc).splitlines()[0]}") from None
+        self.model.load_state_dict(state["model_state"])  # `fits_network` checked it already
         epoch = int(state["epoch"])
         step = epoch * self.cfg.training.steps_per_epoch
         try:

@@ -101,6 +101,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
              resume_from: str | Path | None = None, mirror_dir: str | Path | None = None,
              strict_resume: bool = False, quiet: bool = False) -> Plan:
     from ichseg.training.checkpoint import CheckpointManager, is_legacy, load_checkpoint_file
+    from ichseg.training.loop import fits_network
 
     if mode not in ("continue", "new"):
         raise UsageError(f"--mode must be continue or new, got {mode!r}")
@@ -164,6 +165,8 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
                          f"{config_path})")
     if saved is not None:
         _check_changes(saved, cfg, checkpoint_path)
+    elif legacy:
+        fits_network(cfg, checkpoint["model_state"], checkpoint_path)
 
     # 3. The target, and whether anything is left to do.
     done_epochs = int(checkpoint["epoch"]) if checkpoint is not None else 0
