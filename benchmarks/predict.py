@@ -1,0 +1,144 @@
+"""Prediction speed and memory on one 512 x 512 x 32 head CT (0.45 x 0.45 x 5 mm), per preset.
+
+    python benchmarks/predict.py [--presets small default] [--repeats 3] [--default-repeats 1]
+
+Untrained weights (timing does not depend on them). Three ways, alternated in each repetition so
+that the machine's load falls on all of them alike:
+
+- MONAI direct: `monai.inferers.sliding_window_inference` called on the already preprocessed
+  volume with the same network, windows (patch size), overlap, blending and sw_batch_size;
+- ichseg segment: `ichseg.inference.predict.segment` on the scan in memory: preprocessing (RAS,
+  crop to the head, resampling, windows), the same sliding windows, softmax, and the probability
+  map put back onto the native 512 x 512 x 32 grid before the argmax;
+- ichseg predict: the whole `predict_cases` of one file: read the NIfTI, segment, write the label
+  map, the overlay PNG and volumes.csv.
+
+Peak memory is the process's resident-set high-water mark during each way (reset between them
+through /proc/self/clear_refs), so it includes the interpreter, torch and the model.
+Each preset runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPE = (512, 512, 32)
+SPACING = (0.45, 0.45, 5.0)
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the high-water mark then covers everything before it too
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(preset: str, scan: Path, repeats: int) -> dict:
+    """Time the three ways on `scan` with an untrained `preset` network; return the figures."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from ichseg.config import preset_config
+    from ichseg.data.ct import preprocess_case
+    from ichseg.data.io import read_scan
+    from ichseg.inference.predict import load_predictor, predict_cases, segment
+    from ichseg.models import build_model
+
+    cfg = preset_config(preset)
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_predict_{preset}_"))
+    checkpoint = tmp / "model.pt"
+    torch.save({"model_state": build_model(cfg).state_dict(), "config": cfg.to_dict()},
+               checkpoint)
+    predictor = load_predictor(checkpoint, device="cpu")
+    volume = read_scan(scan)
+    channels, _, info = preprocess_case(volume, None, cfg.data)
+    image = torch.from_numpy(channels)[None]
+
+    def monai_direct() -> None:
+        with torch.no_grad():
+            sliding_window_inference(image, cfg.data.patch_size, cfg.inference.sw_batch_size,
+                                     predictor.model, overlap=cfg.inference.overlap,
+                                     mode=cfg.inference.blend)
+
+    def ichseg_segment() -> None:
+        segment(predictor, volume)
+
+    def ichseg_predict() -> None:
+        predict_cases(checkpoint, [scan], tmp / "out", device="cpu", quiet=True)
+
+    ways = {"MONAI direct": monai_direct, "ichseg segment": ichseg_segment,
+            "ichseg predict": ichseg_predict}
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    peak: dict[str, float] = {}
+    monai_direct()  # warm-up: numba's compiled scan, torch's first-call allocations
+    for _ in range(repeats):
+        for name, run in ways.items():
+            _reset_peak_rss()
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+            peak[name] = max(peak.get(name, 0.0), _peak_rss_mib())
+    return {"preset": preset, "network_grid": list(info.resampled_shape),
+            "patch": list(cfg.data.patch_size), "overlap": cfg.inference.overlap,
+            "sw_batch_size": cfg.inference.sw_batch_size, "threads": torch.get_num_threads(),
+            "repeats": repeats, "seconds": seconds, "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["small", "default"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--default-repeats", type=int, default=1,
+                        help="repetitions for the default preset (minutes each on a CPU)")
+    parser.add_argument("--worker", nargs=2, metavar=("PRESET", "SCAN"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.repeats)))
+        return
+
+    import torch
+
+    from ichseg.data.io import write_nifti
+    from ichseg.data.synth import make_case
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    case = make_case(0, shape=SHAPE, spacing=SPACING)
+    scan = write_nifti(tmp / "scan.nii.gz", case.hu, case.affine)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; scan {SHAPE} at {SPACING} mm")
+    print("| preset | grid | way | seconds (median) | runs | ratio to MONAI | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        repeats = args.default_repeats if preset == "default" else args.repeats
+        out = subprocess.run([sys.executable, __file__, "--worker", preset, str(scan),
+                              "--repeats", str(repeats)], check=True, capture_output=True,
+                             text=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        medians = {k: statistics.median(v) for k, v in result["seconds"].items()}
+        grid = "x".join(str(n) for n in result["network_grid"])
+        for way, median in medians.items():
+            ratio = median / medians["MONAI direct"]
+            print(f"| {preset} | {grid} | {way} | {median:.2f} | {len(result['seconds'][way])} "
+                  f"| {ratio:.2f}x | {result['peak_mib'][way]:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
