@@ -166,18 +166,22 @@ def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = 
     return (total / len(mirrors))[0].cpu().numpy()
 
 
-def segment(predictor: Predictor, volume: Volume, tta: bool = False,
-            overlap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A scan -> (uint8 label map, float32 hemorrhage probability), both on the scan's grid."""
+def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: float | None = None,
+            with_probability: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """A scan -> (uint8 label map, float32 hemorrhage probability or None unless asked), both on
+    the scan's own voxel grid."""
     channels, _, info = preprocess_case(volume, None, predictor.cfg.data)
     probs = class_probabilities(predictor, channels, tta, overlap)
     if probs.shape[0] == 2:
         # Two classes: the argmax is "background below 0.5", so only the background channel
         # needs interpolating onto the native grid (half the work of both).
         background = restore_to_native(probs[:1], info, order=1)[0]
-        return (background < 0.5).astype(np.uint8), 1.0 - background
-    native = restore_to_native(probs, info, order=1)
-    return native.argmax(axis=0).astype(np.uint8), 1.0 - native[0]
+        labels = (background < 0.5).view(np.uint8)
+    else:
+        native = restore_to_native(probs, info, order=1)
+        background = native[0]
+        labels = native.argmax(axis=0).astype(np.uint8)
+    return labels, (1.0 - background if with_probability else None)
 
 
 def _read_input(path: Path) -> Volume:
@@ -244,7 +248,7 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
         except UsageError as exc:
             done = f"; the {len(results)} case(s) before it are in {out_dir}" if results else ""
             raise UsageError(f"{exc}{done}") from None
-        labels, probability = segment(predictor, volume, tta, overlap)
+        labels, probability = segment(predictor, volume, tta, overlap, save_probabilities)
         write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
         if save_probabilities:
             write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
