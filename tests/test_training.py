@@ -33,7 +33,8 @@ def train(data, run, mode="continue", **options):
 def five_epochs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Scenario 1 of the seed: a new run of 5 epochs (kept read-only; copy it to change it)."""
     run = tmp_path_factory.mktemp("five") / "run"
-    result = train(tiny_dataset, run, mode="new", epochs=5)
+    # Every epoch's generation is kept, for the comparison in the same-command test.
+    result = train(tiny_dataset, run, mode="new", epochs=5, sets=["training.keep_checkpoints=5"])
     assert (result.state, result.epochs_completed, result.target_epochs) == ("finished", 5, 5)
     return run
 
@@ -173,11 +174,12 @@ def test_legacy_checkpoint_loads_through_resume_from(tiny_dataset, five_epochs, 
 
 
 def test_the_same_command_twice_gives_bit_identical_states(tiny_dataset, five_epochs, tmp_path):
-    again = train(tiny_dataset, tmp_path / "again", mode="new", epochs=3)
-    # The 5-epoch run kept its epoch-3 generation: the same command up to there, bit for bit.
-    (epoch_3,) = [p for p in (five_epochs / "checkpoints").glob("ckpt-*.pt")
-                  if load_checkpoint_file(p)["epoch"] == 3]
-    assert_same_training(load_last(again.run_dir), load_checkpoint_file(epoch_3))
+    again = train(tiny_dataset, tmp_path / "again", mode="new", epochs=2,
+                  sets=["training.keep_checkpoints=5"])
+    # The 5-epoch run kept its epoch-2 generation: the same command up to there, bit for bit.
+    (epoch_2,) = [p for p in (five_epochs / "checkpoints").glob("ckpt-*.pt")
+                  if load_checkpoint_file(p)["epoch"] == 2]
+    assert_same_training(load_last(again.run_dir), load_checkpoint_file(epoch_2))
 
 
 def test_early_stop_then_a_raised_target_restarts_the_patience(tiny_dataset, tmp_path, caplog,
