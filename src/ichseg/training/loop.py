@@ -189,6 +189,11 @@ def dice_of_hemorrhage(prediction: torch.Tensor, truth: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
 
 
+def show_bars(cfg: Config) -> bool:
+    """Progress bars only on a terminal, and not with --quiet (a log file gets no bar junk)."""
+    return not cfg.training.quiet and sys.stderr.isatty()
+
+
 def fits_network(cfg: Config, model_state: dict[str, Any], origin: Path) -> None:
     """UsageError, before anything is written, when weights from elsewhere (a legacy checkpoint)
     do not fit the configured network."""
@@ -406,7 +411,7 @@ class Trainer:
         p = self.progress
         p.session += 1
         self.model.train()
-        quiet = t.quiet or not sys.stderr.isatty() or not self.is_main
+        quiet = not show_bars(self.cfg) or not self.is_main
 
         while p.epoch < self.target_epochs and not self.early.stopped:
             epoch = p.epoch + 1

@@ -70,8 +70,8 @@ class Plan:
 
 
 def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
-                 **options: Any) -> Any:
-    """Train in `run_dir` as the contract's "Training modes" say; returns a `TrainResult`."""
+                 **options: Any) -> TrainResult:
+    """Train in `run_dir` as the contract's "Training modes" say."""
     started = time.monotonic()  # the time limit counts from here, data preparation included
     ranks = distributed.ranks_from_environment()  # torchrun's; a single process is rank 0 of 1
     with _console_logging(), distributed.main_rank_logs(ranks), _train_log() as train_log:
@@ -258,7 +258,7 @@ def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
     from ichseg.data.cache import load_cases
     from ichseg.training.checkpoint import CheckpointManager
     from ichseg.training.lock import RunLock
-    from ichseg.training.loop import Trainer
+    from ichseg.training.loop import Trainer, show_bars
     from ichseg.training.signals import StopRequest
 
     cfg, run_dir = plan.cfg, plan.run_dir
@@ -267,7 +267,7 @@ def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
     ids = plan.split["train"] + plan.split["validation"]
     # Rank 0 decodes the dataset into the cache first; the other ranks then read the cache.
     prepared = distributed.in_turn(lambda: {c.case_id: c for c in load_cases(
-        cfg.data, [plan.cases[i] for i in ids], progress=not cfg.training.quiet and ranks.is_main)})
+        cfg.data, [plan.cases[i] for i in ids], progress=show_bars(cfg) and ranks.is_main)})
 
     def prepare_run_folder(held: contextlib.ExitStack) -> None:
         # Rank 0 alone holds the lock and writes; a second job's rank 0 fails here, and
