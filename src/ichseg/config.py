@@ -91,7 +91,8 @@ class TrainingConfig:
     save_every_steps: int = _opt(0, "also save `last` every K steps; 0 turns it off", 0)
     save_every_minutes: float = _opt(10.0, "also save `last` every M minutes; 0 turns it off", 0.0)
     keep_checkpoints: int = _opt(3, "numbered generations kept", 1)
-    time_limit: str = _opt("", "stop cleanly before this duration, like 90s, 45m, 11h30m")
+    time_limit: str = _opt("", "stop cleanly before this duration, like 90s, 45m, 11h30m "
+                           "(this command only: a continue does not inherit it)")
     mirror_dir: str = _opt("", "folder (e.g. on Google Drive) that receives a copy of each checkpoint")
     quiet: bool = _opt(False, "no progress bars")
 

@@ -159,6 +159,8 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
         base = read_run_config(config_path)
     elif saved is not None:
         base = saved
+    if base is not None:
+        base.training.time_limit = ""  # a limit is for one session; each command gives its own
     cfg = resolve_config(preset, config_file, sets, overrides, base=base)
     if not cfg.data.path:
         raise UsageError("--data is required to start a run (no dataset is recorded in "
