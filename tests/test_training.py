@@ -207,7 +207,22 @@ def test_bad_usage_is_refused_before_anything_is_written(tiny_dataset, tmp_path)
         train(tiny_dataset, run, time_limit="soon")
     with pytest.raises(UsageError, match="does not exist"):
         train(tiny_dataset, run, resume_from=tmp_path / "nothing.pt")
-    assert not run.exists()
+    # A checkpoint whose pickle would run code is refused without running it.
+    marker = tmp_path / "ran"
+    torch.save({"model_state": _RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UsageError, match="evil.pt"):
+        train(tiny_dataset, run, resume_from=tmp_path / "evil.pt")
+    assert not marker.exists() and not run.exists()
+
+
+class _RunsCode:
+    """Unpickling this calls `Path.touch`: a stand-in for any code a pickle could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
 
 
 # --- pieces ---------------------------------------------------------------------------------
