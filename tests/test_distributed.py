@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -245,3 +246,19 @@ def test_a_batch_that_does_not_split_across_ranks_is_refused_before_writing(tiny
     assert "training.batch_size (3) must be a multiple of the number of processes (2)" in (
         done.stdout + done.stderr)
     assert not run.exists()
+
+
+def test_a_second_job_on_a_locked_run_exits_2(tiny_dataset, tmp_path):
+    """Rank 0 fails to take the lock and exits 2; the job ends (rank 1 learns it through the
+    broadcast, or torchrun stops it first) instead of waiting in the next collective."""
+    from ichseg.training.lock import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        done = run_job(train_args(tiny_dataset, run), timeout=180)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing else written
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    # torchrun's summary of the failed workers: rank 0 exited 2, with the lock's message.
+    assert re.search(r"rank\s+: 0 \(local_rank: 0\)\s+exitcode\s+: 2 ", output), output
+    assert f"run folder {run} is in use by PID {os.getpid()}" in output
