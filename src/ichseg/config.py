@@ -140,9 +140,13 @@ class Config:
 _PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "small": {
-        "data": {"spacing": [1.8, 1.8, 5.0], "patch_size": [96, 96, 32]},
+        # 2 mm in-plane and 64 x 64 x 16 patches (128 x 128 x 80 mm), z halved twice only: the
+        # first Mamba stage sees 2,048 tokens instead of 18,432 at 1.8 mm and 96 x 96 x 32, which
+        # made a CPU step about 5x faster (1.2 s against 6 s, measured side by side).
+        "data": {"spacing": [2.0, 2.0, 5.0], "patch_size": [64, 64, 16]},
         # Two blocks per stage (one MICCSS block): a third of the step time off on a CPU.
-        "model": {"base_width": 8, "blocks_per_stage": 2},
+        "model": {"base_width": 8, "blocks_per_stage": 2,
+                  "strides": [[2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]]},
         "training": {"epochs": 40, "batch_size": 2, "steps_per_epoch": 20, "patience": 15,
                      "cycle_epochs": 5},
     },
