@@ -37,13 +37,20 @@ BATCH, CHANNELS, STATE = 1, 128, 16
 
 def sequential_torch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
     """The scan as a Python loop written well: every decay exp(dt A) and input term dt B u is
-    computed once for all steps as (batch, channels, length, state) tensors and split into
-    per-step views up front, so each step is one fused torch call through a local name."""
+    computed once for all steps, laid out (length, batch, channels, state) so that each step's
+    slice is one contiguous block, and split into per-step views up front; each step is then one
+    fused torch call through a local name, and the readout one batched product at the end.
+
+    The layout matters: built as (batch, channels, length, state) the per-step views are strided
+    by length x state, and the same loop took 1.7 s instead of 0.26 s at 32,768 steps here.
+    """
     dt = delta + delta_bias[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    decays = torch.exp(dt.unsqueeze(-1) * A.unsqueeze(1)).unbind(2)
-    drives = ((dt * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)).unbind(2)
+    dt = dt.permute(2, 0, 1).contiguous()  # (length, batch, channels)
+    decays = torch.exp(dt.unsqueeze(-1) * A).unbind(0)
+    drives = ((dt * u.permute(2, 0, 1)).unsqueeze(-1)
+              * B.permute(2, 0, 1).unsqueeze(2)).unbind(0)
     addcmul = torch.addcmul
     h = drives[0]  # the state starts at zero, so h_0 is the first input term alone
     states = [h]
@@ -51,7 +58,7 @@ def sequential_torch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=Tr
     for decay, drive in zip(decays[1:], drives[1:], strict=True):
         h = addcmul(drive, decay, h)
         append(h)
-    y = torch.einsum("bdln,bnl->bdl", torch.stack(states, dim=2), C)
+    y = torch.einsum("lbdn,bnl->bdl", torch.stack(states), C)
     return (y + D[:, None] * u) * F.silu(z)
 
 
