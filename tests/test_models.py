@@ -64,6 +64,28 @@ def test_eval_mode_and_no_deep_supervision_return_one_full_resolution_tensor(nam
 
 
 @pytest.mark.parametrize("name", ["nnmamba", "dynunet"])
+def test_instance_norm_makes_each_sample_independent_of_its_batch_in_training(name):
+    torch.manual_seed(1)
+    first, other = torch.randn(1, 3, 32, 16, 8), torch.randn(1, 3, 32, 16, 8) * 3 + 1
+    for norm, independent in (("instance", True), ("batch", False)):
+        net = build(tiny_cfg(name, norm=norm)).train()
+        kinds = {type(m).__name__ for m in net.modules()}
+        assert not any(k.startswith("InstanceNorm" if norm == "batch" else "BatchNorm")
+                       for k in kinds)
+        with torch.no_grad():
+            alone = net(first)[0]
+            batched = net(torch.cat([first, other]))[0][:1]
+        assert torch.allclose(alone, batched, atol=1e-5) == independent, norm
+    assert (parameter_count(build(tiny_cfg(name, norm="instance")))
+            == parameter_count(build(tiny_cfg(name, norm="batch"))))
+
+
+def test_unknown_norm_is_refused_naming_the_setting():
+    with pytest.raises(UsageError, match="model.norm"):
+        build(tiny_cfg(norm="layer"))
+
+
+@pytest.mark.parametrize("name", ["nnmamba", "dynunet"])
 def test_odd_but_valid_sizes_with_per_axis_strides(name):
     # Totals 4 x 4 x 2; the levels are 6x10x6, 3x10x6, 3x5x3: odd sizes at every level.
     cfg = tiny_cfg(name, strides=[[2, 2, 1], [2, 1, 1], [1, 2, 2]])

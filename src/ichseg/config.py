@@ -66,6 +66,8 @@ class ModelConfig:
     expand: int = _opt(2, "Mamba inner expansion", 1)
     scan_backend: str = _choice("auto", "reference", "cpu", "cuda",
                                 doc="selective-scan implementation")
+    norm: str = _choice("batch", "instance",
+                        doc="normalisation: batch (the paper's) or instance (for small batches)")
     sync_batchnorm: bool = _opt(False, "synchronise BatchNorm across ranks under torchrun")
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm import tqdm
 
@@ -36,6 +35,7 @@ from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
 from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import label_volumes_ml
+from ichseg.inference.window import window_logits
 
 log = logging.getLogger("ichseg.predict")
 
@@ -125,25 +125,6 @@ def load_predictor(run_or_checkpoint: str | Path, checkpoint: str = "best",
                          f"{first}") from None
     target = _device(device)
     return Predictor(model.to(target).eval(), cfg, target, source)
-
-
-def window_logits(model: nn.Module, image: torch.Tensor, cfg: Config,
-                  overlap: float | None = None) -> torch.Tensor:
-    """Logits (1, K, x, y, z) of a whole preprocessed volume (1, C, x, y, z): sliding windows of
-    the training patch size, blended as `cfg.inference.blend` says. A 2D network sees windows one
-    slice thick."""
-    patch = list(cfg.data.patch_size)
-    two_d = cfg.model.spatial_dims == 2
-    if two_d:
-        patch[2] = 1
-
-    def network(x: torch.Tensor) -> torch.Tensor:
-        return model(x[..., 0])[..., None] if two_d else model(x)
-
-    return sliding_window_inference(
-        image, patch, cfg.inference.sw_batch_size, network,
-        overlap=cfg.inference.overlap if overlap is None else overlap,
-        mode=cfg.inference.blend)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """MONAI's DynUNet (the nnU-Net architecture) sized to match the nnMamba of the same config.
 
-Same strides as nnMamba, strided first convolution included, BatchNorm, and filters
+Same strides as nnMamba, strided first convolution included, the same norm, and filters
 (w, 2w, 4w, ...) with w chosen so that the parameter count is the nnMamba's as near as a whole w
 allows. Outputs follow nnMamba's convention, so both feed one loss: full-resolution logits from
 the same `FullResolutionHead`, and in training mode with deep supervision the list
@@ -33,7 +33,7 @@ class DynUNetBaseline(nn.Module):
     """DynUNet whose decoder features at the stem's resolution feed nnMamba's output heads."""
 
     def __init__(self, in_channels: int, num_classes: int, strides, width: int,
-                 spatial_dims: int = 3, deep_supervision: bool = True):
+                 spatial_dims: int = 3, deep_supervision: bool = True, norm: str = "batch"):
         super().__init__()
         strides = stage_strides(strides, spatial_dims)
         if len(strides) < 3:
@@ -48,7 +48,7 @@ class DynUNetBaseline(nn.Module):
         self.net = DynUNet(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
             kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
-            filters=filters, norm_name="batch", deep_supervision=self.num_coarse > 1,
+            filters=filters, norm_name=(norm, {"affine": True}) if norm == "instance" else norm, deep_supervision=self.num_coarse > 1,
             deep_supr_num=max(1, self.num_coarse - 1))
         if not deep_supervision:
             # Unused without deep supervision (FullResolutionHead gives the logits); removing it
@@ -76,7 +76,7 @@ def matching_width(cfg) -> int:
     def count(width: int) -> int:
         with torch.device("meta"):
             return parameter_count(DynUNetBaseline(cfg.in_channels, cfg.num_classes, m.strides,
-                                                   width, m.spatial_dims, m.deep_supervision))
+                                                   width, m.spatial_dims, m.deep_supervision, m.norm))
 
     with torch.device("meta"):
         target = parameter_count(NnMambaUNet.from_config(cfg))
@@ -89,4 +89,4 @@ def matching_width(cfg) -> int:
 def build_dynunet(cfg) -> DynUNetBaseline:
     m = cfg.model
     return DynUNetBaseline(cfg.in_channels, cfg.num_classes, m.strides, matching_width(cfg),
-                           m.spatial_dims, m.deep_supervision)
+                           m.spatial_dims, m.deep_supervision, m.norm)

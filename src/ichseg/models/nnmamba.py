@@ -91,25 +91,37 @@ def _conv(dims: int) -> type[nn.Module]:
     return Conv3d if dims == 3 else Conv2d
 
 
-def _norm(dims: int) -> type[nn.Module]:
-    return nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d
+NORMS = ("batch", "instance")
+
+
+def norm_layer(dims: int, kind: str, channels: int) -> nn.Module:
+    """BatchNorm (the paper's) or InstanceNorm with a learned scale and shift (nnU-Net's).
+
+    Instance statistics do not depend on the batch, so a batch of two patches trains and
+    predicts with the same normalisation; BatchNorm's running statistics from such batches can
+    disagree with a whole scan's at evaluation time.
+    """
+    if kind == "instance":
+        cls = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
+        return cls(channels, affine=True)
+    return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
 
 
 def conv_norm_relu(dims: int, in_ch: int, out_ch: int, kernel: int = 3,
-                   stride: Sequence[int] | int = 1) -> nn.Sequential:
-    """Convolution (no bias: the norm's shift replaces it), BatchNorm, ReLU."""
+                   stride: Sequence[int] | int = 1, norm: str = "batch") -> nn.Sequential:
+    """Convolution (no bias: the norm's shift replaces it), normalisation, ReLU."""
     return nn.Sequential(
         _conv(dims)(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-        _norm(dims)(out_ch),
+        norm_layer(dims, norm, out_ch),
         nn.ReLU(inplace=True),
     )
 
 
 def double_conv(dims: int, in_ch: int, out_ch: int,
-                stride: Sequence[int] | int = 1) -> nn.Sequential:
+                stride: Sequence[int] | int = 1, norm: str = "batch") -> nn.Sequential:
     """Two 3×3(×3) conv-norm-ReLU, the first one carrying the stride."""
-    return nn.Sequential(conv_norm_relu(dims, in_ch, out_ch, stride=stride),
-                         conv_norm_relu(dims, out_ch, out_ch))
+    return nn.Sequential(conv_norm_relu(dims, in_ch, out_ch, stride=stride, norm=norm),
+                         conv_norm_relu(dims, out_ch, out_ch, norm=norm))
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -128,12 +140,12 @@ class MICCSS(nn.Module):
     """
 
     def __init__(self, dims: int, channels: int, d_state: int, d_conv: int, expand: int,
-                 scan_backend: str):
+                 scan_backend: str, norm: str = "batch"):
         super().__init__()
-        self.project_in = conv_norm_relu(dims, channels, channels, kernel=1)
+        self.project_in = conv_norm_relu(dims, channels, channels, kernel=1, norm=norm)
         self.mamba = MambaLayer(channels, d_state=d_state, d_conv=d_conv, expand=expand,
                                 scan_backend=scan_backend)
-        self.project_out = conv_norm_relu(dims, channels, channels, kernel=1)
+        self.project_out = conv_norm_relu(dims, channels, channels, kernel=1, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.project_in(x)
@@ -153,16 +165,17 @@ class ResidualBlock(nn.Module):
     """Basic residual block; with a MICCSS module, its output on the block's input joins the sum."""
 
     def __init__(self, dims: int, in_ch: int, out_ch: int, stride: Sequence[int],
-                 miccss: MICCSS | None = None):
+                 miccss: MICCSS | None = None, norm: str = "batch"):
         super().__init__()
-        conv, norm = _conv(dims), _norm(dims)
-        self.conv1 = conv_norm_relu(dims, in_ch, out_ch, stride=stride)
-        self.conv2 = nn.Sequential(conv(out_ch, out_ch, 3, padding=1, bias=False), norm(out_ch))
+        conv = _conv(dims)
+        self.conv1 = conv_norm_relu(dims, in_ch, out_ch, stride=stride, norm=norm)
+        self.conv2 = nn.Sequential(conv(out_ch, out_ch, 3, padding=1, bias=False),
+                                   norm_layer(dims, norm, out_ch))
         self.miccss = miccss
         self.shortcut = None
         if in_ch != out_ch or any(s != 1 for s in stride):
             self.shortcut = nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          norm(out_ch))
+                                          norm_layer(dims, norm, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
@@ -189,10 +202,10 @@ class SqueezeExcitation(nn.Module):
 class DecoderLevel(nn.Module):
     """Upsample the coarser features to the skip's size, concatenate the SE-gated skip, double conv."""
 
-    def __init__(self, dims: int, coarse_ch: int, skip_ch: int, out_ch: int):
+    def __init__(self, dims: int, coarse_ch: int, skip_ch: int, out_ch: int, norm: str = "batch"):
         super().__init__()
         self.skip_gate = SqueezeExcitation(skip_ch)
-        self.conv = double_conv(dims, coarse_ch + skip_ch, out_ch)
+        self.conv = double_conv(dims, coarse_ch + skip_ch, out_ch, norm=norm)
 
     def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = upsample_to(coarse, skip.shape[2:])
@@ -229,29 +242,33 @@ class NnMambaUNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, base_width: int = 32,
                  strides: Sequence[Sequence[int]] = ((2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
                  blocks_per_stage: int = 3, spatial_dims: int = 3, deep_supervision: bool = True,
-                 d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto"):
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto",
+                 norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise UsageError(f"model.norm must be one of {', '.join(NORMS)}, not {norm!r}")
         dims = spatial_dims
         self.strides = stage_strides(strides, dims)
         self.deep_supervision = deep_supervision
         num_stages = len(self.strides) - 1
         widths = [base_width * 2 ** level for level in range(num_stages + 1)]
 
-        self.stem = double_conv(dims, in_channels, widths[0], stride=self.strides[0])
+        self.stem = double_conv(dims, in_channels, widths[0], stride=self.strides[0], norm=norm)
         self.stages = nn.ModuleList()
         for level in range(1, num_stages + 1):
             width = widths[level]
             shared = None
             if blocks_per_stage > 1:
-                shared = MICCSS(dims, width, d_state, d_conv, expand, scan_backend)
-            blocks = [ResidualBlock(dims, widths[level - 1], width, self.strides[level])]
-            blocks += [ResidualBlock(dims, width, width, (1,) * dims, miccss=shared)
+                shared = MICCSS(dims, width, d_state, d_conv, expand, scan_backend, norm)
+            blocks = [ResidualBlock(dims, widths[level - 1], width, self.strides[level],
+                                    norm=norm)]
+            blocks += [ResidualBlock(dims, width, width, (1,) * dims, miccss=shared, norm=norm)
                        for _ in range(1, blocks_per_stage)]
             self.stages.append(nn.Sequential(*blocks))
 
         # decoder[i] produces the features of level i (0 = stem resolution) from level i + 1.
         self.decoder = nn.ModuleList(
-            DecoderLevel(dims, widths[level + 1], widths[level], widths[level])
+            DecoderLevel(dims, widths[level + 1], widths[level], widths[level], norm)
             for level in range(num_stages))
         self.head = FullResolutionHead(dims, widths[0], num_classes)
         # Built only when used: DistributedDataParallel refuses parameters outside the graph.
@@ -266,7 +283,7 @@ class NnMambaUNet(nn.Module):
                    base_width=m.base_width, strides=m.strides,
                    blocks_per_stage=m.blocks_per_stage, spatial_dims=m.spatial_dims,
                    deep_supervision=m.deep_supervision, d_state=m.d_state, d_conv=m.d_conv,
-                   expand=m.expand, scan_backend=m.scan_backend)
+                   expand=m.expand, scan_backend=m.scan_backend, norm=m.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = [self.stem(x)]

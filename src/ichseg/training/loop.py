@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 from tqdm import tqdm
 
 from ichseg.config import Config
 from ichseg.errors import UsageError
+from ichseg.inference.window import window_logits
 from ichseg.training import distributed
 from ichseg.training.checkpoint import (
     FORMAT_VERSION,
@@ -356,15 +356,6 @@ class Trainer:
         """Mean loss and hemorrhage Dice over the whole validation volumes (sliding window)."""
         if not self.val_cases:
             return math.nan, math.nan
-        inference = self.cfg.inference
-        patch = list(self.cfg.data.patch_size)
-        two_d = self.cfg.model.spatial_dims == 2
-        if two_d:  # a 2D network sees the volume slice by slice: windows one slice thick
-            patch[2] = 1
-
-        def predictor(x: torch.Tensor) -> torch.Tensor:
-            return self.model(x[..., 0])[..., None] if two_d else self.model(x)
-
         distributed.sync_buffers(self.model)
         losses, dices = [], []
         self.model.eval()
@@ -375,9 +366,7 @@ class Trainer:
                     image = torch.from_numpy(np.ascontiguousarray(case.image))[None].to(self.device)
                     label = torch.from_numpy(case.label.astype(np.int64))[None, None].to(self.device)
                     with self._autocast():
-                        logits = sliding_window_inference(
-                            image, patch, inference.sw_batch_size, predictor,
-                            overlap=inference.overlap, mode=inference.blend)
+                        logits = window_logits(self.model, image, self.cfg)
                     losses.append(float(self.loss_fn(logits.float(), label).item()))
                     dices.append(dice_of_hemorrhage(logits.argmax(1), label[:, 0]))
         finally:
