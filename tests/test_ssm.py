@@ -10,6 +10,7 @@ import torch
 from ichseg.errors import UsageError
 from ichseg.models import selective_scan
 from ichseg.models.ssm import (
+    _BLOCK,
     _CHUNK,
     _exp32,
     _softplus32,
@@ -72,7 +73,8 @@ SHAPES = [  # (batch, channels, length, state)
     (3, 2, 17, 16),
     (1, 4, _CHUNK, 16),  # exactly one chunk
     (3, 5, _CHUNK + 1, 16),  # one step into the second chunk
-    (1, 9, 3 * _CHUNK + 11, 16),  # more channels than dB/dC groups, odd length
+    (1, 9, 3 * _CHUNK + 11, 16),  # odd length
+    (2, 2 * _BLOCK + 3, _CHUNK + 6, 16),  # three channel blocks, the last one partial
     (3, 2, 130, 1),
 ]
 
@@ -139,7 +141,7 @@ def test_softplus32_matches_float64():
 
 
 def test_gradients_do_not_depend_on_the_thread_count():
-    inputs = make_inputs(2, 11, 150, 16, seed=4)
+    inputs = make_inputs(2, _BLOCK + 5, 150, 16, seed=4)  # four work items
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
