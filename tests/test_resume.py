@@ -144,6 +144,16 @@ def _plan(data: Path, run: Path):
     return plan_run(data, run, epochs=EPOCHS + 1, **trainrun.fast_options(steps=STEPS))
 
 
+def test_a_continue_does_not_inherit_quiet_or_the_time_limit(tiny_dataset, damaged_copy):
+    saved = damaged_copy / "config.yaml"
+    saved.write_text(saved.read_text().replace("time_limit: ''", "time_limit: 1h"))
+    assert "quiet: true" in saved.read_text() and "time_limit: 1h" in saved.read_text()
+    options = trainrun.fast_options(steps=STEPS)
+    options["quiet"] = False
+    plan = plan_run(tiny_dataset, damaged_copy, epochs=EPOCHS + 1, **options)
+    assert (plan.cfg.training.quiet, plan.cfg.training.time_limit) == (False, "")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
 def test_damaged_newest_checkpoint_falls_back(tiny_dataset, damaged_copy, damage, caplog):
     newest = _newest(damaged_copy)

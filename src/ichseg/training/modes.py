@@ -160,7 +160,9 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     elif saved is not None:
         base = saved
     if base is not None:
-        base.training.time_limit = ""  # a limit is for one session; each command gives its own
+        # A limit and silenced progress bars are for one session; each command gives its own.
+        base.training.time_limit = ""
+        base.training.quiet = False
     cfg = resolve_config(preset, config_file, sets, overrides, base=base)
     if not cfg.data.path:
         raise UsageError("--data is required to start a run (no dataset is recorded in "
