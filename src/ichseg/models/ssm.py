@@ -364,22 +364,47 @@ def _silu32(x):
 # contribute nothing.
 
 
+# The tile transposes below take eight channels at a time, so that each step's eight values
+# go to one contiguous stretch of the tile (measured 1.3 against 2.1 ns per value for one
+# channel at a time, where every value lands in a different place).
+
+
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
 def _gather(tile, rows, c0, t0, m):
     """tile[i, c] = rows[c0 + c, t0 + i] for the block's channels and the chunk's m steps."""
-    for c in range(min(tile.shape[1], rows.shape[0] - c0)):
-        row = rows[c0 + c]
+    w = min(tile.shape[1], rows.shape[0] - c0)
+    whole = w - w % 8
+    for c in range(0, whole, 8):
+        r0, r1, r2, r3 = rows[c0 + c], rows[c0 + c + 1], rows[c0 + c + 2], rows[c0 + c + 3]
+        r4, r5, r6, r7 = rows[c0 + c + 4], rows[c0 + c + 5], rows[c0 + c + 6], rows[c0 + c + 7]
         for i in range(m):
-            tile[i, c] = row[t0 + i]
+            t = t0 + i
+            row = tile[i]
+            row[c], row[c + 1], row[c + 2], row[c + 3] = r0[t], r1[t], r2[t], r3[t]
+            row[c + 4], row[c + 5], row[c + 6], row[c + 7] = r4[t], r5[t], r6[t], r7[t]
+    for c in range(whole, w):
+        source = rows[c0 + c]
+        for i in range(m):
+            tile[i, c] = source[t0 + i]
 
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
 def _scatter(rows, tile, c0, t0, m):
     """rows[c0 + c, t0 + i] = tile[i, c], the inverse of _gather."""
-    for c in range(min(tile.shape[1], rows.shape[0] - c0)):
-        row = rows[c0 + c]
+    w = min(tile.shape[1], rows.shape[0] - c0)
+    whole = w - w % 8
+    for c in range(0, whole, 8):
+        r0, r1, r2, r3 = rows[c0 + c], rows[c0 + c + 1], rows[c0 + c + 2], rows[c0 + c + 3]
+        r4, r5, r6, r7 = rows[c0 + c + 4], rows[c0 + c + 5], rows[c0 + c + 6], rows[c0 + c + 7]
         for i in range(m):
-            row[t0 + i] = tile[i, c]
+            t = t0 + i
+            row = tile[i]
+            r0[t], r1[t], r2[t], r3[t] = row[c], row[c + 1], row[c + 2], row[c + 3]
+            r4[t], r5[t], r6[t], r7[t] = row[c + 4], row[c + 5], row[c + 6], row[c + 7]
+    for c in range(whole, w):
+        target = rows[c0 + c]
+        for i in range(m):
+            target[t0 + i] = tile[i, c]
 
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy")
