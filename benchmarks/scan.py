@@ -4,8 +4,9 @@ and against the floor of the arithmetic the scan cannot avoid, at this CPU's mea
     python benchmarks/scan.py [--lengths 512 4096 32768] [--repeats 5]
 
 Prints one markdown table (the figures in BENCHMARKS.md come from it). Times are wall-clock
-medians; other processes share the cores, so the ratios, measured side by side in one run, are
-the figures to read. Peak memory is the growth of the process's resident set (VmHWM, reset
+medians, the torch loop's and the cpu backend's runs taken in turn; other processes share the
+cores, so the ratios, measured side by side in one run, are the figures to read, and the load
+average is printed before and after. Peak memory is the growth of the process's resident set (VmHWM, reset
 through /proc/self/clear_refs) over its size just before the call, in a fresh process after one
 warm-up call, with glibc told to return large blocks at once (Linux with glibc only).
 """
@@ -101,6 +102,22 @@ def median_seconds(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def alternating_medians(first, first_repeats, second, second_repeats):
+    """Median seconds of two functions timed in turn (after one warm-up call each), so that a
+    change in the machine's load while they run falls on both and not on one of the two."""
+    first()
+    second()
+    first_times, second_times = [], []
+    for i in range(max(first_repeats, second_repeats)):
+        for fn, times, repeats in ((first, first_times, first_repeats),
+                                   (second, second_times, second_repeats)):
+            if i < repeats:
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+    return statistics.median(first_times), statistics.median(second_times)
 
 
 def _status_kib(key):
@@ -247,6 +264,7 @@ def main():
         _memory_of(scan_name, int(length), mode)
         return
 
+    load_before = os.getloadavg()
     cold, warm = cold_compile_seconds()
     forward_backward(cpu_scan, make_inputs(64, True))  # load the compiled kernels
     rates = measure_rates()
@@ -265,6 +283,9 @@ def main():
     for length in args.lengths:
         for mode, run in (("forward", forward_only), ("forward+backward", forward_backward)):
             print(table_row(length, mode, run, rates, args.repeats, args.torch_threads), flush=True)
+    print()
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} "
+          "{:.2f}".format(*load_before, *os.getloadavg()))
 
 
 def table_row(length, mode, run, rates, repeats, torch_threads):
@@ -272,10 +293,9 @@ def table_row(length, mode, run, rates, repeats, torch_threads):
     # Set here, each time: numba's OpenMP threading layer resets the thread count of the
     # OpenMP runtime it shares with torch whenever it starts its own threads.
     torch.set_num_threads(torch_threads)
-    run(sequential_torch_scan, inputs)  # warm-up
-    loop_s = median_seconds(lambda: run(sequential_torch_scan, inputs),
-                            3 if length >= 32768 else repeats)
-    cpu_s = median_seconds(lambda: run(cpu_scan, inputs), repeats)
+    loop_s, cpu_s = alternating_medians(lambda: run(sequential_torch_scan, inputs),
+                                        3 if length >= 32768 else repeats,
+                                        lambda: run(cpu_scan, inputs), repeats)
     loop_mib = peak_memory_in_child("torch-loop", length, mode)
     cpu_mib = peak_memory_in_child("cpu", length, mode)
     floor = floor_seconds(length, mode, rates)
