@@ -275,7 +275,9 @@ _LN2_LO = _f32(-2.12194440e-4)
 # Below this exp() is under float32's smallest normal number; the result is flushed to zero.
 _EXP_LO = _f32(-87.33654)
 _EXP_HI = _f32(88.0)
-_ROUND_MAGIC = _f32(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds to an integer
+# 1.5 * 2**23 + 127: adding and subtracting it rounds x / ln 2 to a whole k, and the sum holds
+# k + 127, the exponent bits of 2**k, in its lowest mantissa bits (see _pow2).
+_ROUND_MAGIC = _f32(12583039.0)
 _ONE = _f32(1.0)
 _TWO = _f32(2.0)
 _ZERO = _f32(0.0)
@@ -291,19 +293,21 @@ _S3, _S5, _S7, _S9, _S11, _S13 = (_f32(2.0 / k) for k in (3, 5, 7, 9, 11, 13))
 
 
 @intrinsic
-def _pow2(typingctx, k):
-    """2**k for a whole-number float32 k in [-126, 127], built from the exponent bits.
+def _pow2(typingctx, rounded):
+    """2**k from rounded = k + _ROUND_MAGIC for a whole k in [-126, 127]: the low nine bits of
+    its mantissa are k + 127, which shifted into the exponent field make 2**k.
 
-    numba has no vectorisable way to reinterpret an integer as a float (and this machine has no
-    SVML), so the few LLVM instructions are written directly; LLVM then vectorises `_exp32`.
+    numba has no vectorisable way to reinterpret a float's bits (and this machine has no
+    SVML), so the two LLVM instructions are written directly; LLVM then vectorises `_exp32`.
+    Reading k from the bits saves the float-to-integer conversion and the bias addition.
     """
-    if k != types.float32:
+    if rounded != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
-        exponent = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
-        return builder.bitcast(builder.shl(exponent, ir.Constant(i32, 23)), ir.FloatType())
+        bits = builder.bitcast(args[0], i32)
+        return builder.bitcast(builder.shl(bits, ir.Constant(i32, 23)), ir.FloatType())
 
     return types.float32(types.float32), codegen
 
@@ -325,10 +329,11 @@ def _fma(typingctx, a, b, c):
 def _exp32(x):
     """exp(x) in float32 to within 1 ulp, in plain arithmetic that LLVM can vectorise."""
     xc = min(max(x, _EXP_LO), _EXP_HI)
-    k = _fma(xc, _LOG2E, _ROUND_MAGIC) - _ROUND_MAGIC
+    rounded = _fma(xc, _LOG2E, _ROUND_MAGIC)
+    k = rounded - _ROUND_MAGIC
     r = _fma(k, -_LN2_LO, _fma(k, -_LN2_HI, xc))
     p = _fma(_fma(_fma(_fma(_fma(_P0, r, _P1), r, _P2), r, _P3), r, _P4), r, _P5)
-    e = _fma(p, r * r, r + _ONE) * _pow2(k)
+    e = _fma(p, r * r, r + _ONE) * _pow2(rounded)
     return e if x > _EXP_LO else _ZERO
 
 
