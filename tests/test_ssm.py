@@ -12,6 +12,7 @@ from ichseg.models import selective_scan
 from ichseg.models.ssm import (
     _BLOCK,
     _CHUNK,
+    _exp2_32,
     _exp32,
     _softplus32,
     available_backends,
@@ -131,6 +132,15 @@ def test_exp32_is_accurate_to_an_ulp_over_float32s_normal_range():
     ours = np.array([_exp32(v) for v in x[::97]], dtype=np.float64)
     assert np.max(np.abs(ours - exact[::97]) / exact[::97]) <= 2 ** -23
     assert _exp32(np.float32(-100.0)) == 0.0
+
+
+def test_exp2_32_is_accurate_to_an_ulp_over_float32s_normal_range():
+    x = np.linspace(-125.9, 127.0, 200_001, dtype=np.float32)[::97]
+    exact = np.exp2(x.astype(np.float64))
+    ours = np.array([_exp2_32(v) for v in x], dtype=np.float64)
+    assert np.max(np.abs(ours - exact) / exact) <= 2 ** -23
+    # Below float32's smallest normal number the result is flushed to zero.
+    assert _exp2_32(np.float32(-126.5)) == 0.0
 
 
 def test_softplus32_matches_float64():
