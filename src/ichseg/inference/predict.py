@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,21 +222,14 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-    bar = tqdm(cases, desc="predict", unit="case", disable=quiet or None)
-    for case_id, path in bar:
-        bar.set_postfix_str(case_id)
-        try:
-            volume = _read_input(path)
-        except UsageError as exc:
-            done = f"; the {len(results)} case(s) before it are in {out_dir}" if results else ""
-            raise UsageError(f"{exc}{done}") from None
-        labels, probability = segment(predictor, volume, tta, overlap, save_probabilities)
+
+    def write_case(case_id: str, path: Path, volume: Volume, labels: np.ndarray,
+                   probability: np.ndarray | None) -> None:
         write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
-        if save_probabilities:
+        if probability is not None:
             write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
                         probability.astype(np.float32), volume.affine, like=volume)
         draw_overlay(volume, labels, out_dir / OVERLAYS / f"{case_id}.png", case_id, names)
-
         volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
         row = {"case": case_id, "input": str(path), "voxel_volume_mm3": volume.voxel_volume_mm3,
                "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
@@ -247,5 +241,28 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
             log.warning("%s: no hemorrhage predicted (empty label map)", case_id)
         else:
             say(f"{case_id}: hemorrhage {row['hemorrhage_ml']:.2f} mL")
+
+    # A case's files and overlay are written on a second thread while the next case is read and
+    # segmented (compression and PNG encoding leave the network's threads mostly alone). One
+    # case at a time is written, in input order, and every write is waited for before this
+    # returns or raises, so a bad input still leaves the cases before it complete.
+    bar = tqdm(cases, desc="predict", unit="case", disable=quiet or None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ichseg-write") as writer:
+        writing: Future | None = None
+        for case_id, path in bar:
+            bar.set_postfix_str(case_id)
+            try:
+                volume = _read_input(path)
+            except UsageError as exc:
+                if writing is not None:
+                    writing.result()
+                done = f"; the {len(results)} case(s) before it are in {out_dir}" if results else ""
+                raise UsageError(f"{exc}{done}") from None
+            labels, probability = segment(predictor, volume, tta, overlap, save_probabilities)
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(write_case, case_id, path, volume, labels, probability)
+        if writing is not None:
+            writing.result()
     say(f"wrote {len(results)} label map(s), overlays and {VOLUMES_CSV} to {out_dir}")
     return results
