@@ -44,7 +44,9 @@ def run_demo(out: Path, train_cases: int, test_cases: int, time_limit: str) -> d
     print(format_status(api.check_training_status(run)))
 
     step(f"4/5 predict the {test_cases} held-out cases")
-    api.predict(run, [test / "images"], pred)
+    # Mirror test-time augmentation (as nnU-Net predicts by default): four passes per case, a few
+    # seconds each here, about one point of Dice on the held-out cases.
+    api.predict(run, [test / "images"], pred, tta=True)
 
     step("5/5 evaluate against their ground truth")
     from ichseg.evaluation.evaluate import format_summary
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", nargs="?", default="demo", help="output folder (default: demo)")
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--test-cases", type=int, default=6)
-    parser.add_argument("--time-limit", default="7m",
+    parser.add_argument("--time-limit", default="8m",
                         help="training stops cleanly (checkpoint saved) after this long")
     args = parser.parse_args(argv)
     try:
