@@ -353,7 +353,7 @@ def _exp32(x):
 def _exp2_32(x):
     """2**x in float32 to within 1 ulp, for the scan's decays exp(dt A) = 2**(dt A log2(e))
     with A log2(e) computed once per block. Base 2 needs no Cody-Waite reduction (f = x - k is
-    exact) and a shorter polynomial: 15 vector operations against _exp32's 19, which the
+    exact) and a shorter polynomial: 15 vector operations against _exp32's 18, which the
     scan's decays, one per element, spend most of their time in."""
     xc = min(max(x, _EXP2_LO), _EXP2_HI)
     rounded = xc + _ROUND_MAGIC
