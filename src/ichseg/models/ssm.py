@@ -386,14 +386,14 @@ def _silu32(x):
     return x * _sigmoid32(x)
 
 
-
 # The kernels work on one block of _BLOCK channels of one batch element at a time, _CHUNK steps
 # at a time. Inside a chunk everything is laid out as tiles with the channel innermost:
 # (step, channel) for per-step values and (step, state, channel) for states and decays, so
 # that every inner loop runs over the block's channels, which are independent of each other;
 # the state's sums over its N entries then run in order in the loops around them, exactly as
-# the reference's. Channels past the last one (in the last block) are zero in every tile and
-# contribute nothing.
+# the reference's. Channels past the last one (in the last block) have zero A, u, z and
+# incoming gradients in every tile, so their states and gradients stay zero and are never
+# written out.
 
 
 # The tile transposes below take eight channels at a time, so that each step's eight values
