@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,26 @@ def test_bad_usage_is_refused_before_anything_is_written(tiny_dataset, tmp_path)
     with pytest.raises(UsageError, match="evil.pt"):
         train(tiny_dataset, run, resume_from=tmp_path / "evil.pt")
     assert not marker.exists() and not run.exists()
+
+
+def test_a_slow_first_step_does_not_end_a_time_limited_session_early(tiny_dataset, tmp_path,
+                                                                     monkeypatch):
+    # The session's first step pays one-off costs (compiling the scan kernels). Were it the
+    # estimate of every later step, a 6 s first step would stop a 12 s session right after it;
+    # the estimate follows the recent steps instead, so the session keeps training.
+    first_step = Trainer.train_step
+    calls = []
+
+    def slow_first_step(self, images, labels):
+        calls.append(None)
+        if len(calls) == 1:
+            time.sleep(6.0)
+        return first_step(self, images, labels)
+
+    monkeypatch.setattr(Trainer, "train_step", slow_first_step)
+    result = train(tiny_dataset, tmp_path / "run", mode="new", epochs=1000, time_limit="12s")
+    assert result.state == "stopped"
+    assert len(calls) >= 3
 
 
 class _RunsCode:

@@ -18,6 +18,7 @@ Ranks: `rank`/`world_size` are threaded through for DistributedDataParallel; onl
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -48,6 +49,9 @@ from ichseg.training.history import History
 from ichseg.training.losses import DeepSupervisionLoss
 
 log = logging.getLogger("ichseg.training")
+
+# Steps whose slowest one is the time limit's estimate of the next step.
+RECENT_STEPS = 20
 
 
 # --- the resumable pieces -------------------------------------------------------------------
@@ -248,8 +252,12 @@ class Trainer:
                                              keep=cfg.training.keep_checkpoints,
                                              mirror_dir=cfg.training.mirror_dir or None)
         self.last_checkpoint: Path | None = None
-        # Measured durations, for the time limit (seconds; the first guesses are refined).
-        self._step_seconds = 0.0
+        # Measured durations, for the time limit (seconds; the first guesses are refined). A step
+        # is budgeted at the slowest of the recent ones, not counting the session's first: it
+        # also pays one-off costs (compiling the scan kernels took 55 s of it once), which would
+        # otherwise keep every later step from starting within that long of the limit.
+        self._recent_steps: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
+        self._session_steps = 0
         self._validation_seconds = 0.0
         self._save_seconds = 1.0 + sum(p.numel() * p.element_size()
                                        for p in self.model.parameters()) * 3 / 100e6
@@ -417,7 +425,9 @@ class Trainer:
                                                         self.world_size)
                     loss = distributed.mean_over_ranks(self.train_step(images, labels))
                     elapsed = time.monotonic() - tick
-                    self._step_seconds = max(self._step_seconds, elapsed)
+                    self._session_steps += 1
+                    if self._session_steps > 1:
+                        self._recent_steps.append(elapsed)
                     p.loss_sum += loss
                     p.epoch_step += 1
                     p.step += 1
@@ -482,11 +492,12 @@ class Trainer:
 
     def _out_of_time(self, deadline: float | None, p: Progress, validating: bool = False) -> bool:
         """Would the next unit of work (a step, or the epoch's validation) plus a save overrun?"""
-        if deadline is None or not self._step_seconds:
-            return False  # the first step of a session is always taken, and measured
-        work = self._validation_seconds if validating else self._step_seconds
+        if deadline is None or not self._recent_steps:
+            return False  # the first two steps of a session are always taken, and measured
+        step_seconds = max(self._recent_steps)
+        work = self._validation_seconds if validating else step_seconds
         if validating and not self._validation_seconds:
-            work = self._step_seconds * max(len(self.val_cases), 1)
+            work = step_seconds * max(len(self.val_cases), 1)
         if not validating and p.epoch_step + 1 == self.cfg.training.steps_per_epoch:
             work += self._validation_seconds
         return time.monotonic() + work + self._save_seconds > deadline
