@@ -27,7 +27,6 @@ from ichseg.config import PRESETS, preset_config
 from ichseg.models import build_model, selective_scan
 from ichseg.models.baseline import matching_width, parameter_count
 from ichseg.models.mamba import causal_depthwise_conv1d
-from ichseg.models.nnmamba import Conv3d
 
 NETWORKS = ("nnmamba", "dynunet")
 PAPER_PARAMETERS = 15.55e6
@@ -99,23 +98,6 @@ def time_causal_conv(repeats: int) -> dict[str, float]:
     return {name: statistics.median(values[1:]) for name, values in seconds.items()}
 
 
-def time_conv3d(repeats: int) -> dict[str, float]:
-    """Forward + backward of one 3×3×3 convolution of `small`'s first stage (batch 2, 16 to 16
-    channels, 24 × 24 × 32): torch's nn.Conv3d against ichseg's GEMM weight gradient."""
-    torch.manual_seed(0)
-    stock = torch.nn.Conv3d(16, 16, 3, padding=1, bias=False)
-    fast = Conv3d(16, 16, 3, padding=1, bias=False)
-    x = torch.randn(2, 16, 24, 24, 32, requires_grad=True)
-    grad = torch.randn(2, 16, 24, 24, 32)
-    seconds: dict[str, list[float]] = {"nn.Conv3d": [], "GEMM weight gradient": []}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, conv in zip(seconds, (stock, fast), strict=True):
-            start = time.perf_counter()
-            conv(x).backward(grad)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values[1:]) for name, values in seconds.items()}
-
-
 def _peak_resident_bytes() -> int:
     with open("/proc/self/status") as f:
         peak_kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
@@ -180,9 +162,6 @@ def main() -> None:
     conv = time_causal_conv(args.repeats)
     print(f"\nDepthwise causal conv forward + backward, median of {args.repeats}: " + ", ".join(
         f"{name} {value:.3f} s" for name, value in conv.items()))
-    conv3d = time_conv3d(args.repeats)
-    print(f"3x3x3 convolution forward + backward, median of {args.repeats}: " + ", ".join(
-        f"{name} {value:.3f} s" for name, value in conv3d.items()))
     print(f"\nForward + backward of one training step, median of {args.repeats} alternated "
           "steps; peak memory the step adds\n")
     print("| preset | patch × batch | nnMamba s | DynUNet s | nnMamba / DynUNet | "

@@ -27,68 +27,8 @@ AXIS_NAMES = "xyz"
 MAX_COARSE_HEADS = 3
 
 
-class _GemmWeightGradConv(torch.autograd.Function):
-    """Convolution without bias whose weight gradient is one matrix product (im2col + GEMM).
-
-    On a CPU, the stock backward of a 3×3×3 convolution with few channels spends 10-20× its
-    forward time on the weight gradient (BENCHMARKS.md); unfolding the input windows into one
-    (in·k³, voxels) matrix and multiplying by the output gradient is several times faster, at
-    the price of that matrix as temporary memory. The input gradient keeps torch's kernel.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding):
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
-        conv = F.conv3d if x.dim() == 5 else F.conv2d
-        return conv(x, weight, None, stride, padding)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            conv_input = torch.nn.grad.conv3d_input if x.dim() == 5 else torch.nn.grad.conv2d_input
-            grad_x = conv_input(x.shape, weight, grad, ctx.stride, ctx.padding)
-        if ctx.needs_input_grad[1]:
-            dims = x.dim() - 2
-            windows = F.pad(x, [p for p in reversed(ctx.padding) for _ in range(2)])
-            for axis in range(dims):
-                windows = windows.unfold(2 + axis, weight.shape[2 + axis], ctx.stride[axis])
-            # windows: (batch, in, *output positions, *kernel) -> (in, *kernel, batch, *positions)
-            order = [1, *range(2 + dims, 2 + 2 * dims), 0, *range(2, 2 + dims)]
-            columns = windows.permute(order).reshape(weight[0].numel(), -1)
-            grad_w = (grad.transpose(0, 1).reshape(grad.shape[1], -1) @ columns.t()).view(
-                weight.shape)
-        return grad_x, grad_w, None, None
-
-
-def _conv_forward(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """The GEMM weight gradient for spatial kernels on a CPU in float32; torch's path otherwise."""
-    if (x.device.type == "cpu" and conv.bias is None and conv.groups == 1
-            and max(conv.kernel_size) > 1 and set(conv.dilation) == {1}
-            and conv.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
-            and conv.weight.requires_grad and torch.is_grad_enabled()):
-        return _GemmWeightGradConv.apply(x, conv.weight, conv.stride, conv.padding)
-    return conv._conv_forward(x, conv.weight, conv.bias)
-
-
-class Conv3d(nn.Conv3d):
-    """nn.Conv3d (same parameters and state dict) with the fast CPU weight gradient."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _conv_forward(self, x)
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state dict) with the fast CPU weight gradient."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _conv_forward(self, x)
-
-
 def _conv(dims: int) -> type[nn.Module]:
-    return Conv3d if dims == 3 else Conv2d
+    return nn.Conv3d if dims == 3 else nn.Conv2d
 
 
 NORMS = ("batch", "instance")
