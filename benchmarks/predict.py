@@ -1,17 +1,22 @@
 """Prediction speed and memory on one 512 x 512 x 32 head CT (0.45 x 0.45 x 5 mm), per preset.
 
     python benchmarks/predict.py [--presets small default] [--repeats 3] [--default-repeats 1]
+    python benchmarks/predict.py --checkpoint RUN/checkpoints/best.pt [--repeats 3]
 
-Untrained weights (timing does not depend on them). Three ways, alternated in each repetition so
-that the machine's load falls on all of them alike:
+Untrained weights per preset (the network's time does not depend on them), or a trained
+checkpoint (whose outlines are what the overlay really draws; an untrained network's speckle
+makes it slower). Four ways, alternated in each repetition so that the machine's load falls on
+all of them alike:
 
 - MONAI direct: `monai.inferers.sliding_window_inference` called on the already preprocessed
   volume with the same network, windows (patch size), overlap, blending and sw_batch_size;
 - ichseg segment: `ichseg.inference.predict.segment` on the scan in memory: preprocessing (RAS,
   crop to the head, resampling, windows), the same sliding windows, softmax, and the probability
   map put back onto the native 512 x 512 x 32 grid before the argmax;
-- ichseg predict: the whole `predict_cases` of one file: read the NIfTI, segment, write the label
-  map, the overlay PNG and volumes.csv.
+- ichseg predict: the whole `predict_cases` of one file: load the checkpoint, read the NIfTI,
+  segment, write the label map, the overlay PNG and volumes.csv;
+- ichseg predict, 4 scans, per scan: the same for a folder of four scans, divided by four (each
+  case's files are written while the next case is segmented).
 
 Peak memory is the process's resident-set high-water mark during each way (reset between them
 through /proc/self/clear_refs), so it includes the interpreter, torch and the model.
@@ -32,6 +37,7 @@ from pathlib import Path
 
 SHAPE = (512, 512, 32)
 SPACING = (0.45, 0.45, 5.0)
+SERIES = 4
 
 
 def _reset_peak_rss() -> None:
@@ -50,8 +56,9 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(preset: str, scan: Path, repeats: int) -> dict:
-    """Time the three ways on `scan` with an untrained `preset` network; return the figures."""
+def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
+    """Time the ways on `scan` with an untrained `preset` network, or the `trained` checkpoint's
+    (its own config); return the figures."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -61,13 +68,17 @@ def worker(preset: str, scan: Path, repeats: int) -> dict:
     from ichseg.inference.predict import load_predictor, predict_cases, segment
     from ichseg.models import build_model
 
-    cfg = preset_config(preset)
-    torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_predict_{preset}_"))
-    checkpoint = tmp / "model.pt"
-    torch.save({"model_state": build_model(cfg).state_dict(), "config": cfg.to_dict()},
-               checkpoint)
+    if trained is not None:
+        checkpoint = trained
+    else:
+        cfg = preset_config(preset)
+        torch.manual_seed(0)
+        checkpoint = tmp / "model.pt"
+        torch.save({"model_state": build_model(cfg).state_dict(), "config": cfg.to_dict()},
+                   checkpoint)
     predictor = load_predictor(checkpoint, device="cpu")
+    cfg = predictor.cfg
     volume = read_scan(scan)
     channels, _, info = preprocess_case(volume, None, cfg.data)
     image = torch.from_numpy(channels)[None]
@@ -84,19 +95,30 @@ def worker(preset: str, scan: Path, repeats: int) -> dict:
     def ichseg_predict() -> None:
         predict_cases(checkpoint, [scan], tmp / "out", device="cpu", quiet=True)
 
-    ways = {"MONAI direct": monai_direct, "ichseg segment": ichseg_segment,
-            "ichseg predict": ichseg_predict}
+    # A folder of the same scan under SERIES names: a case's files are written while the next
+    # one is segmented, so per scan a series costs less than one scan alone.
+    series = tmp / "series"
+    series.mkdir()
+    for index in range(SERIES):
+        (series / f"scan{index}.nii.gz").symlink_to(scan)
+
+    def ichseg_predict_series() -> None:
+        predict_cases(checkpoint, [series], tmp / "out_series", device="cpu", quiet=True)
+
+    ways = {"MONAI direct": (monai_direct, 1), "ichseg segment": (ichseg_segment, 1),
+            "ichseg predict": (ichseg_predict, 1),
+            f"ichseg predict, {SERIES} scans, per scan": (ichseg_predict_series, SERIES)}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     peak: dict[str, float] = {}
     monai_direct()  # warm-up: numba's compiled scan, torch's first-call allocations
     for _ in range(repeats):
-        for name, run in ways.items():
+        for name, (run, scans) in ways.items():
             _reset_peak_rss()
             start = time.perf_counter()
             run()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append((time.perf_counter() - start) / scans)
             peak[name] = max(peak.get(name, 0.0), _peak_rss_mib())
-    return {"preset": preset, "network_grid": list(info.resampled_shape),
+    return {"preset": f"{cfg.preset} (trained)" if trained else preset, "network_grid": list(info.resampled_shape),
             "patch": list(cfg.data.patch_size), "overlap": cfg.inference.overlap,
             "sw_batch_size": cfg.inference.sw_batch_size, "threads": torch.get_num_threads(),
             "repeats": repeats, "seconds": seconds, "peak_mib": peak}
@@ -108,10 +130,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--default-repeats", type=int, default=1,
                         help="repetitions for the default preset (minutes each on a CPU)")
-    parser.add_argument("--worker", nargs=2, metavar=("PRESET", "SCAN"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path,
+                        help="time this trained checkpoint (a run's best.pt) instead of untrained "
+                             "presets: a trained network's outlines are what the overlay draws")
+    parser.add_argument("--worker", nargs=3, metavar=("PRESET", "SCAN", "CHECKPOINT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.repeats)))
+        preset, scan, trained = args.worker
+        print(json.dumps(worker(preset, Path(scan), args.repeats,
+                                Path(trained) if trained else None)))
         return
 
     import torch
@@ -126,9 +154,11 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}; scan {SHAPE} at {SPACING} mm")
     print("| preset | grid | way | seconds (median) | runs | ratio to MONAI | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|")
-    for preset in args.presets:
+    runs = ([("trained", str(args.checkpoint.resolve()))] if args.checkpoint
+            else [(preset, "") for preset in args.presets])
+    for preset, trained in runs:
         repeats = args.default_repeats if preset == "default" else args.repeats
-        out = subprocess.run([sys.executable, __file__, "--worker", preset, str(scan),
+        out = subprocess.run([sys.executable, __file__, "--worker", preset, str(scan), trained,
                               "--repeats", str(repeats)], check=True, capture_output=True,
                              text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -136,8 +166,9 @@ def main() -> None:
         grid = "x".join(str(n) for n in result["network_grid"])
         for way, median in medians.items():
             ratio = median / medians["MONAI direct"]
-            print(f"| {preset} | {grid} | {way} | {median:.2f} | {len(result['seconds'][way])} "
-                  f"| {ratio:.2f}x | {result['peak_mib'][way]:.0f} |", flush=True)
+            print(f"| {result['preset']} | {grid} | {way} | {median:.2f} "
+                  f"| {len(result['seconds'][way])} | {ratio:.2f}x "
+                  f"| {result['peak_mib'][way]:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
