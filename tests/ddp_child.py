@@ -15,7 +15,6 @@ Run as `python tests/ddp_child.py ARGS` or `torchrun ... tests/ddp_child.py ARGS
 
 from __future__ import annotations
 
-import functools
 import sys
 
 from torch import nn
@@ -23,12 +22,15 @@ from torch import nn
 from ichseg.models import nnmamba
 
 
-def _per_sample_norm(dims: int) -> type[nn.Module]:
-    return functools.partial(nn.GroupNorm, 1)  # called with the channel count, like BatchNorm
+def _per_sample_norm(dims: int, kind: str, channels: int) -> nn.Module:
+    return nn.GroupNorm(1, channels)  # in place of nnmamba.norm_layer, whatever `kind` says
 
 
 if __name__ == "__main__":
-    nnmamba._norm = _per_sample_norm
+    # Setting a name the module no longer has would silently leave BatchNorm in place.
+    if not hasattr(nnmamba, "norm_layer"):
+        raise SystemExit("tests/ddp_child.py: nnmamba.norm_layer is gone; update the swap")
+    nnmamba.norm_layer = _per_sample_norm
     from ichseg.cli import main
 
     raise SystemExit(main(sys.argv[1:]))
