@@ -48,7 +48,9 @@ class DynUNetBaseline(nn.Module):
         self.net = DynUNet(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
             kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
-            filters=filters, norm_name=(norm, {"affine": True}) if norm == "instance" else norm, deep_supervision=self.num_coarse > 1,
+            filters=filters, deep_supervision=self.num_coarse > 1,
+            # nnMamba's InstanceNorm has a learned scale and shift; MONAI's has none by default.
+            norm_name=(norm, {"affine": True}) if norm == "instance" else norm,
             deep_supr_num=max(1, self.num_coarse - 1))
         if not deep_supervision:
             # Unused without deep supervision (FullResolutionHead gives the logits); removing it
@@ -76,7 +78,8 @@ def matching_width(cfg) -> int:
     def count(width: int) -> int:
         with torch.device("meta"):
             return parameter_count(DynUNetBaseline(cfg.in_channels, cfg.num_classes, m.strides,
-                                                   width, m.spatial_dims, m.deep_supervision, m.norm))
+                                                   width, m.spatial_dims, m.deep_supervision,
+                                                   m.norm))
 
     with torch.device("meta"):
         target = parameter_count(NnMambaUNet.from_config(cfg))

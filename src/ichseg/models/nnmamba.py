@@ -44,7 +44,9 @@ def norm_layer(dims: int, kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         cls = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
         return cls(channels, affine=True)
-    return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
+    if kind == "batch":
+        return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
+    raise UsageError(f"model.norm must be one of {', '.join(NORMS)}, not {kind!r}")
 
 
 def conv_norm_relu(dims: int, in_ch: int, out_ch: int, kernel: int = 3,
@@ -185,8 +187,6 @@ class NnMambaUNet(nn.Module):
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, scan_backend: str = "auto",
                  norm: str = "batch"):
         super().__init__()
-        if norm not in NORMS:
-            raise UsageError(f"model.norm must be one of {', '.join(NORMS)}, not {norm!r}")
         dims = spatial_dims
         self.strides = stage_strides(strides, dims)
         self.deep_supervision = deep_supervision
