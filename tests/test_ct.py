@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ichseg.config import DataConfig
-from ichseg.data.ct import preprocess_case, restore_to_native, window_channels
+from ichseg.data.ct import (
+    _open_in_plane,
+    preprocess_case,
+    resample,
+    restore_below,
+    restore_to_native,
+    window_channels,
+)
 from ichseg.data.io import Volume
 from ichseg.data.layouts import LABEL_MAPPINGS
 from ichseg.errors import UsageError
@@ -117,6 +125,45 @@ def test_probabilities_restore_with_background_outside_the_crop():
     np.testing.assert_array_equal(restore_to_native(labels.astype(np.int64), info),
                                   restore_to_native(labels, info))
     assert 2 * np.sum(hemorrhage & (codes > 0)) / (hemorrhage.sum() + (codes > 0).sum()) > 0.8
+
+
+@pytest.mark.parametrize("name", sorted(NON_RAS_AFFINES))
+def test_restore_below_equals_thresholding_the_whole_restored_map(name):
+    affine = NON_RAS_AFFINES[name]
+    hu, codes = head_scan()
+    _, _, info = preprocess_case(Volume(hu, affine), None, DataConfig(spacing=[3.0, 2.5, 4.0]))
+    rng = np.random.default_rng(0)
+    # A smooth background probability that dips below 0.5 in two separate places, one of them
+    # at the grid's edge (where the interpolation clamps).
+    background = ndimage.gaussian_filter(rng.random(info.resampled_shape), 1.0) + 0.3
+    background[2:4, 3:5, 1:3] = 0.1
+    background[-1, -2:, -1] = 0.2
+    background = background.astype(np.float32)
+    full = restore_to_native(np.stack([background, 1 - background]), info)[0]
+    fast = restore_below(background, info, 0.5)
+    assert fast.shape == SHAPE and fast.dtype == np.uint8 and fast.any()
+    differ = fast != (full < 0.5)
+    # Both interpolate the same neighbours with the same weights; only float rounding may differ.
+    assert np.all(np.abs(full[differ] - 0.5) < 1e-5)
+    assert differ.sum() <= 2
+    # Nothing below the threshold on the network grid: nothing on the native one.
+    assert not restore_below(np.ones(info.resampled_shape, np.float32), info, 0.5).any()
+
+
+def test_resampling_a_fortran_ordered_scan_gives_the_c_ordered_result():
+    rng = np.random.default_rng(1)
+    scan = rng.random((40, 36, 9)).astype(np.float32)
+    cropped = np.asfortranarray(scan)[3:37, 2:30, 1:]  # a NIfTI as read, then cropped
+    np.testing.assert_allclose(resample(cropped, (15, 11, 6), order=1),
+                               resample(np.ascontiguousarray(cropped), (15, 11, 6), order=1),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_in_plane_opening_matches_scipy():
+    mask = np.random.default_rng(2).random((30, 25, 4)) > 0.35
+    mask[0, :, 0] = mask[:, -1, 1] = True  # edges touching the border
+    expected = ndimage.binary_opening(mask, structure=np.ones((3, 3, 1), bool))
+    np.testing.assert_array_equal(_open_in_plane(mask), expected)
 
 
 def test_network_grid_is_in_ras_axis_order():

@@ -107,20 +107,42 @@ def head_box(hu: np.ndarray, spacing: Sequence[float]) -> tuple[tuple[int, ...],
     connections to the table, and reduced to its largest connected component.
     """
     steps = [max(1, int(HEAD_MASK_SPACING_MM // s)) for s in spacing[:2]] + [1]
-    coarse = hu[::steps[0], ::steps[1], ::steps[2]] > HEAD_THRESHOLD_HU
-    coarse = ndimage.binary_opening(coarse, structure=np.ones((3, 3, 1), bool))
+    coarse = _open_in_plane(hu[::steps[0], ::steps[1], ::steps[2]] > HEAD_THRESHOLD_HU)
     components, count = ndimage.label(coarse)
     if count == 0:
         return (0, 0, 0), tuple(int(n) for n in hu.shape)
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    box = ndimage.find_objects((components == sizes.argmax()).astype(np.int8))[0]
+    box = ndimage.find_objects(components)[int(sizes.argmax()) - 1]
     start, stop = [], []
     for axis, sl in enumerate(box):
         margin = int(np.ceil(HEAD_MARGIN_MM / spacing[axis]))
         start.append(max(0, sl.start * steps[axis] - margin))
         stop.append(min(hu.shape[axis], (sl.stop - 1) * steps[axis] + 1 + margin))
     return tuple(start), tuple(stop)
+
+
+def _open_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Binary opening by a 3 x 3 x 1 square (outside the array counts as empty).
+
+    Written as shifted ANDs and ORs along x then y: the same result as
+    `ndimage.binary_opening(mask, np.ones((3, 3, 1)))` at a tenth of its time.
+    """
+    def sweep(array: np.ndarray, axis: int, erode: bool) -> np.ndarray:
+        out = array.copy()
+        a = np.moveaxis(array, axis, 0)
+        o = np.moveaxis(out, axis, 0)
+        if erode:
+            o[1:] &= a[:-1]
+            o[:-1] &= a[1:]
+            o[0] = o[-1] = False
+        else:
+            o[1:] |= a[:-1]
+            o[:-1] |= a[1:]
+        return out
+
+    eroded = sweep(sweep(mask, 0, erode=True), 1, erode=True)
+    return sweep(sweep(eroded, 0, erode=False), 1, erode=False)
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
@@ -146,6 +168,11 @@ def resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     if order != 1:
         raise ValueError(f"resampling order must be 0 or 1, got {order}")
     lead = array.shape[:-3]
+    if not lead and array.strides[0] < array.strides[2]:
+        # A NIfTI reads in Fortran order (x fastest): interpolating its transpose, which is
+        # C-ordered, skips a 40 ms reordering copy of a 512 x 512 x 32 scan. Linear
+        # interpolation treats each axis alike, so the result is the same.
+        return resample(array.T, shape[::-1], order=1).T
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     out = F.interpolate(tensor.reshape(1, -1, *array.shape[-3:]), size=shape, mode="trilinear",
                         align_corners=False)
@@ -223,6 +250,22 @@ def preprocess_case(image: Volume, label: Volume | None, data_cfg: DataConfig,
     return window_channels(hu, data_cfg.windows), labels, info
 
 
+def _native_canvas(lead: tuple[int, ...], info: PreprocessInfo, dtype: np.dtype,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(zeros of shape (*lead, *native_shape), a view of it in the RAS axis order of the network
+    grid): what is written through the view lands in the input's own voxel order, uncopied."""
+    native = np.zeros((*lead, *info.native_shape), dtype=dtype)
+    # apply_orientation flips and transposes the leading axes, as views: move the class axes
+    # out of the way first.
+    classes_last = np.moveaxis(native, tuple(range(len(lead))), tuple(range(-len(lead), 0)))
+    ras = nio.apply_orientation(classes_last, info.orientation)
+    return native, np.moveaxis(ras, tuple(range(-len(lead), 0)), tuple(range(len(lead))))
+
+
+def _crop_box(info: PreprocessInfo) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in zip(info.crop_start, info.crop_stop, strict=True))
+
+
 def restore_to_native(array: np.ndarray, info: PreprocessInfo, order: int | None = None,
                       ) -> np.ndarray:
     """Map a network-grid array back onto the input scan's exact voxel grid.
@@ -237,15 +280,52 @@ def restore_to_native(array: np.ndarray, info: PreprocessInfo, order: int | None
         raise ValueError(f"array of spatial shape {array.shape[-3:]} does not match the "
                          f"network grid {info.resampled_shape}")
     cropped = resample(array, info.crop_shape, order=order)
-    lead = array.shape[:-3]
-    full = np.zeros((*lead, *info.reoriented_shape), dtype=cropped.dtype)
+    native, ras = _native_canvas(array.shape[:-3], info, cropped.dtype)
     if array.ndim == 4:
-        full[0] = 1.0
-    box = tuple(slice(a, b) for a, b in zip(info.crop_start, info.crop_stop, strict=True))
-    full[(..., *box)] = cropped
-    back = nio.ornt_transform(nio.axcodes2ornt("RAS"), info.orientation)
-    if array.ndim == 4:
-        # apply_orientation works on the leading axes: move the class axis out of the way.
-        spatial_last = np.moveaxis(full, 0, -1)
-        return np.ascontiguousarray(np.moveaxis(nio.apply_orientation(spatial_last, back), -1, 0))
-    return np.ascontiguousarray(nio.apply_orientation(full, back))
+        native[0] = 1.0
+    ras[(..., *_crop_box(info))] = cropped
+    return native
+
+
+def _linear_taps(n_in: int, n_out: int, start: int, stop: int,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (low, high) and the high one's weight for output voxels [start, stop) of a
+    linear resampling from n_in to n_out voxels, placed as torch's `align_corners=False` does."""
+    source = np.maximum((np.arange(start, stop) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    low = source.astype(np.intp)
+    return low, np.minimum(low + 1, n_in - 1), (source - low).astype(np.float32)
+
+
+def restore_below(values: np.ndarray, info: PreprocessInfo, threshold: float) -> np.ndarray:
+    """uint8 mask on the input's voxel grid of where `values` (x, y, z on the network grid),
+    interpolated linearly as `restore_to_native` does, fall below `threshold`; 0 outside the crop.
+
+    With two classes the argmax is "background probability below 0.5". A linear interpolation is
+    a weighted mean of its 8 neighbours, so only native voxels next to a network voxel below the
+    threshold can be below it: only the box around those is interpolated, not the whole scan.
+    """
+    if tuple(values.shape) != tuple(info.resampled_shape):
+        raise ValueError(f"array of shape {values.shape} does not match the network grid "
+                         f"{info.resampled_shape}")
+    native, ras = _native_canvas((), info, np.uint8)
+    below = np.argwhere(values < threshold)
+    if below.size == 0:
+        return native
+    box, taps = [], []
+    for axis, (n_in, n_out) in enumerate(zip(values.shape, info.crop_shape, strict=True)):
+        low = _linear_taps(n_in, n_out, 0, n_out)[0]
+        # Output voxels whose low neighbour is one below a marked voxel or the voxel itself.
+        first, last = below[:, axis].min() - 1, below[:, axis].max()
+        chosen = np.flatnonzero((low >= first) & (low <= last))
+        start, stop = int(chosen[0]), int(chosen[-1]) + 1
+        box.append(slice(info.crop_start[axis] + start, info.crop_start[axis] + stop))
+        taps.append(_linear_taps(n_in, n_out, start, stop))
+    interpolated = values.astype(np.float32, copy=False)
+    for axis, (low, high, weight) in enumerate(taps):
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        weight = weight.reshape(shape)
+        interpolated = ((1.0 - weight) * np.take(interpolated, low, axis)
+                        + weight * np.take(interpolated, high, axis))
+    ras[tuple(box)] = interpolated < threshold
+    return native

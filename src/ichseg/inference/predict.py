@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ichseg.config import Config, config_from_dict, read_run_config
-from ichseg.data.ct import preprocess_case, restore_to_native
+from ichseg.data.ct import preprocess_case, restore_below, restore_to_native
 from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
 from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
@@ -155,8 +155,10 @@ def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: fl
     channels, _, info = preprocess_case(volume, None, predictor.cfg.data)
     probs = class_probabilities(predictor, channels, tta, overlap)
     if probs.shape[0] == 2:
-        # Two classes: the argmax is "background below 0.5", so only the background channel
-        # needs interpolating onto the native grid (half the work of both).
+        # Two classes: the argmax is "background below 0.5", which only the voxels around the
+        # predicted lesions can be; the whole probability map only when it is asked for.
+        if not with_probability:
+            return restore_below(probs[0], info, 0.5), None
         background = restore_to_native(probs[:1], info, order=1)[0]
         labels = (background < 0.5).view(np.uint8)
     else:
@@ -209,60 +211,81 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
         if target == path.resolve():
             raise UsageError(f"output {out_dir} would overwrite the input {path}; choose "
                              f"another --out folder")
-    predictor = load_predictor(run_or_checkpoint, checkpoint, device)
-    if save_probabilities is None:
-        save_probabilities = predictor.cfg.inference.save_probabilities
-    names = predictor.class_names
+    # Three threads beside the network's: one reads the next scan while the current one is
+    # segmented (and, at the start, while the checkpoint loads), one writes a case's label map
+    # (and probabilities) and one draws its overlay, both while the next case is segmented.
+    # gzip, PNG encoding and numpy release the GIL, so they overlap with each other and with
+    # torch. A case's row enters volumes.csv once both its writes are done, in input order, and
+    # every write is waited for before this returns or raises: a bad input still leaves the
+    # cases before it complete.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ichseg-read")
+    writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ichseg-write")
+    try:
+        reading = reader.submit(_read_input, cases[0][1]) if cases else None
+        predictor = load_predictor(run_or_checkpoint, checkpoint, device)
+        if save_probabilities is None:
+            save_probabilities = predictor.cfg.inference.save_probabilities
+        names = predictor.class_names
 
-    def say(message: str) -> None:
-        if not quiet:
-            tqdm.write(message)
+        def say(message: str) -> None:
+            if not quiet:
+                tqdm.write(message)
 
-    say(f"predicting {len(cases)} case(s) with {predictor.source} on {predictor.device}")
+        say(f"predicting {len(cases)} case(s) with {predictor.source} on {predictor.device}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results: list[dict[str, Any]] = []
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
+        def write_files(case_id: str, path: Path, volume: Volume, labels: np.ndarray,
+                        probability: np.ndarray | None) -> dict[str, Any]:
+            write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
+            if probability is not None:
+                write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
+                            probability.astype(np.float32), volume.affine, like=volume)
+            volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
+            return {"case": case_id, "input": str(path),
+                    "voxel_volume_mm3": volume.voxel_volume_mm3,
+                    "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
+                    **{f"{name}_ml": volumes[name] for name in names.values()},
+                    "output": str(out_dir / f"{case_id}.nii.gz")}
 
-    def write_case(case_id: str, path: Path, volume: Volume, labels: np.ndarray,
-                   probability: np.ndarray | None) -> None:
-        write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
-        if probability is not None:
-            write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
-                        probability.astype(np.float32), volume.affine, like=volume)
-        draw_overlay(volume, labels, out_dir / OVERLAYS / f"{case_id}.png", case_id, names)
-        volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
-        row = {"case": case_id, "input": str(path), "voxel_volume_mm3": volume.voxel_volume_mm3,
-               "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
-               **{f"{name}_ml": volumes[name] for name in names.values()},
-               "output": str(out_dir / f"{case_id}.nii.gz")}
-        results.append(row)
-        _write_volumes_csv(out_dir / VOLUMES_CSV, results, names)
-        if row["empty"]:
-            log.warning("%s: no hemorrhage predicted (empty label map)", case_id)
-        else:
-            say(f"{case_id}: hemorrhage {row['hemorrhage_ml']:.2f} mL")
+        pending: tuple[Future, Future] | None = None
 
-    # A case's files and overlay are written on a second thread while the next case is read and
-    # segmented (compression and PNG encoding leave the network's threads mostly alone). One
-    # case at a time is written, in input order, and every write is waited for before this
-    # returns or raises, so a bad input still leaves the cases before it complete.
-    bar = tqdm(cases, desc="predict", unit="case", disable=quiet or None)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ichseg-write") as writer:
-        writing: Future | None = None
-        for case_id, path in bar:
+        def finish_pending() -> None:
+            """Wait for the previous case's files and overlay, then list it in volumes.csv."""
+            nonlocal pending
+            if pending is None:
+                return
+            files, overlay = pending
+            pending = None
+            row = files.result()
+            overlay.result()
+            results.append(row)
+            _write_volumes_csv(out_dir / VOLUMES_CSV, results, names)
+            if row["empty"]:
+                log.warning("%s: no hemorrhage predicted (empty label map)", row["case"])
+            else:
+                say(f"{row['case']}: hemorrhage {row['hemorrhage_ml']:.2f} mL")
+
+        bar = tqdm(cases, desc="predict", unit="case", disable=quiet or None)
+        for index, (case_id, path) in enumerate(bar):
             bar.set_postfix_str(case_id)
             try:
-                volume = _read_input(path)
+                volume = reading.result()
             except UsageError as exc:
-                if writing is not None:
-                    writing.result()
+                finish_pending()
                 done = f"; the {len(results)} case(s) before it are in {out_dir}" if results else ""
                 raise UsageError(f"{exc}{done}") from None
+            if index + 1 < len(cases):
+                reading = reader.submit(_read_input, cases[index + 1][1])
             labels, probability = segment(predictor, volume, tta, overlap, save_probabilities)
-            if writing is not None:
-                writing.result()
-            writing = writer.submit(write_case, case_id, path, volume, labels, probability)
-        if writing is not None:
-            writing.result()
+            finish_pending()
+            pending = (writer.submit(write_files, case_id, path, volume, labels, probability),
+                       writer.submit(draw_overlay, volume, labels,
+                                     out_dir / OVERLAYS / f"{case_id}.png", case_id, names))
+        finish_pending()
+    finally:
+        # On an error, the read ahead is not wanted; the writes already started are finished.
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
     say(f"wrote {len(results)} label map(s), overlays and {VOLUMES_CSV} to {out_dir}")
     return results
