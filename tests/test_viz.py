@@ -5,10 +5,19 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from scipy import ndimage
 
 from ichseg.data.io import Volume
+from ichseg.data.synth import CODES
 from ichseg.errors import UsageError
-from ichseg.viz.overlay import _pick_slices, draw_overlay
+from ichseg.viz.overlay import (
+    SUBTYPE_COLOURS,
+    _largest_component_areas,
+    _pick_slices,
+    _title,
+    draw_overlay,
+)
 from ichseg.viz.progress import draw_progress, plot_run, resume_epochs
 
 HISTORY_CSV = """epoch,train_loss,val_loss,val_dice,lr,epoch_seconds,session
@@ -117,3 +126,128 @@ def test_slices_go_through_the_largest_lesion():
     # No lesion: evenly through the head's slices (here all of them hold tissue).
     empty = _pick_slices(np.zeros_like(labels), hu, 4)
     assert len(empty) == 4 and 0 < empty[0] < empty[-1] < 29
+
+
+SUBTYPE_NAMES = {code: name for code, name in CODES.items() if code > 0}
+
+
+def _pixels_of(picture: np.ndarray, colour: str) -> np.ndarray:
+    """(rows, columns) of the pixels drawn in exactly `colour` (the PNG's palette keeps it)."""
+    return np.nonzero(np.all(np.abs(picture[..., :3] - to_rgb(colour)) < 1 / 255, axis=-1))
+
+
+def _ras_head(shape, spacing=(4.0, 4.0, 5.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(affine, RAS mm coordinates x and y) of a grid centred on 0, and a head (35 HU brain in a
+    skull, air around) filling most of it."""
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2 * np.array(spacing)
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    x, y = xyz[..., 0], xyz[..., 1]
+    radius = np.sqrt((x / 70) ** 2 + (y / 85) ** 2)
+    hu = np.where(radius < 1.0, 900.0, -1000.0).astype(np.float32)
+    hu[radius < 0.9] = 35.0
+    return affine, x, y, hu
+
+
+def test_each_present_subtype_is_outlined_in_its_colour_and_absent_ones_are_not(tmp_path):
+    affine, x, y, hu = _ras_head((48, 48, 8))
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(x - 30) ** 2 + y**2 < 12**2] = 2  # IPH on the patient's right
+    labels[(x + 30) ** 2 + (y - 20) ** 2 < 10**2] = 5  # SDH on the left
+    picture = mpimg.imread(draw_overlay(Volume(hu, affine), labels, tmp_path / "c.png", "c",
+                                        SUBTYPE_NAMES))
+    for code, colour in SUBTYPE_COLOURS.items():
+        rows, _ = _pixels_of(picture, colour)
+        if code in (2, 5):
+            # More than the legend's stroke: outlines on the panels, above the legend.
+            assert rows.size > 200 and rows.min() < picture.shape[0] * 0.8
+        else:
+            assert rows.size == 0, CODES[code]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]  # no temporary file left
+
+
+def test_an_empty_prediction_draws_no_outline(tmp_path):
+    affine, _, _, hu = _ras_head((48, 48, 8))
+    picture = mpimg.imread(draw_overlay(Volume(hu, affine), np.zeros(hu.shape, np.uint8),
+                                        tmp_path / "c.png", "c", SUBTYPE_NAMES))
+    for colour in SUBTYPE_COLOURS.values():
+        assert _pixels_of(picture, colour)[0].size == 0
+    assert (picture[..., :3] > 0.3).mean() > 0.1  # the head is drawn
+
+
+def test_the_outline_leaves_the_lesion_inside_visible(tmp_path):
+    affine, x, y, hu = _ras_head((48, 48, 8))
+    lesion = x**2 + y**2 < 25**2
+    hu[lesion] = 65.0
+    picture = mpimg.imread(draw_overlay(Volume(hu, affine), lesion.astype(np.uint8),
+                                        tmp_path / "c.png", "c"))
+    rows, columns = _pixels_of(picture, SUBTYPE_COLOURS[1])
+    first_panel = columns < picture.shape[1] / 4
+    rows, columns = rows[first_panel], columns[first_panel]
+    assert rows.size > 50
+    # The ring is thin (a drawn line, not the disc filled), and the disc's middle shows the CT.
+    height = rows.max() - rows.min()
+    assert rows.size < 0.5 * np.pi * (height / 2) ** 2
+    centre = picture[(rows.min() + rows.max()) // 2, (columns.min() + columns.max()) // 2, :3]
+    assert centre[0] == centre[1] == centre[2] and centre[0] > 0.5  # 65 HU: light grey
+
+
+@pytest.mark.parametrize("voxel_axes", ["xy", "yx"])
+def test_panels_keep_the_field_of_view_in_millimetres(tmp_path, voxel_axes):
+    # 0.5 mm across (x), 1 mm front to back (y), 64 voxels each: a 32 x 64 mm field of view,
+    # whether x or y is the file's first axis.
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1.0
+    affine[2, 2] = 5.0
+    if voxel_axes == "xy":
+        affine[0, 0], affine[1, 1] = 0.5, 1.0
+    else:
+        affine[1, 0], affine[0, 1] = 1.0, 0.5
+    hu = np.full((64, 64, 6), 40.0, np.float32)  # tissue everywhere: no crop
+    picture = mpimg.imread(draw_overlay(Volume(hu, affine), np.zeros(hu.shape, np.uint8),
+                                        tmp_path / "c.png", "c"))
+    grey = np.all(np.abs(picture[..., :3] - 0.5) < 0.05, axis=-1)[:, : picture.shape[1] // 4]
+    # Rows and columns mostly of the slice's grey (anti-aliased text has a few grey pixels too).
+    height = np.count_nonzero(grey.sum(axis=1) > 100)
+    width = np.count_nonzero(grey.sum(axis=0) > 100)
+    assert height / width == pytest.approx(2.0, abs=0.03)
+
+
+def test_a_one_voxel_thin_lesion_survives_a_shrunk_display(tmp_path):
+    # 1000 voxels across (tissue everywhere, so no crop) shown on about 350 pixels: the streak is
+    # a third of a pixel thin.
+    hu = np.full((1000, 1000, 2), 35.0, np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[300:700, 451, :] = 1
+    affine = np.diag([0.2, 0.2, 5.0, 1.0])
+    picture = mpimg.imread(draw_overlay(Volume(hu, affine), labels, tmp_path / "c.png", "c"))
+    rows, _ = _pixels_of(picture, SUBTYPE_COLOURS[1])
+    assert rows.size > 100
+
+
+def test_title_gives_volumes_in_millilitres_from_voxel_counts():
+    lesion = np.array([2] * 500 + [5] * 250, np.uint8)
+    assert _title("c7", lesion, 4.0, SUBTYPE_NAMES) == (
+        "c7: hemorrhage 3.0 mL (IPH 2.0, SDH 1.0)", [2, 5])
+    assert _title("c7", lesion.clip(0, 1), 4.0, {1: "hemorrhage"}) == (
+        "c7: hemorrhage 3.0 mL", [1])
+    assert _title("c7", lesion[:0], 4.0, SUBTYPE_NAMES) == ("c7: no hemorrhage predicted", [])
+
+
+def test_largest_component_matches_scipys_26_connected_labelling():
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 10, 3))
+        mask = rng.random(shape) < rng.uniform(0.05, 0.4)
+        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        expected = np.zeros(shape[2], np.int64)
+        if count:
+            largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+            expected = (components == largest).sum(axis=(0, 1))
+        np.testing.assert_array_equal(_largest_component_areas(mask), expected)
+    # Two equally large components: the first in raster order, as scipy numbers them.
+    mask = np.zeros((6, 6, 6), bool)
+    mask[0, 0, 3:5] = True
+    mask[4, 4, 0:2] = True
+    np.testing.assert_array_equal(_largest_component_areas(mask), [0, 0, 0, 1, 1, 0])
