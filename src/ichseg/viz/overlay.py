@@ -235,8 +235,10 @@ def _radiological(slice_ras: np.ndarray) -> np.ndarray:
 def _brain_window(hu: np.ndarray) -> np.ndarray:
     """HU -> the palette's grey indices, black at the window's bottom, white at its top."""
     low, high = BRAIN_WINDOW_HU
-    scaled = (np.asarray(hu, dtype=np.float32) - low) * (_WHITE / (high - low))
-    return np.clip(scaled + 0.5, 0, _WHITE).astype(np.uint8)
+    step = _WHITE / (high - low)
+    scaled = np.multiply(hu, step, dtype=np.float32)  # the one copy of the strided slice
+    scaled += 0.5 - low * step  # rounds to the nearest grey on truncation below
+    return np.clip(scaled, 0, _WHITE, out=scaled).astype(np.uint8)
 
 
 def _paint_outlines(plane: np.ndarray, region: tuple[slice, slice], size: tuple[int, int],
