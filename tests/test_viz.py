@@ -193,6 +193,15 @@ def test_the_outline_leaves_the_lesion_inside_visible(tmp_path):
     assert centre[0] == centre[1] == centre[2] and centre[0] > 0.5  # 65 HU: light grey
 
 
+def test_labels_beyond_the_head_crop_leave_the_others_outlined(tmp_path):
+    affine, x, y, hu = _ras_head((64, 64, 8), spacing=(4.0, 4.0, 5.0))
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(x - 30) ** 2 + y**2 < 12**2] = 1
+    labels[0, 0, :] = 1  # a false positive in the air, outside the panels' crop
+    picture = mpimg.imread(draw_overlay(Volume(hu, affine), labels, tmp_path / "c.png", "c"))
+    assert _pixels_of(picture, SUBTYPE_COLOURS[1])[0].size > 100
+
+
 @pytest.mark.parametrize("voxel_axes", ["xy", "yx"])
 def test_panels_keep_the_field_of_view_in_millimetres(tmp_path, voxel_axes):
     # 0.5 mm across (x), 1 mm front to back (y), 64 voxels each: a 32 x 64 mm field of view,

@@ -220,8 +220,9 @@ def _labelled_region(labelled: tuple[slice, ...] | None, crop_x: slice,
     if labelled is None:
         return None
     footprint = np.zeros((crop_x.stop - crop_x.start, crop_y.stop - crop_y.start), dtype=bool)
-    footprint[labelled[0].start - crop_x.start:labelled[0].stop - crop_x.start,
-              labelled[1].start - crop_y.start:labelled[1].stop - crop_y.start] = True
+    # Labels may reach beyond the crop (a false positive in the air): clip at its start too.
+    footprint[max(labelled[0].start - crop_x.start, 0):max(labelled[0].stop - crop_x.start, 0),
+              max(labelled[1].start - crop_y.start, 0):max(labelled[1].stop - crop_y.start, 0)] = True
     region = _extent_above(_radiological(footprint), 0)
     return None if region is None else (region[0], region[1])
 
