@@ -112,8 +112,9 @@ def _largest_component_areas(mask: np.ndarray) -> np.ndarray:
     numbers first.
 
     Union-find over the 13 neighbours a raster scan has already visited, each component's root
-    its first voxel. scipy's labelling costs about 15 ns a voxel of the whole box (17 ms for a
-    large subdural bleed's); this passes over background voxels at about 2 ns each.
+    its first voxel. On a large subdural bleed's box (1.2 M voxels, 5 % of them labelled) this
+    took 4.5 ms where scipy's labelling took 17 ms: it passes over background at about 2 ns a
+    voxel.
     """
     nx, ny, nz = mask.shape
     # int32 (twice as fast as int64 here) holds a box of up to 2**31 voxels, 16 512^3 scans.
