@@ -13,6 +13,7 @@ from ichseg.data.synth import CODES
 from ichseg.errors import UsageError
 from ichseg.viz.overlay import (
     SUBTYPE_COLOURS,
+    _extent_above,
     _largest_component_areas,
     _pick_slices,
     _title,
@@ -260,3 +261,20 @@ def test_largest_component_matches_scipys_26_connected_labelling():
     mask[0, 0, 3:5] = True
     mask[4, 4, 0:2] = True
     np.testing.assert_array_equal(_largest_component_areas(mask), [0, 0, 0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "mirrored", "transposed and mirrored"])
+def test_extent_above_is_the_bounding_box_in_any_memory_layout(layout):
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        values = np.where(rng.random((9, 7, 5)) < 0.03, 3.0, -1.0)
+        array = {"C": values, "F": np.asfortranarray(values), "mirrored": values[::-1, :, ::-1],
+                 "transposed and mirrored": values[:, ::-1].transpose(2, 0, 1)}[layout]
+        hits = np.nonzero(array > 0)
+        expected = None if hits[0].size == 0 else tuple(
+            slice(int(h.min()), int(h.max()) + 1) for h in hits)
+        assert _extent_above(array, 0) == expected
+        if expected is not None:
+            # Only the first two axes asked for: the last is given whole.
+            assert _extent_above(array, 0, axes=(0, 1)) == (
+                *expected[:2], slice(0, array.shape[2]))
