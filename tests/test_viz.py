@@ -6,7 +6,6 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
-from scipy import ndimage
 
 from ichseg.data.io import Volume
 from ichseg.data.synth import CODES
@@ -14,7 +13,6 @@ from ichseg.errors import UsageError
 from ichseg.viz.overlay import (
     SUBTYPE_COLOURS,
     _extent_above,
-    _largest_component_areas,
     _pick_slices,
     _title,
     draw_overlay,
@@ -243,24 +241,6 @@ def test_title_gives_volumes_in_millilitres_from_voxel_counts():
     assert _title("c7", lesion.clip(0, 1), 4.0, {1: "hemorrhage"}) == (
         "c7: hemorrhage 3.0 mL", [1])
     assert _title("c7", lesion[:0], 4.0, SUBTYPE_NAMES) == ("c7: no hemorrhage predicted", [])
-
-
-def test_largest_component_matches_scipys_26_connected_labelling():
-    rng = np.random.default_rng(0)
-    for _ in range(60):
-        shape = tuple(int(n) for n in rng.integers(1, 10, 3))
-        mask = rng.random(shape) < rng.uniform(0.05, 0.4)
-        components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-        expected = np.zeros(shape[2], np.int64)
-        if count:
-            largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-            expected = (components == largest).sum(axis=(0, 1))
-        np.testing.assert_array_equal(_largest_component_areas(mask), expected)
-    # Two equally large components: the first in raster order, as scipy numbers them.
-    mask = np.zeros((6, 6, 6), bool)
-    mask[0, 0, 3:5] = True
-    mask[4, 4, 0:2] = True
-    np.testing.assert_array_equal(_largest_component_areas(mask), [0, 0, 0, 1, 1, 0])
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "mirrored", "transposed and mirrored"])

@@ -20,9 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
-import numba
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
+from scipy import ndimage
 
 from ichseg.data.ct import reorient_to_ras
 from ichseg.data.io import Volume
@@ -97,67 +97,13 @@ def _extent_above(array: np.ndarray, threshold: float,
     return tuple(box)
 
 
-@numba.njit(cache=True)
-def _root(parent: np.ndarray, i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]  # path halving keeps later searches short
-        i = parent[i]
-    return i
-
-
-@numba.njit(cache=True)
 def _largest_component_areas(mask: np.ndarray) -> np.ndarray:
-    """Voxels on each slice (last axis) of the largest 26-connected component of a 3D boolean
-    mask; of equally large ones the first in raster order, the one scipy's `ndimage.label`
-    numbers first.
-
-    Union-find over the 13 neighbours a raster scan has already visited, each component's root
-    its first voxel. On a large subdural bleed's box (1.2 M voxels, 5 % of them labelled) this
-    took 4.5 ms where scipy's labelling took 17 ms: it passes over background at about 2 ns a
-    voxel.
-    """
-    nx, ny, nz = mask.shape
-    # int32 (twice as fast as int64 here) holds a box of up to 2**31 voxels, 16 512^3 scans.
-    parent = np.empty(nx * ny * nz, dtype=np.int32)  # set for the mask's voxels only
-    voxels = np.empty(nx * ny * nz, dtype=np.int32)  # the mask's voxels in raster order
-    count = 0
-    for x in range(nx):
-        for y in range(ny):
-            for z in range(nz):
-                if not mask[x, y, z]:
-                    continue
-                i = (x * ny + y) * nz + z
-                parent[i] = root = i
-                voxels[count] = i
-                count += 1
-                for dx in range(-1, 1):
-                    for dy in range(-1, 2):
-                        for dz in range(-1, 2):
-                            if dx == 0 and (dy == 1 or (dy == 0 and dz >= 0)):
-                                continue  # not visited yet
-                            xx, yy, zz = x + dx, y + dy, z + dz
-                            if xx < 0 or not 0 <= yy < ny or not 0 <= zz < nz:
-                                continue
-                            if mask[xx, yy, zz]:
-                                other = _root(parent, (xx * ny + yy) * nz + zz)
-                                if other != root:
-                                    parent[max(root, other)] = min(root, other)
-                                    root = min(root, other)
-    areas = np.zeros(nz, dtype=np.int64)
+    """Voxels on each slice (last axis) of the largest 26-connected component of a 3D mask."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
-        return areas
-    sizes = np.zeros(nx * ny * nz, dtype=np.int32)
-    for k in range(count):
-        sizes[_root(parent, voxels[k])] += 1
-    largest = voxels[0]
-    for k in range(count):  # roots in raster order: the first of the largest wins a tie
-        i = voxels[k]
-        if parent[i] == i and sizes[i] > sizes[largest]:
-            largest = i
-    for k in range(count):
-        if _root(parent, voxels[k]) == largest:
-            areas[voxels[k] % nz] += 1
-    return areas
+        return np.zeros(mask.shape[2], dtype=np.int64)
+    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+    return np.count_nonzero(components == largest, axis=(0, 1))
 
 
 def _pick_slices(labels: np.ndarray, hu: np.ndarray, count: int) -> list[int]:
