@@ -11,12 +11,15 @@ all of them alike:
 - MONAI direct: `monai.inferers.sliding_window_inference` called on the already preprocessed
   volume with the same network, windows (patch size), overlap, blending and sw_batch_size;
 - ichseg segment: `ichseg.inference.predict.segment` on the scan in memory: preprocessing (RAS,
-  crop to the head, resampling, windows), the same sliding windows, softmax, and the probability
-  map put back onto the native 512 x 512 x 32 grid before the argmax;
-- ichseg predict: the whole `predict_cases` of one file: load the checkpoint, read the NIfTI,
-  segment, write the label map, the overlay PNG and volumes.csv;
+  crop to the head, resampling, windows), the same sliding windows, softmax, and the label map on
+  the native 512 x 512 x 32 grid (the background probability interpolated around the lesions);
+- ichseg predict: the whole `predict_cases` of one file: load the checkpoint (while the NIfTI is
+  read), segment, write the label map, the overlay PNG and volumes.csv;
 - ichseg predict, 4 scans, per scan: the same for a folder of four scans, divided by four (each
-  case's files are written while the next case is segmented).
+  scan is read while the one before it is segmented, and its files written while the next is).
+
+The `default` preset times only MONAI direct and the whole predict: one pass of its network takes
+minutes on a CPU, and its fixed costs are the `small` preset's.
 
 Peak memory is the process's resident-set high-water mark during each way (reset between them
 through /proc/self/clear_refs), so it includes the interpreter, torch and the model.
@@ -54,6 +57,11 @@ def _peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+ALL_WAYS = ("MONAI direct", "ichseg segment", "ichseg predict",
+            f"ichseg predict, {SERIES} scans, per scan")
+DEFAULT_PRESET_WAYS = ("MONAI direct", "ichseg predict")
 
 
 def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
@@ -108,6 +116,8 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
     ways = {"MONAI direct": (monai_direct, 1), "ichseg segment": (ichseg_segment, 1),
             "ichseg predict": (ichseg_predict, 1),
             f"ichseg predict, {SERIES} scans, per scan": (ichseg_predict_series, SERIES)}
+    wanted = DEFAULT_PRESET_WAYS if preset == "default" else ALL_WAYS
+    ways = {name: way for name, way in ways.items() if name in wanted}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     peak: dict[str, float] = {}
     monai_direct()  # warm-up: numba's compiled scan, torch's first-call allocations

@@ -124,14 +124,32 @@ def _is_truncated(path: Path, exc: Exception) -> bool:
         return False
 
 
+def _open_nifti(path: Path) -> nib.spatialimages.SpatialImage:
+    """nibabel's image of a NIfTI file, a .nii.gz decompressed whole in one call.
+
+    nibabel streams a .nii.gz through `gzip` in small chunks, taking the GIL back for each: beside
+    another Python thread (predict reads the next scan while it loads the checkpoint or writes the
+    last case) a 512 x 512 x 32 scan then took 250 ms instead of 80. One `gzip.decompress` holds
+    no GIL while it inflates and is faster alone too.
+    """
+    raw = path.read_bytes() if path.name.lower().endswith(".gz") else b""
+    if raw[:2] == _GZIP_MAGIC:
+        data = gzip.decompress(raw)
+        header_size = data[:4]
+        for image_class, size in ((nib.Nifti1Image, 348), (nib.Nifti2Image, 540)):
+            if header_size in {size.to_bytes(4, "little"), size.to_bytes(4, "big")}:
+                return image_class.from_bytes(data)
+    # mmap=False: the voxels are copied anyway, and a map would hold the file open.
+    return nib.load(path, mmap=False)
+
+
 def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Load a NIfTI file and its voxels (unscaled dtype, scaling applied), refusing bad files."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path} does not exist or is not a file")
     try:
-        # mmap=False: the voxels are copied anyway, and a map would hold the file open.
-        img = nib.load(path, mmap=False)
+        img = _open_nifti(path)
         if not isinstance(img, nib.Nifti1Pair):
             raise UsageError(f"{path} is not a NIfTI file (nibabel reads it as "
                              f"{type(img).__name__})")
