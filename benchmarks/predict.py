@@ -120,7 +120,10 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
     ways = {name: way for name, way in ways.items() if name in wanted}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     peak: dict[str, float] = {}
-    monai_direct()  # warm-up: numba's compiled scan, torch's first-call allocations
+    if preset != "default":
+        # Warm-up: numba's compiled scan, torch's first-call allocations (a second's worth,
+        # next to the `default` network's minutes a pass, which gets none).
+        monai_direct()
     for _ in range(repeats):
         for name, (run, scans) in ways.items():
             _reset_peak_rss()
