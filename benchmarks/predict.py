@@ -21,6 +21,9 @@ all of them alike:
 The `default` preset times only MONAI direct and the whole predict: one pass of its network takes
 minutes on a CPU, and its fixed costs are the `small` preset's.
 
+Then, for each preset but `default`, the stages of one whole predict on a time line (the stage
+functions wrapped with timers): where the time beyond the network goes.
+
 Peak memory is the process's resident-set high-water mark during each way (reset between them
 through /proc/self/clear_refs), so it includes the interpreter, torch and the model.
 Each preset runs in its own process.
@@ -57,6 +60,51 @@ def _peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Where one whole predict's time goes: module, function and the name printed.
+STAGES = (("ichseg.inference.predict", "load_predictor", "load the checkpoint"),
+          ("ichseg.inference.predict", "_read_input", "read the scan (beside the load)"),
+          ("ichseg.inference.predict", "segment", "segment"),
+          ("ichseg.inference.predict", "write_nifti", "write the label map"),
+          ("ichseg.viz.overlay", "draw_overlay", "draw and write the overlay"),
+          ("ichseg.inference.predict", "_write_volumes_csv", "write volumes.csv"))
+
+
+def stage_timeline(run_predict, repeats: int) -> dict[str, list[float]]:
+    """Median start and end (seconds from the call) of each stage of `run_predict()`, whichever
+    thread ran it, and the whole call: the stage functions are wrapped for the measurement."""
+    import importlib
+    from unittest import mock
+
+    spans: dict[str, list[list[float]]] = {name: [] for *_, name in STAGES}
+    spans["whole predict"] = []
+    origin = [0.0]
+
+    def timed(function, name):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter() - origin[0]
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spans[name].append([start, time.perf_counter() - origin[0]])
+        return wrapper
+
+    patches = [mock.patch.object(importlib.import_module(module), function,
+                                 timed(getattr(importlib.import_module(module), function), name))
+               for module, function, name in STAGES]
+    for patch in patches:
+        patch.start()
+    try:
+        for _ in range(repeats):
+            origin[0] = time.perf_counter()
+            run_predict()
+            spans["whole predict"].append([0.0, time.perf_counter() - origin[0]])
+    finally:
+        for patch in patches:
+            patch.stop()
+    return {name: [statistics.median(s[0] for s in runs), statistics.median(s[1] for s in runs)]
+            for name, runs in spans.items() if runs}
 
 
 ALL_WAYS = ("MONAI direct", "ichseg segment", "ichseg predict",
@@ -131,10 +179,11 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
             run()
             seconds[name].append((time.perf_counter() - start) / scans)
             peak[name] = max(peak.get(name, 0.0), _peak_rss_mib())
+    stages = stage_timeline(ichseg_predict, repeats) if preset != "default" else {}
     return {"preset": f"{cfg.preset} (trained)" if trained else preset, "network_grid": list(info.resampled_shape),
             "patch": list(cfg.data.patch_size), "overlap": cfg.inference.overlap,
             "sw_batch_size": cfg.inference.sw_batch_size, "threads": torch.get_num_threads(),
-            "repeats": repeats, "seconds": seconds, "peak_mib": peak}
+            "repeats": repeats, "seconds": seconds, "peak_mib": peak, "stages": stages}
 
 
 def main() -> None:
@@ -169,6 +218,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     runs = ([("trained", str(args.checkpoint.resolve()))] if args.checkpoint
             else [(preset, "") for preset in args.presets])
+    stage_rows: list[tuple[str, str, float, float]] = []
     for preset, trained in runs:
         repeats = args.default_repeats if preset == "default" else args.repeats
         out = subprocess.run([sys.executable, __file__, "--worker", preset, str(scan), trained,
@@ -182,6 +232,15 @@ def main() -> None:
             print(f"| {result['preset']} | {grid} | {way} | {median:.2f} "
                   f"| {len(result['seconds'][way])} | {ratio:.2f}x "
                   f"| {result['peak_mib'][way]:.0f} |", flush=True)
+        stage_rows.extend((result["preset"], name, start, end)
+                          for name, (start, end) in result["stages"].items())
+    if stage_rows:
+        print("\nOne whole predict of one scan, stage by stage (median start and end in seconds "
+              "from the call; stages on other threads overlap):")
+        print("| preset | stage | start | end | seconds |")
+        print("|---|---|---|---|---|")
+        for preset, name, start, end in stage_rows:
+            print(f"| {preset} | {name} | {start:.3f} | {end:.3f} | {end - start:.3f} |")
 
 
 if __name__ == "__main__":

@@ -128,10 +128,12 @@ def test_probabilities_restore_with_background_outside_the_crop():
 
 
 @pytest.mark.parametrize("name", sorted(NON_RAS_AFFINES))
-def test_restore_below_equals_thresholding_the_whole_restored_map(name):
+@pytest.mark.parametrize("slices", [4.0, 5.0])  # 5.0: the slice axis keeps its size
+def test_restore_below_equals_thresholding_the_whole_restored_map(name, slices):
     affine = NON_RAS_AFFINES[name]
     hu, codes = head_scan()
-    _, _, info = preprocess_case(Volume(hu, affine), None, DataConfig(spacing=[3.0, 2.5, 4.0]))
+    _, _, info = preprocess_case(Volume(hu, affine), None,
+                                 DataConfig(spacing=[3.0, 2.5, slices]))
     rng = np.random.default_rng(0)
     # A smooth background probability that dips below 0.5 in two separate places, one of them
     # at the grid's edge (where the interpolation clamps).

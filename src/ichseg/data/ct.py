@@ -324,12 +324,15 @@ def restore_below(values: np.ndarray, info: PreprocessInfo, threshold: float) ->
         start, stop = int(chosen[0]), int(chosen[-1]) + 1
         box.append(slice(info.crop_start[axis] + start, info.crop_start[axis] + stop))
         taps.append(_linear_taps(n_in, n_out, start, stop))
-    interpolated = values.astype(np.float32, copy=False)
+    # Worked on the transpose (z, y, x), so that the result lies x fastest like the canvas.
+    interpolated = np.ascontiguousarray(values.T, dtype=np.float32)
     for axis, (low, high, weight) in enumerate(taps):
+        if not weight.any() and np.array_equal(low, np.arange(values.shape[axis])):
+            continue  # an axis kept at its size (the slices, usually): nothing to interpolate
         shape = [1, 1, 1]
-        shape[axis] = -1
+        shape[2 - axis] = -1
         weight = weight.reshape(shape)
-        interpolated = ((1.0 - weight) * np.take(interpolated, low, axis)
-                        + weight * np.take(interpolated, high, axis))
-    ras[tuple(box)] = interpolated < threshold
+        low_values = np.take(interpolated, low, 2 - axis)
+        interpolated = low_values + weight * (np.take(interpolated, high, 2 - axis) - low_values)
+    ras[tuple(box)] = (interpolated < threshold).T
     return native
