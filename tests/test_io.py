@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import warnings
@@ -115,6 +116,34 @@ def test_nans_are_refused_naming_the_file():
     # A file nibabel ships with NaNs outside its resampled field of view.
     with pytest.raises(UsageError, match="resampled_anat_moved.nii holds NaN"):
         read_nifti(NIBABEL_DATA / "resampled_anat_moved.nii")
+
+
+@pytest.mark.parametrize("kind", ["nifti2", "big-endian", "two gzip members", "scaled"])
+def test_gzipped_files_read_as_nibabel_reads_them(tmp_path, kind):
+    # A .nii.gz is inflated in one call, not through nibabel's stream: every header variant
+    # must still give nibabel's voxels (scaling applied) and affine.
+    hu = _ct_like((20, 16, 7))
+    hu[5:9, 4:8, 2:5] = 75
+    affine = np.array([[0, 0, -5.0, 10], [-0.9, 0, 0, 3], [0, 0.8, 0, -7], [0, 0, 0, 1]])
+    path = tmp_path / "scan.nii.gz"
+    if kind == "nifti2":
+        nib.save(nib.Nifti2Image(hu, affine), path)
+    elif kind == "big-endian":
+        header = nib.Nifti1Header(endianness=">")
+        nib.save(nib.Nifti1Image(hu.astype(">i2"), affine, header), path)
+    elif kind == "two gzip members":  # what `cat a.gz b.gz` or some streaming writers give
+        raw = gzip.decompress(_save(path, hu, affine).read_bytes())
+        path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    else:
+        image = nib.Nifti1Image(hu, affine)
+        image.header.set_slope_inter(0.5, -10.0)
+        nib.save(image, path)
+    expected = nib.load(path)
+    volume = read_nifti(path)
+    np.testing.assert_array_equal(volume.array, np.asarray(expected.get_fdata(), np.float32))
+    np.testing.assert_array_equal(volume.affine, expected.affine)
+    if kind != "scaled":
+        np.testing.assert_array_equal(volume.array, hu)
 
 
 def test_truncated_and_foreign_files_are_refused_naming_the_file(tmp_path):
