@@ -9,6 +9,10 @@ ichseg's augmentation vs the MONAI equivalent) are measured side by side in the 
 - synth: `make_case` at 256 x 256 x 32 (0.9 mm) and 512 x 512 x 32 (0.45 mm), cases/s.
 - resample: a 512 x 512 x 32 HU volume to the `small` grid (1.8 mm), torch trilinear against
   scipy.ndimage.zoom at orders 1 and 3.
+- restore: a prediction on the `small` grid back onto a 512 x 512 x 32 scan's voxels, as labels:
+  `restore_argmax` (only the box around the lesions) against the way before: for 2 classes the
+  background probability restored whole and compared with 0.5, for the 6 of the subtype models
+  the argmax of the whole restored map; the probabilities are the case's own labels, blurred.
 - cache: `load_cases` on a synthetic dataset of 256 x 256 x 32 cases, cold (empty cache: decode,
   preprocess, store) and warm (read the entry, window), for the `small` and `default` presets.
 - cache format: one `default`-preset case read back as int16 HU + windowing vs float32 channels.
@@ -33,7 +37,15 @@ from scipy import ndimage
 
 from ichseg.config import preset_config
 from ichseg.data.cache import PreprocessedCache, load_cases
-from ichseg.data.ct import resample, resampled_shape, window_channels
+from ichseg.data.ct import (
+    preprocess_case,
+    resample,
+    resampled_shape,
+    restore_argmax,
+    restore_to_native,
+    window_channels,
+)
+from ichseg.data.io import Volume
 from ichseg.data.layouts import find_cases
 from ichseg.data.sampling import Augmentation, PatchSampler
 from ichseg.data.synth import make_case, write_dataset
@@ -77,6 +89,31 @@ def bench_resample(rows: list, repeats: int) -> None:
         scipy_s = median_seconds(lambda o=order: ndimage.zoom(hu, zoom, order=o), repeats)
         row(rows, f"resample 512x512x32 -> {out} scipy order {order}", scipy_s,
             note=f"{scipy_s / torch_s:.1f}x torch")
+
+
+def bench_restore(rows: list, repeats: int) -> None:
+    shape, spacing = NATIVE_512
+    case = make_case(0, shape, spacing)
+    for subtypes, classes in ((False, 2), (True, 6)):
+        cfg = preset_config("small").data
+        cfg.subtypes = subtypes
+        _, labels, info = preprocess_case(Volume(case.hu, case.affine),
+                                          Volume(case.label, case.affine), cfg)
+        one_hot = (labels[None] == np.arange(classes)[:, None, None, None]).astype(np.float32)
+        blurred = ndimage.gaussian_filter(one_hot, (0, 1, 1, 0.5))
+        probabilities = blurred / blurred.sum(axis=0)
+        box_s = median_seconds(lambda p=probabilities, i=info: restore_argmax(p, i), repeats)
+        row(rows, f"restore labels, {classes} classes: restore_argmax", box_s, note="used")
+        if classes == 2:  # the way before: only the background restored, then below 0.5
+            what = "background map, then < 0.5"
+            whole_s = median_seconds(
+                lambda p=probabilities, i=info: restore_to_native(p[:1], i)[0] < 0.5, repeats)
+        else:
+            what = "whole map, then argmax"
+            whole_s = median_seconds(
+                lambda p=probabilities, i=info: restore_to_native(p, i).argmax(axis=0), repeats)
+        row(rows, f"restore labels, {classes} classes: {what}", whole_s,
+            note=f"{whole_s / box_s:.0f}x restore_argmax")
 
 
 def bench_cache(rows: list, repeats: int, cases: int, work: Path) -> None:
@@ -199,6 +236,7 @@ def main() -> None:
         work = Path(tmp)
         bench_synth(rows, args.repeats)
         bench_resample(rows, args.repeats)
+        bench_restore(rows, args.repeats)
         bench_cache(rows, args.repeats, args.cases, work)
         bench_sampler(rows, args.repeats, args.cases, work)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

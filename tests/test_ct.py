@@ -11,7 +11,7 @@ from ichseg.data.ct import (
     _open_in_plane,
     preprocess_case,
     resample,
-    restore_below,
+    restore_argmax,
     restore_to_native,
     window_channels,
 )
@@ -129,27 +129,35 @@ def test_probabilities_restore_with_background_outside_the_crop():
 
 @pytest.mark.parametrize("name", sorted(NON_RAS_AFFINES))
 @pytest.mark.parametrize("slices", [4.0, 5.0])  # 5.0: the slice axis keeps its size
-def test_restore_below_equals_thresholding_the_whole_restored_map(name, slices):
+@pytest.mark.parametrize("classes", [2, 6])
+def test_restore_argmax_equals_the_argmax_of_the_whole_restored_map(name, slices, classes):
     affine = NON_RAS_AFFINES[name]
     hu, codes = head_scan()
     _, _, info = preprocess_case(Volume(hu, affine), None,
                                  DataConfig(spacing=[3.0, 2.5, slices]))
     rng = np.random.default_rng(0)
-    # A smooth background probability that dips below 0.5 in two separate places, one of them
-    # at the grid's edge (where the interpolation clamps).
-    background = ndimage.gaussian_filter(rng.random(info.resampled_shape), 1.0) + 0.3
-    background[2:4, 3:5, 1:3] = 0.1
-    background[-1, -2:, -1] = 0.2
-    background = background.astype(np.float32)
-    full = restore_to_native(np.stack([background, 1 - background]), info)[0]
-    fast = restore_below(background, info, 0.5)
-    assert fast.shape == SHAPE and fast.dtype == np.uint8 and fast.any()
-    differ = fast != (full < 0.5)
-    # Both interpolate the same neighbours with the same weights; only float rounding may differ.
-    assert np.all(np.abs(full[differ] - 0.5) < 1e-5)
+    # Smooth logits where background mostly wins, with another class winning in two separate
+    # places, one of them at the grid's edge (where the interpolation clamps).
+    logits = ndimage.gaussian_filter(rng.normal(size=(classes, *info.resampled_shape)),
+                                     (0, 1, 1, 1))
+    logits[0] += 1.0
+    logits[1, 2:4, 3:5, 1:3] += 4.0
+    logits[-1, -1, -2:, -1] += 4.0
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    whole = restore_to_native(probabilities.astype(np.float32), info)
+    expected = whole.argmax(axis=0)
+    labels = restore_argmax(probabilities, info)
+    assert labels.shape == SHAPE and labels.dtype == np.uint8
+    assert set(np.unique(labels)) >= {0, 1, classes - 1}
+    differ = labels != expected
+    # The same neighbours with the same weights: only float rounding at a near tie may differ.
+    top_two = np.sort(whole, axis=0)[-2:]
+    assert np.all(top_two[1][differ] - top_two[0][differ] < 1e-5)
     assert differ.sum() <= 2
-    # Nothing below the threshold on the network grid: nothing on the native one.
-    assert not restore_below(np.ones(info.resampled_shape, np.float32), info, 0.5).any()
+    # Background wins everywhere on the network grid: it wins everywhere on the native one.
+    certain = np.zeros((classes, *info.resampled_shape), np.float32)
+    certain[0] = 1.0
+    assert not restore_argmax(certain, info).any()
 
 
 def test_resampling_a_fortran_ordered_scan_gives_the_c_ordered_result():

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ichseg.config import Config, config_from_dict, read_run_config
-from ichseg.data.ct import preprocess_case, restore_below, restore_to_native
+from ichseg.data.ct import preprocess_case, restore_argmax, restore_to_native
 from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
 from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
@@ -154,18 +154,10 @@ def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: fl
     the scan's own voxel grid."""
     channels, _, info = preprocess_case(volume, None, predictor.cfg.data)
     probs = class_probabilities(predictor, channels, tta, overlap)
-    if probs.shape[0] == 2:
-        # Two classes: the argmax is "background below 0.5", which only the voxels around the
-        # predicted lesions can be; the whole probability map only when it is asked for.
-        if not with_probability:
-            return restore_below(probs[0], info, 0.5), None
-        background = restore_to_native(probs[:1], info, order=1)[0]
-        labels = (background < 0.5).view(np.uint8)
-    else:
-        native = restore_to_native(probs, info, order=1)
-        background = native[0]
-        labels = native.argmax(axis=0).astype(np.uint8)
-    return labels, (1.0 - background if with_probability else None)
+    labels = restore_argmax(probs, info)
+    if not with_probability:
+        return labels, None
+    return labels, 1.0 - restore_to_native(probs[:1], info, order=1)[0]
 
 
 def _read_input(path: Path) -> Volume:
