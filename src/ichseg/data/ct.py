@@ -304,16 +304,19 @@ def restore_argmax(probabilities: np.ndarray, info: PreprocessInfo) -> np.ndarra
     """The label map (uint8, the input's voxel grid) of class probabilities (K, x, y, z) on the
     network grid: the argmax of `restore_to_native(probabilities, info)`, without restoring it.
 
-    A linearly interpolated voxel is a weighted mean of its 8 network neighbours, so where
-    background wins at all of them it wins there too: only the box around the network voxels
-    that some other class wins is interpolated (all classes) and compared; everything else, and
-    everything outside the crop, is background. A typical bleed's box is a few percent of a scan.
+    What is interpolated is each class's lead over background, p_k - p_0 (linear in the
+    probabilities, so interpolating it is interpolating them; two classes need one channel).
+    An interpolated voxel is a weighted mean of its 8 network neighbours, so where no class
+    leads at any of them none leads there either: only the box around the network voxels where
+    some class leads is interpolated; everything else, and everything outside the crop, is
+    background. A typical bleed's box is a few percent of a scan.
     """
     if tuple(probabilities.shape[1:]) != tuple(info.resampled_shape):
         raise ValueError(f"array of spatial shape {probabilities.shape[1:]} does not match the "
                          f"network grid {info.resampled_shape}")
     native, ras = _native_canvas((), info, np.uint8)
-    marked = np.argwhere(probabilities.argmax(axis=0) > 0)
+    leads = probabilities[1:] - probabilities[:1]
+    marked = np.argwhere((leads > 0).any(axis=0))
     if marked.size == 0:
         return native
     box, taps = [], []
@@ -326,7 +329,7 @@ def restore_argmax(probabilities: np.ndarray, info: PreprocessInfo) -> np.ndarra
         box.append(slice(info.crop_start[axis] + start, info.crop_start[axis] + stop))
         taps.append(_linear_taps(n_in, n_out, start, stop))
     # Worked as (class, z, y, x), so that the labels come out x fastest like the canvas.
-    interpolated = np.ascontiguousarray(probabilities.transpose(0, 3, 2, 1), dtype=np.float32)
+    interpolated = np.ascontiguousarray(leads.transpose(0, 3, 2, 1), dtype=np.float32)
     for axis, (low, high, weight) in enumerate(taps):
         if not weight.any() and np.array_equal(low, np.arange(info.resampled_shape[axis])):
             continue  # an axis kept at its size (the slices, usually): nothing to interpolate
@@ -336,5 +339,12 @@ def restore_argmax(probabilities: np.ndarray, info: PreprocessInfo) -> np.ndarra
         weight = weight.reshape(shape)
         low_values = np.take(interpolated, low, where)
         interpolated = low_values + weight * (np.take(interpolated, high, where) - low_values)
-    ras[tuple(box)] = interpolated.argmax(axis=0).T
+    # The argmax, with its ties: background (lead 0) and then the lower code win them.
+    labels = np.zeros(interpolated.shape[1:], dtype=np.uint8)
+    best = np.zeros(interpolated.shape[1:], dtype=np.float32)
+    for code, lead in enumerate(interpolated, start=1):
+        wins = lead > best
+        labels[wins] = code
+        np.maximum(best, lead, out=best)
+    ras[tuple(box)] = labels.T
     return native
