@@ -291,11 +291,10 @@ def restore_to_native(array: np.ndarray, info: PreprocessInfo, order: int | None
     return native
 
 
-def _linear_taps(n_in: int, n_out: int, start: int, stop: int,
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (low, high) and the high one's weight for output voxels [start, stop) of a
-    linear resampling from n_in to n_out voxels, placed as torch's `align_corners=False` does."""
-    source = np.maximum((np.arange(start, stop) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (low, high) and the high one's weight for each output voxel of a linear
+    resampling from n_in to n_out voxels, placed as torch's `align_corners=False` does."""
+    source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     low = source.astype(np.intp)
     return low, np.minimum(low + 1, n_in - 1), (source - low).astype(np.float32)
 
@@ -321,13 +320,13 @@ def restore_argmax(probabilities: np.ndarray, info: PreprocessInfo) -> np.ndarra
         return native
     box, taps = [], []
     for axis, (n_in, n_out) in enumerate(zip(info.resampled_shape, info.crop_shape, strict=True)):
-        low = _linear_taps(n_in, n_out, 0, n_out)[0]
+        low, high, weight = _linear_taps(n_in, n_out)
         # Output voxels whose low neighbour is a marked voxel or the one before it.
         first, last = marked[:, axis].min() - 1, marked[:, axis].max()
         chosen = np.flatnonzero((low >= first) & (low <= last))
         start, stop = int(chosen[0]), int(chosen[-1]) + 1
         box.append(slice(info.crop_start[axis] + start, info.crop_start[axis] + stop))
-        taps.append(_linear_taps(n_in, n_out, start, stop))
+        taps.append((low[start:stop], high[start:stop], weight[start:stop]))
     # Worked as (class, z, y, x), so that the labels come out x fastest like the canvas.
     interpolated = np.ascontiguousarray(leads.transpose(0, 3, 2, 1), dtype=np.float32)
     for axis, (low, high, weight) in enumerate(taps):
