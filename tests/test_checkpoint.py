@@ -105,7 +105,7 @@ def test_nothing_older_is_deleted_when_the_new_file_does_not_verify(ckdir, monke
     manager = CheckpointManager(ckdir, keep=1)
     manager.save(state_for(1))
     before = snapshot(ckdir)
-    monkeypatch.setattr(ck, "sha256_file", lambda path: "0" * 64)  # the re-read disagrees
+    monkeypatch.setattr(ck.files, "sha256_file", lambda path: "0" * 64)  # the re-read disagrees
     with pytest.raises(OSError, match="ckpt-000002.pt read back with a different SHA-256"):
         manager.save(state_for(2))
     assert snapshot(ckdir) == before

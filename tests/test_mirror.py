@@ -61,7 +61,7 @@ def test_a_mirror_that_raises_costs_a_warning_only(dirs, monkeypatch, caplog):
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ck, "_copy_file", full_disk)
+    monkeypatch.setattr(ck.files, "copy_file", full_disk)
     with caplog.at_level(logging.WARNING):
         with CheckpointManager(local, mirror_dir=mirror) as manager:
             for value in (1, 2, 3):
@@ -80,7 +80,7 @@ def test_a_mirror_that_vanishes_mid_copy_costs_a_warning_only(dirs, monkeypatch,
         dst.write(b"partial")
         shutil.rmtree(mirror)  # Drive unmounted under our feet
 
-    monkeypatch.setattr(ck, "_copy_file", vanish)
+    monkeypatch.setattr(ck.files, "copy_file", vanish)
     with caplog.at_level(logging.WARNING):
         with CheckpointManager(local, mirror_dir=mirror) as manager:
             manager.save(state_for(1))
@@ -96,7 +96,7 @@ def test_a_truncated_copy_fails_verification_and_is_never_committed(dirs, monkey
     def truncated(src, dst):
         dst.write(src.read(1000))
 
-    monkeypatch.setattr(ck, "_copy_file", truncated)
+    monkeypatch.setattr(ck.files, "copy_file", truncated)
     with caplog.at_level(logging.WARNING):
         with CheckpointManager(local, mirror_dir=mirror) as manager:
             manager.save(state_for(1))
@@ -108,7 +108,7 @@ def test_a_truncated_copy_fails_verification_and_is_never_committed(dirs, monkey
 def test_a_slow_mirror_never_blocks_saves_and_newer_generations_supersede_queued_ones(
         dirs, monkeypatch, caplog):
     local, mirror = dirs
-    copy = ck._copy_file
+    copy = ck.files.copy_file
     started, release = threading.Event(), threading.Event()
     copied: list[str] = []
 
@@ -118,7 +118,7 @@ def test_a_slow_mirror_never_blocks_saves_and_newer_generations_supersede_queued
         copied.append(Path(src.name).name)
         copy(src, dst)
 
-    monkeypatch.setattr(ck, "_copy_file", slow)
+    monkeypatch.setattr(ck.files, "copy_file", slow)
     manager = CheckpointManager(local, keep=3, mirror_dir=mirror)
     manager.save(state_for(1))
     assert started.wait(timeout=60)

@@ -116,7 +116,7 @@ def _install_fault(fault: str) -> None:
 
     if kind == "kill-in-save":
         original_save = checkpoint.CheckpointManager.save
-        original_write = checkpoint._HashingWriter.write
+        original_write = checkpoint.files.HashingWriter.write
 
         def save(self, state):
             calls["n"] += 1
@@ -129,7 +129,7 @@ def _install_fault(fault: str) -> None:
             return written
 
         checkpoint.CheckpointManager.save = save
-        checkpoint._HashingWriter.write = write
+        checkpoint.files.HashingWriter.write = write
     elif kind == "kill-after-best":
         original_best = checkpoint.CheckpointManager.save_best
 
