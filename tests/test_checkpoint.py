@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trainrun
 
-from ichseg.errors import UsageError
+from ichseg import fileio
+from ichseg.errors import DiskFull, UsageError
 from ichseg.training import checkpoint as ck
 from ichseg.training.checkpoint import (
     CheckpointManager,
@@ -118,6 +120,30 @@ def test_a_failed_write_leaves_no_temp_file_and_the_previous_generation(ckdir: P
     with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails with several types
         manager.save({"epoch": 2, "step": 20, "bad": lambda: None})
     assert snapshot(ckdir) == before
+
+
+@pytest.mark.parametrize("where", trainrun.DISK_FULL_POINTS)
+def test_a_full_disk_at_any_point_of_a_save_keeps_every_listed_generation(ckdir, monkeypatch,
+                                                                          where):
+    manager = CheckpointManager(ckdir, keep=2)
+    for value in (1, 2):
+        manager.save(state_for(value, size=5000))
+    before = snapshot(ckdir)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", os.fsync)  # undone with the context
+        patch.setattr(fileio, "open", open, raising=False)
+        trainrun.fill_disk(where)
+        with pytest.raises(DiskFull) as caught:
+            manager.save(state_for(3, size=5000))
+    message = str(caught.value)
+    assert str(ckdir) in message and "ckpt-000003.pt" in message
+    assert "needed about 20.0 KB" in message and " free" in message
+    # Nothing changed: no temporary file, no uncommitted generation, the manifest as it was.
+    assert snapshot(ckdir) == before
+    assert [row["verdict"] for row in manager.generations()] == ["ok", "ok"]
+    # Once there is room again, saving goes on with the next number.
+    assert manager.save(state_for(4)).name == "ckpt-000004.pt"
+    assert CheckpointManager(ckdir).load_latest().state["epoch"] == 4
 
 
 def test_stale_temp_files_of_a_crashed_process_are_cleaned_on_the_next_save(ckdir: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -55,22 +56,33 @@ def test_the_mirror_receives_verified_generations_and_its_own_manifest(dirs):
         ("mirror", "ckpt-000003.pt", "ok"), ("local", "ckpt-000003.pt", "ok")}
 
 
-def test_a_mirror_that_raises_costs_a_warning_only(dirs, monkeypatch, caplog):
+def test_a_full_mirror_is_said_once_and_catches_up_when_there_is_room(dirs, monkeypatch, caplog):
     local, mirror = dirs
+    copy = ck.files.copy_file
+    room = {"saves": 0}
 
-    def full_disk(src, dst):
-        raise OSError(28, "No space left on device")
+    def full_until_the_fourth(src, dst):
+        dst.write(src.read(3000))
+        if room["saves"] < 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copy(src, dst)
 
-    monkeypatch.setattr(ck.files, "copy_file", full_disk)
+    monkeypatch.setattr(ck.files, "copy_file", full_until_the_fourth)
     with caplog.at_level(logging.WARNING):
         with CheckpointManager(local, mirror_dir=mirror) as manager:
             for value in (1, 2, 3):
+                room["saves"] = value
                 manager.save(state_for(value))
                 manager.wait(timeout=60)
-    check_local_intact(local, range(1, 4))
-    assert "could not mirror checkpoint ckpt-000003.pt" in caplog.text
-    assert "No space left on device" in caplog.text
-    assert listing(mirror) == []  # no temp file left behind either
+            check_local_intact(local, range(1, 4))
+            assert caplog.text.count("is full") == 1  # three failed copies, one warning
+            assert "No space left on device" in caplog.text
+            assert listing(mirror) == []  # no temp file left behind either
+            room["saves"] = 4
+            manager.save(state_for(4))
+    rows = CheckpointManager(local, mirror_dir=mirror).generations()
+    assert ("mirror", "ckpt-000004.pt", "ok") in {(r["location"], r["file"], r["verdict"])
+                                                  for r in rows}
 
 
 def test_a_mirror_that_vanishes_mid_copy_costs_a_warning_only(dirs, monkeypatch, caplog):

@@ -7,6 +7,7 @@ runs it; the reference is one uninterrupted child run of the same command.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,9 +20,10 @@ import pytest
 import trainrun
 from trainrun import assert_same_training, fast_args, load_last, run_cli, snapshot, start_cli
 
+from ichseg import fileio
 from ichseg.cli import main as cli_main
 from ichseg.errors import UsageError
-from ichseg.training.checkpoint import MANIFEST, load_checkpoint_file
+from ichseg.training.checkpoint import MANIFEST, CheckpointManager, load_checkpoint_file
 from ichseg.training.lock import RunLock
 from ichseg.training.modes import plan_run
 
@@ -119,6 +121,41 @@ def test_a_run_stopped_every_way_in_turn_ends_bit_exact(tiny_dataset, reference,
     assert final["history"]["session"][-1] == 5
 
 
+def _listed_generations_verify(run: Path) -> None:
+    rows = CheckpointManager(run / "checkpoints").generations()
+    assert rows and all(row["verdict"] == "ok" for row in rows), rows
+    assert not [p for p in run.rglob("*") if fileio.is_temp(p.name)]
+
+
+def test_a_full_disk_at_each_point_of_a_save_and_damaged_run_files_then_continue_is_bit_exact(
+        tiny_dataset, reference, tmp_path):
+    """The disk fills during this session's 2nd `last` save, at each point of it in turn (each
+    stage continues the one before): exit 1 with one message and no traceback, every listed
+    generation verifying. Then, with config.yaml truncated and split.json garbage, the same
+    command rebuilds both from the checkpoint and finishes like the reference."""
+    run = tmp_path / "run"
+    saved_steps = []
+    for where in trainrun.DISK_FULL_POINTS:
+        full = run_cli(exact_args(tiny_dataset, run), fault=f"disk-full-{where}:2")
+        assert full.returncode == 1, full.stderr
+        assert "Traceback" not in full.stderr
+        errors = [line for line in full.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1, full.stderr
+        assert str(run / "checkpoints") in errors[0] and "free" in errors[0], errors[0]
+        _listed_generations_verify(run)
+        saved_steps.append(load_last(run)["step"])
+    assert saved_steps == [1, 2, 3]  # each session's 1st save committed, its 2nd not
+
+    config, split = run / "config.yaml", run / "split.json"
+    config.write_text(config.read_text()[: len(config.read_text()) // 2])
+    split.write_bytes(b"\x00\xff garbage")
+    stderr = _finish(tiny_dataset, run)
+    assert "config.yaml is damaged" in stderr and "split.json cannot be read" in stderr
+    assert_same_training(load_last(run), load_last(reference))
+    assert json.loads(split.read_text()) == json.loads((reference / "split.json").read_text())
+    assert config.read_text() == (reference / "config.yaml").read_text()
+
+
 def test_a_second_trainer_on_the_same_folder_exits_2(tiny_dataset, reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run, symlinks=True)
@@ -189,3 +226,39 @@ def test_all_checkpoints_bad_exits_2_and_touches_nothing(tiny_dataset, damaged_c
     assert cli_main(exact_args(tiny_dataset, damaged_copy)) == 2
     assert "no valid checkpoint" in capsys.readouterr().err
     assert snapshot(damaged_copy) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing keys"])
+def test_a_damaged_config_is_rebuilt_from_the_checkpoint(tiny_dataset, reference, damaged_copy,
+                                                         damage, caplog):
+    config = damaged_copy / "config.yaml"
+    text = config.read_text()
+    config.write_text({"truncated": text[: len(text) // 3], "garbage": "\x00: [\n{{",
+                       "missing keys": text.split("inference:")[0]}[damage])
+    with caplog.at_level(logging.WARNING):
+        plan = _plan(tiny_dataset, damaged_copy)
+    assert "config.yaml is damaged" in caplog.text
+    expected = _plan(tiny_dataset, reference)
+    assert plan.cfg.to_dict() == expected.cfg.to_dict()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_split_is_rebuilt_as_the_run_made_it(tiny_dataset, damaged_copy, damage,
+                                                       caplog):
+    split = damaged_copy / "split.json"
+    made = json.loads(split.read_text())
+    split.write_text(split.read_text()[:20] if damage == "truncated" else "[1, 2")
+    with caplog.at_level(logging.WARNING):
+        plan = _plan(tiny_dataset, damaged_copy)
+    assert "split.json cannot be read" in caplog.text
+    assert plan.split == made
+
+
+def test_a_damaged_config_without_a_checkpoint_exits_2(tiny_dataset, damaged_copy, capsys):
+    shutil.rmtree(damaged_copy / "checkpoints")
+    (damaged_copy / "config.yaml").write_text("data: {path: [")
+    before = snapshot(damaged_copy)
+    assert cli_main(exact_args(tiny_dataset, damaged_copy)) == 2
+    assert "config.yaml is damaged" in capsys.readouterr().err
+    assert snapshot(damaged_copy) == before
+

@@ -6,10 +6,13 @@ injects a fault into an otherwise ordinary `ichseg train`:
   kill-in-save:N    SIGKILL itself halfway through writing the N-th `last` checkpoint
   kill-after-best:N SIGKILL itself right after the N-th `best` checkpoint is committed
   sigterm-at-step:K send itself SIGTERM during the K-th optimizer step of this process
+  disk-full-WHERE:N the disk fills up during the N-th `last` checkpoint save of this process, at
+                    WHERE (see `fill_disk`); the disk has room again for the next process
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -102,6 +105,69 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*"))}
 
 
+# --- a disk that fills up -------------------------------------------------------------------
+
+DISK_FULL_POINTS = ("checkpoint", "fsync", "manifest")
+
+
+def fill_disk(where: str, active: Any = lambda: True) -> None:
+    """Make the disk full at one point of a checkpoint save while `active()` holds, at the file
+    layer (the `open` and `os.fsync` that `ichseg.fileio` calls), nothing mounted:
+      checkpoint  writing a checkpoint's temporary file fails (ENOSPC) after its first 4 kB
+      fsync       fsyncing a checkpoint's temporary file fails (ENOSPC)
+      manifest    writing the manifest's temporary file fails (ENOSPC) after 100 bytes
+    Permanent for the process (tests undo it with monkeypatch or end the process)."""
+    from ichseg import fileio
+
+    assert where in DISK_FULL_POINTS, where
+    prefixes = (".manifest.json.",) if where == "manifest" else (".ckpt-", ".best-")
+    room = 100 if where == "manifest" else 4096
+
+    def targeted(name: str) -> bool:
+        return active() and Path(name).name.startswith(prefixes)
+
+    if where == "fsync":
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if targeted(os.readlink(f"/proc/self/fd/{fd}")):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        os.fsync = fsync
+    else:
+        def filling_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            handle = open(file, *args, **kwargs)
+            return _FillingFile(handle, room) if targeted(str(file)) else handle
+
+        fileio.open = filling_open  # shadows the builtin in that module only
+
+
+class _FillingFile:
+    """An open file on a disk with `room` bytes left: the write that passes it lands in part and
+    fails with ENOSPC."""
+
+    def __init__(self, handle: Any, room: int):
+        self.handle, self.room = handle, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            self.handle.write(data[:self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.handle.name)
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+    def __enter__(self) -> _FillingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
 # --- the fault-injecting child ---------------------------------------------------------------
 
 def _install_fault(fault: str) -> None:
@@ -141,6 +207,15 @@ def _install_fault(fault: str) -> None:
             return path
 
         checkpoint.CheckpointManager.save_best = save_best
+    elif kind.startswith("disk-full-"):
+        original_save = checkpoint.CheckpointManager.save
+
+        def save(self, state):
+            calls["n"] += 1
+            return original_save(self, state)
+
+        checkpoint.CheckpointManager.save = save
+        fill_disk(kind.removeprefix("disk-full-"), lambda: calls["n"] == target)
     elif kind == "sigterm-at-step":
         original_step = loop.Trainer.train_step
 

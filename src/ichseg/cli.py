@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ichseg import __version__
-from ichseg.errors import UsageError
+from ichseg.errors import DiskFull, UsageError
 
 
 def _positive_int(text: str) -> int:
@@ -146,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except UsageError as exc:
+    except (UsageError, DiskFull) as exc:
         print(f"ichseg {args.command}: error: {exc}", file=sys.stderr)
-        return UsageError.exit_code
+        return exc.exit_code
     except KeyboardInterrupt:
         # A second Ctrl-C during training lands here: the last committed checkpoint is intact.
         print(f"ichseg {args.command}: interrupted", file=sys.stderr)

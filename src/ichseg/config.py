@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ichseg.errors import UsageError
+from ichseg.fileio import atomic_write_text
 
 PRESETS = ("tiny", "small", "default")
 
@@ -133,7 +134,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        atomic_write_text(path, self.to_yaml())
 
 
 # Presets: differences from the dataclass defaults (which are the `default` preset, the nnMamba

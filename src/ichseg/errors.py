@@ -1,6 +1,10 @@
-"""Errors a user can fix: the CLI prints their one-sentence message and exits with code 2."""
+"""Errors the CLI reports as one sentence without a traceback: UsageError (a user can fix it,
+exit 2) and DiskFull (exit 1)."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -12,3 +16,39 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+
+
+class DiskFull(Exception):
+    """A write found its disk (or quota) full. The CLI prints the message without a traceback and
+    exits 1; whoever raises it has left every file it had committed intact and no temporary file.
+    """
+
+    exit_code = 1
+
+    def __init__(self, folder: str | Path, what: str, needed: int | None = None):
+        self.folder = Path(folder)
+        free = _free_bytes(self.folder)
+        need = f"about {format_bytes(needed)}" if needed is not None else "more space"
+        have = f"{format_bytes(free)} free" if free is not None else "its free space unknown"
+        super().__init__(f"the disk holding {self.folder} is full: {what} needed {need}, with "
+                         f"{have}; free some space and run the same command again to continue "
+                         "from the last saved checkpoint")
+
+
+def format_bytes(size: int) -> str:
+    """1536 -> '1.5 KB' (decimal units, as disk tools report them)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError(size)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None

@@ -13,6 +13,7 @@ leftovers (`is_temp`, `own_temp`) from a write in progress.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
+# A full disk, or a full quota (Google Drive, a shared scratch).
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says that the disk or the quota is full."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 def temp_path(final: str | Path, suffix: str = "") -> Path:

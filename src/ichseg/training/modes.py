@@ -24,11 +24,12 @@ from ichseg.config import (
     config_differences,
     config_from_dict,
     flatten,
+    load_yaml,
     parse_duration,
-    read_run_config,
     resolve_config,
 )
-from ichseg.errors import UsageError
+from ichseg.errors import DiskFull, UsageError
+from ichseg.fileio import atomic_write_text, is_disk_full
 from ichseg.training import distributed
 
 log = logging.getLogger("ichseg.training")
@@ -74,6 +75,21 @@ def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "cont
     """Train in `run_dir` as the contract's "Training modes" say."""
     started = time.monotonic()  # the time limit counts from here, data preparation included
     ranks = distributed.ranks_from_environment()  # torchrun's; a single process is rank 0 of 1
+    try:
+        return _run_training(data, Path(run_dir), mode, started, ranks, options)
+    except OSError as exc:
+        # Checkpoints say so themselves (with the size they needed); this covers the run's
+        # other files (history.csv, config.yaml, the cache).
+        if not is_disk_full(exc):
+            raise
+        if exc.filename:
+            path = Path(exc.filename)
+            raise DiskFull(path.parent, f"writing {path.name}") from None
+        raise DiskFull(Path(run_dir), "training") from None
+
+
+def _run_training(data: str | Path | None, run_dir: Path, mode: str, started: float,
+                  ranks: distributed.Ranks, options: dict[str, Any]) -> TrainResult:
     with _console_logging(), distributed.main_rank_logs(ranks), _train_log() as train_log:
         # Every rank plans (reading only); nothing is written until they all have.
         plan = plan_run(data, run_dir, distributed.mode_after_restart(mode), **options)
@@ -123,6 +139,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
 
     # 1. The state to start from, and the config it was trained with.
     checkpoint, checkpoint_path, legacy, archive_first, loaded = None, None, False, False, None
+    recorded: Config | None = None
     has_run = run_dir.is_dir() and any(p.name != ARCHIVE for p in run_dir.iterdir())
     if resume_from:
         checkpoint_path = Path(resume_from)
@@ -134,12 +151,22 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
         archive_first = has_run
     elif mode == "continue":
         # The mirror (e.g. Google Drive) counts too: a fresh runtime has an empty local disk.
-        recorded = read_run_config(config_path) if config_path.is_file() else None
+        recorded, raw, damage = _read_recorded_config(config_path)
         manager = CheckpointManager(
             run_dir / "checkpoints", keep=recorded.training.keep_checkpoints if recorded else 3,
             mirror_dir=mirror_dir or (recorded.training.mirror_dir if recorded else None) or None)
         # Read only: a winner in the mirror is brought home once the run's lock is held.
         loaded = manager.load_latest(copy_back=False)  # UsageError: files there, none valid
+        stored = loaded.state.get("config") if loaded is not None else None
+        if raw is not None and isinstance(stored, dict):
+            damage = _missing_keys(raw, stored)
+            recorded = None if damage else recorded
+        if damage and (loaded is None or not isinstance(loaded.state.get("config"), dict)):
+            raise UsageError(f"{config_path} is damaged ({damage}) and no checkpoint holds the "
+                             "run's settings; repair it, or start over with --mode new")
+        if damage:
+            log.warning("%s is damaged (%s): the run's settings are taken from its checkpoint %s "
+                        "and the file is written again", config_path, damage, loaded.path)
         if loaded is None:
             if strict_resume:
                 raise UsageError(f"--strict-resume: there is no checkpoint in {run_dir} to "
@@ -155,8 +182,8 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     if checkpoint is not None and not legacy and isinstance(checkpoint.get("config"), dict):
         saved = config_from_dict(checkpoint["config"], f"the config stored in {checkpoint_path}")
     base = None
-    if mode == "continue" and not resume_from and config_path.is_file():
-        base = read_run_config(config_path)
+    if recorded is not None:
+        base = recorded
     elif saved is not None:
         base = saved
     if base is not None:
@@ -204,6 +231,30 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     return plan
 
 
+def _read_recorded_config(path: Path) -> tuple[Config | None, dict[str, Any] | None, str | None]:
+    """The run's config.yaml: (config, its YAML, None); (None, None, None) when there is none;
+    (None, None, why) when it is damaged (a kill during an old, non-atomic write; garbage)."""
+    if not path.is_file():
+        return None, None, None
+    try:
+        raw = load_yaml(path)
+        return config_from_dict(raw, f"config file {path}"), raw, None
+    except UsageError as exc:
+        return None, None, str(exc)
+
+
+def _missing_keys(raw: dict[str, Any], stored: dict[str, Any]) -> str | None:
+    """Why config.yaml is incomplete next to the config its run's checkpoint stores (written
+    by the same version, so it has every key): a file truncated at a line end is still YAML."""
+    missing = [f"{section}.{key}" if key else section
+               for section, values in stored.items()
+               for key in (values if isinstance(values, dict) else [None])
+               if section not in raw or (key and key not in (raw[section] or {}))]
+    if not missing:
+        return None
+    return f"it lacks {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}"
+
+
 def _check_changes(saved: Config, cfg: Config, origin: Path | None) -> None:
     """Refuse changes that alter the model or the data; note the harmless ones."""
     changed = config_differences(saved, cfg)
@@ -233,8 +284,16 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
         raise UsageError(f"dataset {cfg.data.path} needs at least two labelled cases to train "
                          f"and validate, found {len(labelled)}")
     split_path = plan.run_dir / SPLIT_FILE
+    split = None
     if resuming and split_path.is_file():
-        split = _read_split(split_path)
+        try:
+            split = _read_split(split_path)
+        except UsageError as exc:
+            # The split is a function of the dataset's cases, the fraction and the seed, all
+            # known; it is rebuilt as the run's start made it, and written again.
+            log.warning("%s; it is rebuilt from the dataset, data.validation_fraction and "
+                        "training.seed as the run made it at its start", exc)
+    if split is not None:
         missing = sorted(set(split["train"] + split["validation"]) - set(labelled))
         if missing:
             raise UsageError(f"cases {', '.join(missing[:5])} of {split_path} are not in the "
@@ -289,7 +348,7 @@ def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
                     checkpoints.bring_home(plan.from_mirror)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
-        (run_dir / SPLIT_FILE).write_text(json.dumps(plan.split, indent=1) + "\n")
+        atomic_write_text(run_dir / SPLIT_FILE, json.dumps(plan.split, indent=1) + "\n")
         train_log.open(run_dir / TRAIN_LOG)
 
     with contextlib.ExitStack() as held:
@@ -405,6 +464,8 @@ class _TrainLog(logging.Handler):
     def open(self, path: Path) -> None:
         self.file = logging.FileHandler(path, encoding="utf-8")
         self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        # On a full disk the record still reaches the console; no traceback for each line.
+        self.file.handleError = lambda record: None  # type: ignore[method-assign]
         for record in self.pending:
             self.file.handle(record)
         self.pending.clear()

@@ -23,11 +23,16 @@ class HashingWriter:
         self.file = file
         self.sha = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
         self.size += len(data)
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.file.flush()
@@ -46,9 +51,17 @@ def write_hashed(final: Path, write: Callable[[BinaryIO], None]) -> tuple[str, i
 
     `write` receives a file object that hashes what passes through it.
     """
-    with atomic_open(final, "wb") as f:
-        writer = HashingWriter(f)
-        write(writer)  # type: ignore[arg-type]
+    writer: HashingWriter | None = None
+    try:
+        with atomic_open(final, "wb") as f:
+            writer = HashingWriter(f)
+            write(writer)  # type: ignore[arg-type]
+    except Exception as exc:
+        # torch.save reports a failed write as a RuntimeError of its own ("unexpected pos"); the
+        # OSError underneath says why (a full disk), so that is what the caller gets.
+        if writer is not None and writer.error is not None and exc is not writer.error:
+            raise writer.error from exc
+        raise
     return writer.sha.hexdigest(), writer.size
 
 

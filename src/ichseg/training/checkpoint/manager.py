@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ichseg.errors import UsageError
+from ichseg.errors import DiskFull, UsageError
+from ichseg.fileio import is_disk_full
 from ichseg.training.checkpoint import files
 from ichseg.training.checkpoint.manifest import (
     MANIFEST,
@@ -72,17 +73,26 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         number = self._next_number()
         path = self.directory / f"{kind}-{number:06d}.pt"
-        digest, size = files.write_hashed(path, lambda f: torch.save(state, f))
-        # Verify what is on disk before anything older may go: a file that reads back differently
-        # is removed and the save fails, with every older generation untouched.
-        if files.sha256_file(path) != digest:
-            path.unlink(missing_ok=True)
-            raise OSError(f"checkpoint {path} read back with a different SHA-256 than written; "
-                          "the disk may be failing; older checkpoints were kept")
-        entry = {"number": number, "file": path.name, "sha256": digest, "size": size,
-                 "epoch": as_int(state.get("epoch")), "step": as_int(state.get("step")),
-                 "created": time.time()}
-        self.local.commit("best" if kind == "best" else "ckpt", entry, self.keep)
+        try:
+            digest, size = files.write_hashed(path, lambda f: torch.save(state, f))
+            # Verify what is on disk before anything older may go: a file that reads back
+            # differently is removed and the save fails, with every older generation untouched.
+            if files.sha256_file(path) != digest:
+                path.unlink(missing_ok=True)
+                raise OSError(f"checkpoint {path} read back with a different SHA-256 than "
+                              "written; the disk may be failing; older checkpoints were kept")
+            entry = {"number": number, "file": path.name, "sha256": digest, "size": size,
+                     "epoch": as_int(state.get("epoch")), "step": as_int(state.get("step")),
+                     "created": time.time()}
+            self.local.commit(kind, entry, self.keep)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # The temporary file is gone already; a file the manifest does not list (the disk
+            # filled while the manifest was written) would only hold space.
+            self.local.discard_uncommitted(path.name)
+            raise DiskFull(self.directory, f"saving checkpoint {path.name}",
+                           tensor_bytes(state)) from None
         if self.mirror:
             self.mirror.submit("best" if kind == "best" else "ckpt", entry)
         return path
@@ -254,3 +264,14 @@ def newest_valid(folder: Folder, failures: list[str]) -> tuple[LoadedCheckpoint 
                  "step": as_int(state.get("step")), "created": path.stat().st_mtime}
         return LoadedCheckpoint(state, path, number, folder.label, False, entry), True
     return None, bool(present)
+
+
+def tensor_bytes(state: Any) -> int:
+    """The bytes of the tensors in a (nested) state: close to the size of its checkpoint file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(value) for value in state)
+    return 0

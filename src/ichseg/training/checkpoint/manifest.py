@@ -68,6 +68,16 @@ class Folder:
         text = json.dumps(manifest, indent=1).encode()
         files.write_hashed(self.directory / MANIFEST, lambda f: f.write(text))
 
+    def discard_uncommitted(self, name: str) -> None:
+        """Delete file `name` unless the manifest lists it (a save that failed after its rename).
+        With an unreadable manifest nothing is deleted: the next save adopts the files."""
+        try:
+            manifest = self.read_manifest()
+        except Bad:
+            return
+        if manifest is None or name not in {e["file"] for e in entries(manifest)}:
+            (self.directory / name).unlink(missing_ok=True)
+
     def numbered_files(self) -> list[tuple[int, str]]:
         """(number, name) of every ckpt-/best- file present, newest first."""
         try:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ichseg.fileio import is_disk_full
 from ichseg.training.checkpoint import files
 from ichseg.training.checkpoint.manifest import Bad, Folder, as_int
 
@@ -22,8 +23,9 @@ class Mirror:
     At most one copy runs; a newer file of the same kind replaces one still queued, so a slow
     mirror lags but never blocks `save`. Each copy lands under a temporary name, is fsynced,
     read back and hashed there, and only then renamed and recorded in the mirror's own manifest.
-    Any failure (the mirror raises, is full, vanishes) is a warning: the run and the local
-    checkpoints never depend on it.
+    Any failure (the mirror raises, vanishes) is a warning: the run and the local checkpoints never
+    depend on it. A full mirror is said once; every later save tries again, and the newest
+    generation lands once there is room.
     """
 
     def __init__(self, directory: Path, source: Path, keep: int):
@@ -36,6 +38,7 @@ class Mirror:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._checked_ahead = False
+        self._full = False  # the last copy failed for want of space (warned once)
 
     def archive(self, stamp: str) -> Path | None:
         """Move the mirror's files (not earlier archives) to `archive/<stamp>/`; None if there
@@ -106,12 +109,27 @@ class Mirror:
             try:
                 self._copy(kind, entry)
             except Exception as exc:  # noqa: BLE001 - a mirror failure must never stop training
-                log.warning("could not mirror checkpoint %s to %s: %s", entry["file"],
-                            self.folder.directory, exc)
+                self._failed(entry, exc)
+            else:
+                if self._full:
+                    log.info("the mirror %s has room again: it holds %s", self.folder.directory,
+                             entry["file"])
+                    self._full = False
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _failed(self, entry: dict[str, Any], exc: Exception) -> None:
+        if not is_disk_full(exc):
+            log.warning("could not mirror checkpoint %s to %s: %s", entry["file"],
+                        self.folder.directory, exc)
+        elif not self._full:
+            # Once per outage: a Drive over quota stays full for many saves.
+            self._full = True
+            log.warning("could not mirror checkpoint %s: the mirror %s is full (%s); training "
+                        "goes on with the local checkpoints and the mirror is tried again at "
+                        "each save", entry["file"], self.folder.directory, exc)
 
     def _copy(self, kind: str, entry: dict[str, Any]) -> None:
         if not self._checked_ahead:
@@ -127,7 +145,11 @@ class Mirror:
         if files.sha256_file(final) != entry["sha256"]:
             final.unlink(missing_ok=True)
             raise OSError("the copy read back from the mirror does not match its SHA-256")
-        self.folder.commit(kind, entry, self.keep)
+        try:
+            self.folder.commit(kind, entry, self.keep)
+        except OSError:
+            self.folder.discard_uncommitted(final.name)
+            raise
 
     def wait(self, timeout: float | None) -> bool:
         with self._cond:
