@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -164,6 +165,30 @@ def test_truncated_and_foreign_files_are_refused_naming_the_file(tmp_path):
             read_nifti(tmp_path / name)
     with pytest.raises(UsageError, match="missing.nii.gz does not exist"):
         read_nifti(tmp_path / "missing.nii.gz")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("claimed", [(4096, 4096, 4096), (300, 300, 100)])
+def test_a_header_that_claims_more_than_the_file_holds_is_refused_without_allocating(
+        tmp_path, suffix, claimed):
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(claimed)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    # The header, the extension flag and a few kB of voxels: all the file there is.
+    raw = header.binaryblock + b"\0" * 4 + np.full(2000, 40, np.int16).tobytes()
+    path = tmp_path / f"liar{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UsageError, match=f"liar{suffix} is truncated or its header is "
+                                             r"damaged: the header claims \("):
+            read_nifti(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # the smaller claim is 18 MB, which nibabel would allocate first
 
 
 def test_values_that_are_not_hu_warn_but_are_read(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ichseg.fileio import format_bytes
+
 
 class UsageError(Exception):
     """Bad usage or bad input: a setting, a file or a folder that the user must fix.
@@ -33,16 +35,6 @@ class DiskFull(Exception):
         super().__init__(f"the disk holding {self.folder} is full: {what} needed {need}, with "
                          f"{have}; free some space and run the same command again to continue "
                          "from the last saved checkpoint")
-
-
-def format_bytes(size: int) -> str:
-    """1536 -> '1.5 KB' (decimal units, as disk tools report them)."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError(size)
 
 
 def _free_bytes(folder: Path) -> int | None:

@@ -120,3 +120,13 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True,
                       encoding: str = "utf-8") -> Path:
     """Replace `path` with `text` atomically."""
     return atomic_write_bytes(path, text.encode(encoding), durable=durable)
+
+
+def format_bytes(size: int) -> str:
+    """1536 -> '1.5 KB' (decimal units, as disk tools report them)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError(size)

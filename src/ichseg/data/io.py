@@ -8,6 +8,7 @@ folder holding several series) raises `UsageError` with one sentence naming the 
 from __future__ import annotations
 
 import gzip
+import math
 import warnings
 import zlib
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from ichseg.errors import UsageError
-from ichseg.fileio import atomic_path
+from ichseg.fileio import atomic_path, format_bytes
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -35,6 +36,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # and the 4-byte extension flag come before any voxel.
 _NIFTI_HEADER_SIZES = {n.to_bytes(4, order) for n in (348, 540) for order in ("little", "big")}
 _NIFTI_MIN_BYTES = 352
+# Deflate compresses at most about 1032:1, so a gzip file of n bytes inflates to at most this * n.
+_DEFLATE_MAX_RATIO = 1032
 
 # DICOM is LPS (x to the patient's left, y to the back); NIfTI is RAS: negate the first two axes.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -143,6 +146,27 @@ def _open_nifti(path: Path) -> nib.spatialimages.SpatialImage:
     return nib.load(path, mmap=False)
 
 
+def _refuse_claims_beyond_the_file(path: Path, img: nib.Nifti1Pair) -> None:
+    """UsageError when the header claims more voxel bytes than the file holds, before anything
+    is allocated: nibabel allocates what the header claims (a damaged header of a few kB asked
+    for 128 GiB) and only then finds the file short."""
+    header = img.header
+    claimed = int(header.get_data_offset()) + math.prod(
+        int(n) for n in header.get_data_shape()) * header.get_data_dtype().itemsize
+    held_in = img.file_map["image"].fileobj  # the decompressed bytes of a .nii.gz (_open_nifti)
+    if held_in is not None and hasattr(held_in, "getbuffer"):
+        held, bound = held_in.getbuffer().nbytes, ""
+    elif path.name.lower().endswith(".gz"):
+        held, bound = path.stat().st_size * _DEFLATE_MAX_RATIO, "at most "
+    else:
+        held, bound = path.stat().st_size, ""
+    if claimed > held:
+        raise UsageError(f"{path} is truncated or its header is damaged: the header claims "
+                         f"{tuple(header.get_data_shape())} voxels of {header.get_data_dtype()} "
+                         f"({format_bytes(claimed)}) where the file holds {bound}"
+                         f"{format_bytes(held)}")
+
+
 def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Load a NIfTI file and its voxels (unscaled dtype, scaling applied), refusing bad files."""
     path = Path(path)
@@ -153,6 +177,7 @@ def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         if not isinstance(img, nib.Nifti1Pair):
             raise UsageError(f"{path} is not a NIfTI file (nibabel reads it as "
                              f"{type(img).__name__})")
+        _refuse_claims_beyond_the_file(path, img)
         data = np.asanyarray(img.dataobj)
     except _NIFTI_READ_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
