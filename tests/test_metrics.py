@@ -9,11 +9,11 @@ import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
+from ichseg.data.masks import label_volumes_ml
 from ichseg.evaluation.metrics import (
     case_metrics,
     dice,
     image_diagonal_mm,
-    label_volumes_ml,
     lesion_f1,
     surface_metrics,
 )

@@ -8,11 +8,11 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from ichseg.data.io import Volume
+from ichseg.data.masks import bounding_box
 from ichseg.data.synth import CODES
 from ichseg.errors import UsageError
 from ichseg.viz.overlay import (
     SUBTYPE_COLOURS,
-    _extent_above,
     _pick_slices,
     _title,
     draw_overlay,
@@ -244,7 +244,7 @@ def test_title_gives_volumes_in_millilitres_from_voxel_counts():
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "mirrored", "transposed and mirrored"])
-def test_extent_above_is_the_bounding_box_in_any_memory_layout(layout):
+def test_bounding_box_is_right_in_any_memory_layout(layout):
     rng = np.random.default_rng(1)
     for _ in range(20):
         values = np.where(rng.random((9, 7, 5)) < 0.03, 3.0, -1.0)
@@ -253,8 +253,8 @@ def test_extent_above_is_the_bounding_box_in_any_memory_layout(layout):
         hits = np.nonzero(array > 0)
         expected = None if hits[0].size == 0 else tuple(
             slice(int(h.min()), int(h.max()) + 1) for h in hits)
-        assert _extent_above(array, 0) == expected
+        assert bounding_box(array, 0) == expected
         if expected is not None:
             # Only the first two axes asked for: the last is given whole.
-            assert _extent_above(array, 0, axes=(0, 1)) == (
+            assert bounding_box(array, 0, axes=(0, 1)) == (
                 *expected[:2], slice(0, array.shape[2]))

@@ -28,6 +28,7 @@ from scipy import ndimage
 from ichseg.config import DataConfig
 from ichseg.data.io import Volume
 from ichseg.data.layouts import LABEL_MAPPINGS, LabelMapping
+from ichseg.data.masks import bounding_box
 from ichseg.errors import UsageError
 
 # Everything denser than fat-free air is "body"; the head holder and blankets are thin and are
@@ -315,14 +316,14 @@ def restore_argmax(probabilities: np.ndarray, info: PreprocessInfo) -> np.ndarra
                          f"network grid {info.resampled_shape}")
     native, ras = _native_canvas((), info, np.uint8)
     leads = probabilities[1:] - probabilities[:1]
-    marked = np.argwhere((leads > 0).any(axis=0))
-    if marked.size == 0:
+    marked = bounding_box(leads.max(axis=0))
+    if marked is None:
         return native
     box, taps = [], []
     for axis, (n_in, n_out) in enumerate(zip(info.resampled_shape, info.crop_shape, strict=True)):
         low, high, weight = _linear_taps(n_in, n_out)
         # Output voxels whose low neighbour is a marked voxel or the one before it.
-        first, last = marked[:, axis].min() - 1, marked[:, axis].max()
+        first, last = marked[axis].start - 1, marked[axis].stop - 1
         chosen = np.flatnonzero((low >= first) & (low <= last))
         start, stop = int(chosen[0]), int(chosen[-1]) + 1
         box.append(slice(info.crop_start[axis] + start, info.crop_start[axis] + stop))

@@ -18,12 +18,14 @@ Conventions (CONTRACT.md, and the INSTANCE 2022 challenge where the contract is 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
+
+from ichseg.data.masks import bounding_box
 
 # NSD tolerances in mm: 1 mm (the default `nsd`) and INSTANCE 2022's 0.42 mm.
 NSD_TOLERANCES_MM = (1.0, 0.42)
@@ -35,29 +37,17 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice overlap of two boolean masks; 1 when both are empty."""
+    """Dice overlap of two boolean masks (NumPy arrays, or torch tensors on any device: the
+    validation of training); 1 when both are empty."""
     total = int(pred.sum()) + int(gt.sum())
     if total == 0:
         return 1.0
-    return 2.0 * int(np.logical_and(pred, gt).sum()) / total
+    return 2.0 * int((pred & gt).sum()) / total
 
 
 def mask_volume_ml(mask: np.ndarray, voxel_volume_mm3: float) -> float:
     """Volume of a boolean mask in mL (1 mL = 1000 mm³)."""
     return int(np.count_nonzero(mask)) * voxel_volume_mm3 / 1000.0
-
-
-def label_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float,
-                     class_names: Mapping[int, str]) -> dict[str, float]:
-    """{"total": any label > 0, then one entry per class name} in mL."""
-    # One comparison per class rather than a bincount: bincount widens the 8 M uint8 voxels of
-    # a 512 x 512 x 32 scan to 64-bit first, 30 times slower.
-    labels = np.asarray(labels)
-    ml = voxel_volume_mm3 / 1000.0
-    volumes = {"total": np.count_nonzero(labels > 0) * ml}
-    for code, name in class_names.items():
-        volumes[name] = np.count_nonzero(labels == code) * ml
-    return volumes
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -71,13 +61,9 @@ def _crop_to_union(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.nda
     The margin keeps every boundary voxel's neighbourhood, so edges, distances and connected
     components are those of the whole image, at a fraction of the cost on a 512 x 512 scan.
     """
-    union = pred | gt
-    box = []
-    for axis in range(union.ndim):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        hits = np.flatnonzero(union.any(axis=others))
-        box.append(slice(max(int(hits[0]) - 1, 0), int(hits[-1]) + 2))
-    return pred[tuple(box)], gt[tuple(box)]
+    box = tuple(slice(max(side.start - 1, 0), side.stop + 1)
+                for side in bounding_box(pred | gt))
+    return pred[box], gt[box]
 
 
 def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],

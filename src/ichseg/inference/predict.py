@@ -33,8 +33,9 @@ from ichseg.config import Config, config_from_dict, read_run_config
 from ichseg.data.ct import preprocess_case, restore_argmax, restore_to_native
 from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
 from ichseg.data.layouts import CODES
+from ichseg.data.masks import label_volumes_ml
+from ichseg.device import pick_device
 from ichseg.errors import UsageError
-from ichseg.evaluation.metrics import label_volumes_ml
 from ichseg.fileio import atomic_open
 from ichseg.inference.window import window_logits
 
@@ -62,16 +63,6 @@ class Predictor:
         if self.cfg.data.subtypes:
             return {code: name for code, name in CODES.items() if code > 0}
         return {1: "hemorrhage"}
-
-
-def _device(setting: str) -> torch.device:
-    if setting not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"device {setting!r} must be auto, cpu or cuda")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device cuda was asked for, but no CUDA device is available")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def _checkpoint_file(run_or_checkpoint: Path, which: str) -> tuple[dict[str, Any], Path]:
@@ -124,7 +115,7 @@ def load_predictor(run_or_checkpoint: str | Path, checkpoint: str = "best",
         first = str(exc).strip().splitlines()[0]
         raise UsageError(f"checkpoint {source} does not fit the network of its config: "
                          f"{first}") from None
-    target = _device(device)
+    target = pick_device(device, "device")
     return Predictor(model.to(target).eval(), cfg, target, source)
 
 

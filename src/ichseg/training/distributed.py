@@ -95,7 +95,7 @@ def start(cfg: Config, ranks: Ranks) -> None:
     """
     if not launched_by_torchrun() or dist.is_initialized():
         return
-    from ichseg.training.loop import pick_device
+    from ichseg.device import pick_device
 
     on_cuda = pick_device(cfg.training.device).type == "cuda"
     if on_cuda:

@@ -121,6 +121,19 @@ class RunLock:
             self._fd = None
 
 
+def lock_held(run_dir: str | Path) -> bool:
+    """True while a live trainer holds RUN/.lock: its flock cannot be taken (then released).
+    Read-only, for `ichseg status`."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return _try_flock(fd) is False
+    finally:
+        os.close(fd)  # closing drops the flock if it was taken here
+
+
 def _still_named(fd: int, path: Path) -> bool:
     """Whether `path` still names the file open as `fd`."""
     try:

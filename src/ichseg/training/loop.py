@@ -36,7 +36,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ichseg.config import Config
+from ichseg.device import pick_device
 from ichseg.errors import UsageError
+from ichseg.evaluation.metrics import dice
 from ichseg.inference.window import window_logits
 from ichseg.training import distributed
 from ichseg.training.checkpoint import (
@@ -159,14 +161,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config,
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise UsageError("setting training.device is cuda, but no CUDA device is available")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
 def amp_policy(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None for fp32, whether fp16 needs a GradScaler). CPUs train in fp32."""
     if device.type != "cuda" or setting == "off":
@@ -184,13 +178,6 @@ def rng_untouched() -> Iterator[None]:
         yield
     finally:
         restore_rng_state(state)
-
-
-def dice_of_hemorrhage(prediction: torch.Tensor, truth: torch.Tensor) -> float:
-    """Dice of "any hemorrhage" (label > 0) between two label maps; both empty counts as 1."""
-    pred, true = prediction > 0, truth > 0
-    total = int(pred.sum()) + int(true.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
 
 
 def show_bars(cfg: Config) -> bool:
@@ -376,7 +363,8 @@ class Trainer:
                     with self._autocast():
                         logits = window_logits(self.model, image, self.cfg)
                     losses.append(float(self.loss_fn(logits.float(), label).item()))
-                    dices.append(dice_of_hemorrhage(logits.argmax(1), label[:, 0]))
+                    # Of "any hemorrhage" (label > 0), whether or not subtypes are trained.
+                    dices.append(dice(logits.argmax(1) > 0, label[:, 0] > 0))
         finally:
             self.model.train()
         loss_sum, dice_sum = distributed.sum_over_ranks([sum(losses), sum(dices)])

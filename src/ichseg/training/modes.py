@@ -31,13 +31,10 @@ from ichseg.config import (
 from ichseg.errors import DiskFull, UsageError
 from ichseg.fileio import atomic_write_text, is_disk_full
 from ichseg.training import distributed
+from ichseg.training.run_folder import ARCHIVE, CONFIG_FILE, SPLIT_FILE, TRAIN_LOG
 
 log = logging.getLogger("ichseg.training")
 
-CONFIG_FILE = "config.yaml"
-SPLIT_FILE = "split.json"
-TRAIN_LOG = "train.log"
-ARCHIVE = "archive"
 
 
 @dataclass
@@ -273,9 +270,9 @@ def _check_changes(saved: Config, cfg: Config, origin: Path | None) -> None:
 def _plan_data(plan: Plan, resuming: bool) -> None:
     from ichseg.data.layouts import find_cases
     from ichseg.data.split import make_split
+    from ichseg.device import pick_device
     from ichseg.models import check_input_shape
     from ichseg.models.ssm import resolve_backend
-    from ichseg.training.loop import pick_device
 
     cfg = plan.cfg
     index = find_cases(cfg.data.path, cfg.data.layout)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ def training_status(run_dir: str | Path) -> dict[str, Any]:
     """A JSON-serialisable summary of the run in `run_dir`; see `format_status` for the fields."""
     from ichseg.config import read_run_config
     from ichseg.training.checkpoint import CheckpointManager
-    from ichseg.training.modes import CONFIG_FILE
+    from ichseg.training.lock import lock_held
+    from ichseg.training.run_folder import CONFIG_FILE
 
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -49,7 +49,7 @@ def training_status(run_dir: str | Path) -> dict[str, Any]:
     progress = state.get("progress") or {}
     history = state.get("history") or {}
 
-    if _lock_held(run_dir):
+    if lock_held(run_dir):
         run_state = "running"
     elif not state:
         run_state = "not started"
@@ -91,20 +91,6 @@ def training_status(run_dir: str | Path) -> dict[str, Any]:
         "checkpoints": [_plain(row) for row in manager.generations()],
         "continue_command": _continue_command(run_dir, run_state, target),
     }
-
-
-def _lock_held(run_dir: Path) -> bool:
-    """True while a live trainer holds RUN/.lock: its flock cannot be taken (then released)."""
-    from ichseg.training.lock import LOCK_FILE, _try_flock
-
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return _try_flock(fd) is False
-    finally:
-        os.close(fd)  # closing drops the flock if it was taken here
 
 
 def _continue_command(run_dir: Path, run_state: str, target: int) -> str:
