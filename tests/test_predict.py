@@ -237,3 +237,28 @@ def test_run_folder_uses_its_best_checkpoint(tmp_path, everywhere, nowhere):
     assert not best["empty"]
     (last,) = predict_cases(run, [scan], tmp_path / "last", checkpoint="last", quiet=True)
     assert last["empty"]
+
+
+def test_the_runs_inference_settings_choose_the_model_and_tta(tmp_path, everywhere, nowhere,
+                                                              monkeypatch):
+    from ichseg.inference import predict
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(everywhere, run / "checkpoints" / "best.pt")
+    shutil.copy(nowhere, run / "checkpoints" / "ckpt-000002.pt")
+    cfg = preset_config("tiny")
+    cfg.inference.checkpoint, cfg.inference.tta = "last", True
+    cfg.save(run / "config.yaml")
+    seen = []
+    real = predict.class_probabilities
+    monkeypatch.setattr(predict, "class_probabilities",
+                        lambda p, c, tta=False, overlap=None: seen.append(tta) or real(p, c, False,
+                                                                                       overlap))
+    hu, affine = _phantom_ras()
+    scan = write_nifti(tmp_path / "head.nii.gz", hu, affine)
+    (last,) = predict_cases(run, [scan], tmp_path / "out", quiet=True)
+    assert last["empty"] and seen == [True]  # the `last` model, with test-time augmentation
+    (best,) = predict_cases(run, [scan], tmp_path / "best", checkpoint="best", tta=False,
+                            quiet=True)
+    assert not best["empty"] and seen == [True, False]

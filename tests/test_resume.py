@@ -1,4 +1,4 @@
-"""Exact continuation (CONTRACT.md, Determinism): a run stopped in any way and continued ends
+"""Exact continuation (docs/CONTRACT.md, Determinism): a run stopped in any way and continued ends
 bit-identical, on a CPU, to the same run never stopped; and damaged checkpoints fall back.
 
 Every run here is `ichseg train` in a child process, the way a user (or a killed Colab runtime)

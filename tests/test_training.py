@@ -1,4 +1,4 @@
-"""Training modes and targets (CONTRACT.md "Training modes"), the user's three scenarios, the loss,
+"""Training modes and targets (docs/CONTRACT.md "Training modes"), the user's three scenarios, the loss,
 the schedules, early stopping and the history.
 
 Runs go through `ichseg.train` in this process, on the tiny preset with a 16 x 16 x 8 patch and

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="a checkpoint file")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    p.add_argument("--tta", action="store_true",
+                   help="mirror test-time augmentation (default: the run's inference.tta)")
 
     p = sub.add_parser("evaluate", help="compare predictions with ground-truth label maps")
     p.add_argument("--pred", required=True)
@@ -128,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2) if args.json else format_status(status))
         return 0
     if args.command == "predict":
-        api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta)
+        api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta or None)
         return 0
     if args.command == "evaluate":
         from ichseg.evaluation.evaluate import format_summary

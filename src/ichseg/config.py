@@ -186,9 +186,8 @@ _SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig,
                               "training": TrainingConfig, "inference": InferenceConfig}
 
 
-def _coerce(key: str, value: Any, annotation: Any, meta: typing.Mapping[str, Any]) -> Any:
-    """Convert `value` to the field's type, or raise UsageError naming `key`."""
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+def _coerce(key: str, value: Any, hint: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Convert `value` to the field's type (`hint`, resolved), or raise UsageError naming `key`."""
     origin = typing.get_origin(hint)
     if origin is list:
         (inner,) = typing.get_args(hint)
@@ -246,12 +245,14 @@ def _apply(cfg: Config, overrides: typing.Mapping[str, Any], origin: str) -> Non
             raise UsageError(f"config section {section} in {origin} must be a mapping of keys")
         target = getattr(cfg, section)
         fields = {f.name: f for f in dataclasses.fields(target)}
+        # The annotations are strings (`from __future__ import annotations`); this resolves them.
+        hints = typing.get_type_hints(type(target))
         for key, value in values.items():
             if key not in fields:
                 raise UsageError(f"unknown setting {section}.{key} in {origin}; allowed in "
                                  f"{section}: {', '.join(fields)}")
             f = fields[key]
-            setattr(target, key, _coerce(f"{section}.{key}", value, f.type, f.metadata))
+            setattr(target, key, _coerce(f"{section}.{key}", value, hints[key], f.metadata))
 
 
 def parse_set(assignment: str) -> dict[str, dict[str, Any]]:

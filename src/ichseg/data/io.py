@@ -294,7 +294,7 @@ def dicom_files(folder: Path) -> list[Path]:
 
 
 def _rsna_corrected(pixels: np.ndarray, ds) -> tuple[np.ndarray, float]:
-    """Stored values and intercept, with the RSNA 2019 12-bit quirk undone (DOMAIN.md).
+    """Stored values and intercept, with the RSNA 2019 12-bit quirk undone (docs/DOMAIN.md).
 
     Some RSNA scans store 12-bit unsigned values with an intercept near 0 although the pixels
     were written as if offset by -1000: shift by 1000, wrap at 4096, and use intercept -1000.

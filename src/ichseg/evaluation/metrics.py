@@ -6,7 +6,7 @@ two arrays of directed distances, exactly as `compute_hausdorff_distance` and
 `compute_surface_dice` would compute them (the tests check that they agree), without running the
 distance transform once per metric.
 
-Conventions (CONTRACT.md, and the INSTANCE 2022 challenge where the contract is silent):
+Conventions (docs/CONTRACT.md, and the INSTANCE 2022 challenge where the contract is silent):
 - both masks empty: Dice 1, HD 0, NSD 1, lesion F1 1, relative volume difference 0;
 - one mask empty: Dice 0, NSD 0, lesion F1 0, and both Hausdorff distances are the diagonal of the
   image's extent (shape x spacing) in mm, the worst distance the image allows, so that a missed

@@ -65,7 +65,8 @@ class Predictor:
         return {1: "hemorrhage"}
 
 
-def _checkpoint_file(run_or_checkpoint: Path, which: str) -> tuple[dict[str, Any], Path]:
+def _checkpoint_file(run_or_checkpoint: Path, which: str | None,
+                     ) -> tuple[dict[str, Any], Path]:
     """(checkpoint state, its path) for a checkpoint file, or a run folder's best or last."""
     from ichseg.training.checkpoint import BEST, CheckpointManager, load_checkpoint_file
 
@@ -73,6 +74,8 @@ def _checkpoint_file(run_or_checkpoint: Path, which: str) -> tuple[dict[str, Any
         return load_checkpoint_file(run_or_checkpoint), run_or_checkpoint
     if not run_or_checkpoint.is_dir():
         raise UsageError(f"{run_or_checkpoint} is neither a run folder nor a checkpoint file")
+    if which is None:
+        which = _run_inference_setting(run_or_checkpoint).checkpoint
     if which not in ("best", "last"):
         raise UsageError(f"checkpoint {which!r} must be best or last")
     folder = run_or_checkpoint / "checkpoints"
@@ -88,6 +91,14 @@ def _checkpoint_file(run_or_checkpoint: Path, which: str) -> tuple[dict[str, Any
     return loaded.state, loaded.path
 
 
+def _run_inference_setting(run_dir: Path) -> Any:
+    """The inference settings in a run's config.yaml (the defaults when it has none)."""
+    from ichseg.config import InferenceConfig
+
+    config = run_dir / "config.yaml"
+    return read_run_config(config).inference if config.is_file() else InferenceConfig()
+
+
 def _config_of(state: dict[str, Any], source: Path, run_or_checkpoint: Path) -> Config:
     """The training config: stored in the checkpoint, or (legacy) the run's config.yaml."""
     if isinstance(state.get("config"), dict):
@@ -99,9 +110,10 @@ def _config_of(state: dict[str, Any], source: Path, run_or_checkpoint: Path) -> 
                      f"beside it; predict with --run RUN instead")
 
 
-def load_predictor(run_or_checkpoint: str | Path, checkpoint: str = "best",
+def load_predictor(run_or_checkpoint: str | Path, checkpoint: str | None = None,
                    device: str = "auto") -> Predictor:
-    """Build the network of a run folder (its best or last model) or of a checkpoint file."""
+    """Build the network of a run folder (its best or last model: `checkpoint`, by default the
+    run's inference.checkpoint) or of a checkpoint file."""
     from ichseg.models import build_model
     from ichseg.training.checkpoint import model_state_from
 
@@ -171,12 +183,13 @@ def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict
 
 
 def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-                  tta: bool = False, checkpoint: str = "best", overlap: float | None = None,
+                  tta: bool | None = None, checkpoint: str | None = None,
+                  overlap: float | None = None,
                   save_probabilities: bool | None = None, device: str = "auto",
                   quiet: bool = False) -> list[dict[str, Any]]:
     """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv).
 
-    `checkpoint` picks a run folder's `best` (default) or `last` model; `overlap` and
+    `checkpoint` picks a run folder's `best` or `last` model; it, `tta`, `overlap` and
     `save_probabilities` default to the run's inference settings.
     """
     from ichseg.viz.overlay import draw_overlay
@@ -206,6 +219,8 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
         predictor = load_predictor(run_or_checkpoint, checkpoint, device)
         if save_probabilities is None:
             save_probabilities = predictor.cfg.inference.save_probabilities
+        if tta is None:
+            tta = predictor.cfg.inference.tta
         names = predictor.class_names
 
         def say(message: str) -> None:
