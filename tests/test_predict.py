@@ -246,9 +246,11 @@ def test_the_runs_inference_settings_choose_the_model_and_tta(tmp_path, everywhe
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(everywhere, run / "checkpoints" / "best.pt")
-    shutil.copy(nowhere, run / "checkpoints" / "ckpt-000002.pt")
+    last = torch.load(nowhere, weights_only=True)
+    last["config"]["inference"]["tta"] = True  # trained (or continued) with --set inference.tta
+    torch.save(last, run / "checkpoints" / "ckpt-000002.pt")
     cfg = preset_config("tiny")
-    cfg.inference.checkpoint, cfg.inference.tta = "last", True
+    cfg.inference.checkpoint = "last"
     cfg.save(run / "config.yaml")
     seen = []
     real = predict.class_probabilities
@@ -259,6 +261,5 @@ def test_the_runs_inference_settings_choose_the_model_and_tta(tmp_path, everywhe
     scan = write_nifti(tmp_path / "head.nii.gz", hu, affine)
     (last,) = predict_cases(run, [scan], tmp_path / "out", quiet=True)
     assert last["empty"] and seen == [True]  # the `last` model, with test-time augmentation
-    (best,) = predict_cases(run, [scan], tmp_path / "best", checkpoint="best", tta=False,
-                            quiet=True)
-    assert not best["empty"] and seen == [True, False]
+    (best,) = predict_cases(run, [scan], tmp_path / "best", checkpoint="best", quiet=True)
+    assert not best["empty"] and seen == [True, False]  # best.pt's config: no tta

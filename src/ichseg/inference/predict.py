@@ -189,8 +189,9 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
                   quiet: bool = False) -> list[dict[str, Any]]:
     """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv).
 
-    `checkpoint` picks a run folder's `best` or `last` model; it, `tta`, `overlap` and
-    `save_probabilities` default to the run's inference settings.
+    `checkpoint` picks a run folder's `best` or `last` model (default: the run's config.yaml
+    `inference.checkpoint`); `tta`, `overlap` and `save_probabilities` default to the inference
+    settings in the model's config.
     """
     from ichseg.viz.overlay import draw_overlay
 

@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,22 @@ from ichseg.config import (
     config_differences,
     config_from_dict,
     flatten,
-    load_yaml,
     parse_duration,
     resolve_config,
 )
 from ichseg.errors import DiskFull, UsageError
 from ichseg.fileio import atomic_write_text, is_disk_full
 from ichseg.training import distributed
-from ichseg.training.run_folder import ARCHIVE, CONFIG_FILE, SPLIT_FILE, TRAIN_LOG
+from ichseg.training.run_folder import (
+    ARCHIVE,
+    CONFIG_FILE,
+    SPLIT_FILE,
+    TRAIN_LOG,
+    missing_keys,
+    read_recorded_config,
+    read_split,
+)
+from ichseg.training.train_log import TrainLog, collected_train_log, console_logging
 
 log = logging.getLogger("ichseg.training")
 
@@ -87,7 +95,7 @@ def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "cont
 
 def _run_training(data: str | Path | None, run_dir: Path, mode: str, started: float,
                   ranks: distributed.Ranks, options: dict[str, Any]) -> TrainResult:
-    with _console_logging(), distributed.main_rank_logs(ranks), _train_log() as train_log:
+    with console_logging(), distributed.main_rank_logs(ranks), collected_train_log() as train_log:
         # Every rank plans (reading only); nothing is written until they all have.
         plan = plan_run(data, run_dir, distributed.mode_after_restart(mode), **options)
         if plan.done_message:
@@ -148,7 +156,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
         archive_first = has_run
     elif mode == "continue":
         # The mirror (e.g. Google Drive) counts too: a fresh runtime has an empty local disk.
-        recorded, raw, damage = _read_recorded_config(config_path)
+        recorded, raw, damage = read_recorded_config(config_path)
         manager = CheckpointManager(
             run_dir / "checkpoints", keep=recorded.training.keep_checkpoints if recorded else 3,
             mirror_dir=mirror_dir or (recorded.training.mirror_dir if recorded else None) or None)
@@ -156,7 +164,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
         loaded = manager.load_latest(copy_back=False)  # UsageError: files there, none valid
         stored = loaded.state.get("config") if loaded is not None else None
         if raw is not None and isinstance(stored, dict):
-            damage = _missing_keys(raw, stored)
+            damage = missing_keys(raw, stored)
             recorded = None if damage else recorded
         if damage and (loaded is None or not isinstance(loaded.state.get("config"), dict)):
             raise UsageError(f"{config_path} is damaged ({damage}) and no checkpoint holds the "
@@ -228,30 +236,6 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     return plan
 
 
-def _read_recorded_config(path: Path) -> tuple[Config | None, dict[str, Any] | None, str | None]:
-    """The run's config.yaml: (config, its YAML, None); (None, None, None) when there is none;
-    (None, None, why) when it is damaged (a kill during an old, non-atomic write; garbage)."""
-    if not path.is_file():
-        return None, None, None
-    try:
-        raw = load_yaml(path)
-        return config_from_dict(raw, f"config file {path}"), raw, None
-    except UsageError as exc:
-        return None, None, str(exc)
-
-
-def _missing_keys(raw: dict[str, Any], stored: dict[str, Any]) -> str | None:
-    """Why config.yaml is incomplete next to the config its run's checkpoint stores (written
-    by the same version, so it has every key): a file truncated at a line end is still YAML."""
-    missing = [f"{section}.{key}" if key else section
-               for section, values in stored.items()
-               for key in (values if isinstance(values, dict) else [None])
-               if section not in raw or (key and key not in (raw[section] or {}))]
-    if not missing:
-        return None
-    return f"it lacks {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}"
-
-
 def _check_changes(saved: Config, cfg: Config, origin: Path | None) -> None:
     """Refuse changes that alter the model or the data; note the harmless ones."""
     changed = config_differences(saved, cfg)
@@ -284,7 +268,7 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
     split = None
     if resuming and split_path.is_file():
         try:
-            split = _read_split(split_path)
+            split = read_split(split_path)
         except UsageError as exc:
             # The split is a function of the dataset's cases, the fraction and the seed, all
             # known; it is rebuilt as the run's start made it, and written again.
@@ -303,17 +287,9 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
     plan.cases = labelled
 
 
-def _read_split(path: Path) -> dict[str, list[str]]:
-    try:
-        split = json.loads(path.read_text())
-        return {"train": list(split["train"]), "validation": list(split["validation"])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"split file {path} cannot be read: {exc}") from None
-
-
 # --- doing it ---------------------------------------------------------------------------------
 
-def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
+def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
            ranks: distributed.Ranks) -> TrainResult:
     from ichseg.data.cache import load_cases
     from ichseg.training.checkpoint import CheckpointManager
@@ -423,69 +399,3 @@ def _archive(run_dir: Path, stamp: str) -> Path:
             shutil.move(str(entry), str(target / entry.name))
     log.warning("moved the previous run in %s to %s", run_dir, target)
     return target
-
-
-# --- logging: the console always, train.log while training -------------------------------------
-
-@contextlib.contextmanager
-def _console_logging() -> Iterator[None]:
-    """Messages of ichseg.training on stderr, unless the caller configured logging already."""
-    import sys
-
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    logger = logging.getLogger("ichseg")
-    added = None
-    if not logger.handlers and not logging.getLogger().handlers:
-        added = logging.StreamHandler(sys.stderr)
-        added.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(added)
-        logger.setLevel(logging.INFO)
-    try:
-        with logging_redirect_tqdm(loggers=[logger]):
-            yield
-    finally:
-        if added is not None:
-            logger.removeHandler(added)
-
-
-class _TrainLog(logging.Handler):
-    """train.log. Records logged before the run folder may be written (planning must not touch
-    the disk) are kept, and written first once `open` is called."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.pending: list[logging.LogRecord] = []
-        self.file: logging.FileHandler | None = None
-
-    def open(self, path: Path) -> None:
-        self.file = logging.FileHandler(path, encoding="utf-8")
-        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        # On a full disk the record still reaches the console; no traceback for each line.
-        self.file.handleError = lambda record: None  # type: ignore[method-assign]
-        for record in self.pending:
-            self.file.handle(record)
-        self.pending.clear()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.file is None:
-            self.pending.append(record)
-        else:
-            self.file.handle(record)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        super().close()
-
-
-@contextlib.contextmanager
-def _train_log() -> Iterator[_TrainLog]:
-    handler = _TrainLog()
-    logger = logging.getLogger("ichseg")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
