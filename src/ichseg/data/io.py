@@ -270,8 +270,9 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
 
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    # nibabel picks gzip from the suffix, so the temp name keeps it.
-    with atomic_path(path, suffix=suffix) as tmp:
+    # nibabel picks gzip from the suffix, so the temp name keeps it. Not fsynced (as before): a
+    # label map lost to a power cut is predicted again, and predict's figures stay as measured.
+    with atomic_path(path, suffix=suffix, durable=False) as tmp:
         img.to_filename(tmp)
     return path
 

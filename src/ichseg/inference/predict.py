@@ -175,7 +175,7 @@ def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict
     """Rewrite volumes.csv atomically: the cases done so far."""
     per_class = [f"{name}_ml" for name in class_names.values()] if len(class_names) > 1 else []
     columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty", "input"]
-    with atomic_open(path, "w", newline="") as handle:
+    with atomic_open(path, "w", durable=False, newline="") as handle:  # rewritten per case
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
