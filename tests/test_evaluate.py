@@ -67,7 +67,7 @@ def test_scores_and_summaries(folders, tmp_path):
 
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     for key in ("case", "dice", "hd95", "hd_max", "nsd", "rvd", "volume_error_ml", "lesion_f1",
-                "gt_ml", "pred_ml", "nsd_0.42"):
+                "gt_ml", "pred_ml", "nsd_1", "abs_rvd"):
         assert key in saved["cases"][0]
     with (tmp_path / "report" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -14,6 +14,7 @@ crash or a concurrent writer (several ranks) never leaves a half-written entry u
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -86,7 +87,7 @@ class PreprocessedCache:
             "spacing": [float(s) for s in cfg.spacing],
             "crop_to_head": cfg.crop_to_head,
             "subtypes": cfg.subtypes,
-            "label_mapping": None if mapping is None else [mapping.allowed, mapping.binary],
+            "label_mapping": None if mapping is None else dataclasses.asdict(mapping),
         }
         text = json.dumps(fingerprint, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
