@@ -47,9 +47,9 @@ HEAD_MIN_BODY_SHARE = 0.6
 # field of view); under 5 % the component is a fragment, not the framed head.
 HEAD_MIN_FOV_SHARE = 0.05
 # Scanners centre the head in-plane: the component's centre (mid-point of its extent along x and
-# along y) lies within this share of the field of view from the middle; a quarter means its
-# centre sits in the outer quarter on either side.
-HEAD_MAX_CENTRE_OFFSET = 0.25
+# along y) lies within this share of the field of view from the middle: in the middle 70 %,
+# as an off-centre head still is, not in the outer 15 % on either side.
+HEAD_MAX_CENTRE_OFFSET = 0.35
 
 
 @dataclass
