@@ -20,7 +20,7 @@ from conftest import TINY_SHAPE, TINY_SPACING
 from trainrun import assert_equal_tree, fast_options, load_last
 
 import ichseg
-from ichseg.data.inspect import fingerprint
+from ichseg.data.inspect import fingerprint, format_fingerprint
 from ichseg.data.layouts import find_cases
 from ichseg.data.synth import make_case
 from ichseg.errors import UsageError
@@ -132,7 +132,7 @@ def test_each_dataset_copy_trains_bit_identical_to_its_generic_twin(layout, voxe
     write, subtypes = COPIES[layout]
     data = write(tmp_path / "data", voxels)
     report = fingerprint(data, progress=False)
-    assert (report["layout"], report["problems"]) == (layout, [])
+    assert (report["layout"], report["problems"], report["subtypes"]) == (layout, [], subtypes)
     # inspect's volumes are the twin's: every layout's labels read as the same blood.
     expected = [float(np.count_nonzero(c.label)) * float(np.prod(TINY_SPACING)) / 1000
                 for c in voxels]
@@ -157,6 +157,10 @@ def test_subtype_training_on_binary_labels_exits_2_before_writing(layout, voxels
     with pytest.raises(UsageError, match="data.subtypes=true needs labels") as refused:
         train(data, run, subtypes=True)
     assert expected in str(refused.value) and "\n" not in str(refused.value)
+    # inspect says the same before anyone tries.
+    report = fingerprint(data, progress=False)
+    assert report["subtypes"] is False and report["subtypes_note"] in str(refused.value)
+    assert f"no: {report['subtypes_note']}" in format_fingerprint(report)
     assert not run.exists()
 
 
