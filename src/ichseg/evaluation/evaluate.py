@@ -37,6 +37,7 @@ from ichseg.evaluation.metrics import (
     METRIC_NAMES,
     case_metrics,
 )
+from ichseg.fileio import atomic_open, atomic_write_text
 
 # Label codes 1..5 of the contract (BHSD's order): EDH, IPH, IVH, SAH, SDH.
 SUBTYPE_NAMES = tuple(name for code, name in sorted(CODES.items()) if code > 0)
@@ -171,7 +172,7 @@ def _write_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"csv": out_dir / "metrics.csv", "json": out_dir / "metrics.json",
              "png": out_dir / "metrics.png"}
-    with files["csv"].open("w", newline="") as handle:
+    with atomic_open(files["csv"], "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "class", *METRIC_NAMES])
         for r in report["cases"]:
@@ -179,7 +180,7 @@ def _write_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
             for name, values in r.get("classes", {}).items():
                 writer.writerow([r["case"], name, *(values[k] for k in METRIC_NAMES)])
     report = {**report, "files": {k: str(v) for k, v in files.items()}}
-    files["json"].write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    atomic_write_text(files["json"], json.dumps(_json_safe(report), indent=2) + "\n")
     _draw_boxplots(report, files["png"])
     return {k: str(v) for k, v in files.items()}
 
