@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -9,6 +11,7 @@ from scipy import ndimage
 from ichseg.config import DataConfig
 from ichseg.data.ct import (
     _open_in_plane,
+    head_box,
     preprocess_case,
     resample,
     restore_argmax,
@@ -205,6 +208,31 @@ def test_a_table_beside_the_head_is_not_kept():
     _, _, info = preprocess_case(Volume(hu, np.diag([1.0, 1.0, 5.0, 1.0])), None,
                                  DataConfig(spacing=[1.0, 1.0, 5.0]))
     assert info.crop_stop[0] < 60
+
+
+def test_a_head_like_component_is_cropped_without_a_warning():
+    hu, _ = head_scan((120, 100, 14))  # off-centre, yet within the middle of the field of view
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        start, stop = head_box(hu, (1.0, 1.0, 5.0), "centred.nii")
+    assert stop[0] < 60
+
+
+def test_a_split_head_warns_and_keeps_the_whole_scan():
+    hu, _ = head_scan()
+    hu[22:25] = -1000.0  # an air gap through the head: two halves of about half the body each
+    with pytest.warns(UserWarning, match=r"split.nii.*% of the body voxels.*keeping the whole"):
+        start, stop = head_box(hu, (1.0, 1.0, 5.0), "split.nii")
+    assert (start, stop) == ((0, 0, 0), SHAPE)
+
+
+def test_a_large_object_beside_the_head_warns_and_keeps_the_whole_scan():
+    hu, _ = head_scan((120, 100, 14))
+    hu[92:120] = 40.0  # a water-dense block along one edge, larger than the head
+    with pytest.warns(UserWarning, match=r"block.nii: .*off its centre.*keeping the whole"):
+        _, _, info = preprocess_case(Volume(hu, np.diag([1.0, 1.0, 5.0, 1.0]), path="block.nii"),
+                                     None, DataConfig(spacing=[1.0, 1.0, 5.0]))
+    assert info.crop_shape == (120, 100, 14)
 
 
 def test_label_values_outside_the_codes_name_the_file():

@@ -67,7 +67,7 @@ def test_scores_and_summaries(folders, tmp_path):
 
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     for key in ("case", "dice", "hd95", "hd_max", "nsd", "rvd", "volume_error_ml", "lesion_f1",
-                "gt_ml", "pred_ml", "nsd_0.42"):
+                "gt_ml", "pred_ml", "nsd_1", "abs_rvd"):
         assert key in saved["cases"][0]
     with (tmp_path / "report" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -136,3 +136,57 @@ def test_grid_mismatch_names_the_file(folders, tmp_path, capsys):
     _write(pred, "c_empty", np.zeros((16, 16, 5), dtype=np.uint8))
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 2
     assert "shape" in capsys.readouterr().err
+
+
+def test_report_names_its_definitions_and_nsd_tolerance(folders, tmp_path, capsys):
+    pred, gt = folders
+    out = tmp_path / "report"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                 "--nsd-tolerance", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "NSD at 2 mm" in printed and "abs_rvd" in printed and "INSTANCE 2022" in printed
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["nsd_tolerance_mm"] == 2.0
+    assert "2 mm" in saved["definitions"]["nsd"] and "area" in saved["definitions"]["nsd"]
+    assert set(saved["cases"][0]) - {"case"} <= set(saved["definitions"])
+    assert saved["cases"][1]["abs_rvd"] == 1.0 and saved["cases"][1]["rvd"] == -1.0
+    assert evaluate_folders(pred, gt)["nsd_tolerance_mm"] == 0.42  # INSTANCE 2022's default
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--nsd-tolerance", "0"]) == 2
+
+
+def test_ground_truth_is_read_through_its_dataset_layout(tmp_path):
+    # PhysioNet's masks/ stores blood as 255: read as any hemorrhage, as training reads it.
+    pred = tmp_path / "pred"
+    physionet = tmp_path / "physionet"
+    _write(physionet / "ct_scans", "049", np.zeros(SHAPE, np.uint8))
+    _write(physionet / "masks", "049", _blob(255))
+    _write(pred, "049", _blob(1))
+    report = evaluate_folders(pred, physionet / "masks")
+    assert report["cases"][0]["dice"] == 1.0 and report["classes"] == {}
+    assert "> 0" in report["gt_labels"]
+    # An nnU-Net labelsTr/ numbers subtypes its own way: 1 subdural, 2 epidural here.
+    nnunet = tmp_path / "Dataset7_ICH"
+    _write(nnunet / "imagesTr", "c_0000", np.zeros(SHAPE, np.uint8))
+    _write(nnunet / "labelsTr", "c", _blob(1))
+    (nnunet / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "subdural": 1, "epidural": 2}}))
+    pred = tmp_path / "pred_subtypes"
+    _write(pred, "c", _blob(5))  # SDH in the contract's codes
+    report = evaluate_folders(pred, nnunet / "labelsTr")
+    assert report["cases"][0]["classes"]["SDH"]["dice"] == 1.0
+    assert report["classes"]["SDH"]["cases"] == 1 and report["classes"]["EDH"]["cases"] == 0
+
+
+def test_subtype_model_predicting_only_edh_is_scored_per_subtype(tmp_path):
+    # codes 0/1 on both sides, but the ground truth is BHSD's (subtypes) and the predictions come
+    # with a subtype model's volumes.csv: code 1 is EDH on both sides, not "any hemorrhage".
+    bhsd = tmp_path / "label_192"
+    _write(bhsd / "images", "ID_1_ID_2", np.zeros(SHAPE, np.uint8))
+    _write(bhsd / "ground truths", "ID_1_ID_2", _blob(1))
+    pred = tmp_path / "pred"
+    _write(pred, "ID_1_ID_2", _blob(1))
+    (pred / "volumes.csv").write_text("case,voxel_volume_mm3,hemorrhage_ml,EDH_ml,IPH_ml,IVH_ml,"
+                                      "SAH_ml,SDH_ml,empty,input\n")
+    report = evaluate_folders(pred, bhsd / "ground truths")
+    assert report["classes"]["EDH"]["cases"] == 1
+    assert report["cases"][0]["classes"]["EDH"]["dice"] == 1.0

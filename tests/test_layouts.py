@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ichseg.data.layouts import LABEL_MAPPINGS, detect_layout, find_cases
+from ichseg.data.layouts import LABEL_MAPPINGS, detect_layout, find_cases, label_folder_mapping
 from ichseg.errors import UsageError
 
 # layout -> (dataset folder below the root, image path, label path) per case, as the real
@@ -146,3 +147,55 @@ def test_a_macos_zip_shadow_folder_is_not_a_second_dataset(tmp_path, write_small
         (shadow / sub / "._ID_0a1.nii.gz").write_bytes(b"\x00\x05\x16\x07")
     index = find_cases(tmp_path)
     assert (index.layout, index.root, len(index.cases)) == ("bhsd", folder, 1)
+
+
+def _nnunet(tmp_path: Path, write, labels) -> Path:
+    folder = _build(tmp_path, "nnunet", write)
+    if labels is not None:
+        (folder / "dataset.json").write_text(labels if isinstance(labels, str)
+                                             else json.dumps({"labels": labels}))
+    return folder
+
+
+def test_nnunet_label_names_map_to_contract_codes_in_any_spelling(tmp_path, write_small_case):
+    _nnunet(tmp_path, write_small_case, {"background": 0, "SDH": 1, "Epidural_Hemorrhage": 2,
+                                         "intra-ventricular": 3, "IPH": 4, "sah": 5})
+    mapping = find_cases(tmp_path).label_mapping
+    assert not mapping.binary and mapping.allowed == (0, 1, 2, 3, 4, 5)
+    file_values = np.array([[[0, 1, 2, 3, 4, 5]]], dtype=np.uint8)
+    assert mapping.to_codes(file_values).tolist() == [[[0, 5, 1, 3, 2, 4]]]
+    assert mapping.invalid_values([0, 6]) == [6]
+    assert "1 SDH -> SDH" in mapping.description
+
+
+def test_nnunet_v1_labels_table_is_read_value_first(tmp_path, write_small_case):
+    _nnunet(tmp_path, write_small_case, {"0": "background", "1": "subdural", "2": "epidural"})
+    assert find_cases(tmp_path).label_mapping.to_codes(np.array([2, 1, 0])).tolist() == [1, 5, 0]
+
+
+@pytest.mark.parametrize("labels, named", [
+    ({"background": 0, "hemorrhage": 1}, "1 'hemorrhage'"),
+    ({"background": 0, "EDH": 1, "tumour": 2}, "2 'tumour'"),
+    (None, "has no dataset.json"),
+])
+def test_nnunet_labels_that_cannot_say_subtypes_make_a_binary_dataset(tmp_path, write_small_case,
+                                                                     labels, named):
+    _nnunet(tmp_path, write_small_case, labels)
+    mapping = find_cases(tmp_path).label_mapping
+    assert mapping.binary and named in mapping.why_binary
+    assert mapping.to_codes(np.array([0, 1, 2])).tolist() == [0, 1, 1]  # any label is blood
+
+
+def test_unreadable_dataset_json_names_the_file(tmp_path, write_small_case):
+    _nnunet(tmp_path, write_small_case, '{"name": "no labels here"}')
+    with pytest.raises(UsageError, match=r"dataset.json has no \"labels\" table"):
+        find_cases(tmp_path)
+
+
+def test_label_folder_mapping_recognises_each_layouts_label_folder(tmp_path, write_small_case):
+    folder = _build(tmp_path / "p", "physionet", write_small_case)
+    assert label_folder_mapping(folder / "masks") == ("physionet", LABEL_MAPPINGS["physionet"])
+    folder = _build(tmp_path / "b", "bhsd", write_small_case)
+    assert label_folder_mapping(folder / "ground truths")[0] == "bhsd"
+    assert label_folder_mapping(folder / "images") == (None, LABEL_MAPPINGS["generic"])
+    assert label_folder_mapping(tmp_path) == (None, LABEL_MAPPINGS["generic"])

@@ -57,11 +57,13 @@ def predict(run_or_checkpoint: str | Path, inputs: Sequence[str | Path] | str | 
 
 
 def evaluate(pred_dir: str | Path, gt_dir: str | Path,
-             out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Compare predicted label maps with ground truth: per-case metrics, mean and median."""
+             out_dir: str | Path | None = None, nsd_tolerance_mm: float = 0.42) -> dict[str, Any]:
+    """Compare predicted label maps with ground truth: per-case metrics, mean and median.
+
+    `nsd_tolerance_mm`: the tolerance of `nsd` (INSTANCE 2022's 0.42 mm by default)."""
     from ichseg.evaluation.evaluate import evaluate_folders
 
-    return evaluate_folders(pred_dir, gt_dir, out_dir)
+    return evaluate_folders(pred_dir, gt_dir, out_dir, nsd_tolerance_mm)
 
 
 def plot(run_dir: str | Path) -> Path:

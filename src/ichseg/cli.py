@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True)
     p.add_argument("--gt", required=True)
     p.add_argument("--out")
+    p.add_argument("--nsd-tolerance", type=float, default=0.42, metavar="MM",
+                   help="tolerance of the normalised surface Dice (INSTANCE 2022: 0.42 mm)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("plot", help="redraw RUN/progress.png")
@@ -134,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from ichseg.evaluation.evaluate import format_summary
 
-        report = api.evaluate(args.pred, args.gt, args.out)
+        report = api.evaluate(args.pred, args.gt, args.out, args.nsd_tolerance)
         print(json.dumps(report, indent=2) if args.json else format_summary(report))
         return 0
     if args.command == "plot":

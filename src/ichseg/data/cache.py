@@ -14,6 +14,7 @@ crash or a concurrent writer (several ranks) never leaves a half-written entry u
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from ichseg.errors import UsageError
 from ichseg.fileio import atomic_open
 
 # Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype...).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the head crop keeps the whole scan when the part is not head-like
 CACHE_ENV = "ICHSEG_CACHE"
 _INT16 = np.iinfo(np.int16)
 # What np.load raises on a truncated or foreign entry: treated as a miss and rewritten.
@@ -86,7 +87,7 @@ class PreprocessedCache:
             "spacing": [float(s) for s in cfg.spacing],
             "crop_to_head": cfg.crop_to_head,
             "subtypes": cfg.subtypes,
-            "label_mapping": None if mapping is None else [mapping.allowed, mapping.binary],
+            "label_mapping": None if mapping is None else dataclasses.asdict(mapping),
         }
         text = json.dumps(fingerprint, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()

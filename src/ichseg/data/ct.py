@@ -16,6 +16,7 @@ match the linear mode's), so codes are never blended.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,17 @@ HEAD_MARGIN_MM = 10.0
 # The head mask is found on a grid of about this in-plane spacing: a bounding box with a 10 mm
 # margin does not need full resolution, and a 512 x 512 scan is 16 times cheaper at 2 mm.
 HEAD_MASK_SPACING_MM = 2.0
+# When the largest body component is not head-like the crop is skipped (`_not_head_like`).
+# A whole head is nearly all of the body mask once thin table parts are opened away (the
+# synthetic heads: 100 %); a head split in two leaves each half near 50 %.
+HEAD_MIN_BODY_SHARE = 0.6
+# The head fills about a third to a half of a head CT's voxels (a 180 mm head in a 230-250 mm
+# field of view); under 5 % the component is a fragment, not the framed head.
+HEAD_MIN_FOV_SHARE = 0.05
+# Scanners centre the head in-plane: the component's centre (mid-point of its extent along x and
+# along y) lies within this share of the field of view from the middle: in the middle 70 %,
+# as an off-centre head still is, not in the outer 15 % on either side.
+HEAD_MAX_CENTRE_OFFSET = 0.35
 
 
 @dataclass
@@ -101,26 +113,60 @@ def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     return nio.apply_orientation(array, orientation), orientation
 
 
-def head_box(hu: np.ndarray, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def head_box(hu: np.ndarray, spacing: Sequence[float], source: object = "the scan",
+             ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """[start, stop) of the head's bounding box plus a margin; the whole scan if no head is found.
 
     The body mask (HU > -500) is computed on an in-plane subsampled grid, opened to cut thin
-    connections to the table, and reduced to its largest connected component.
+    connections to the table, and reduced to its largest connected component. When that
+    component does not look like a head (`_not_head_like`), cropping to it could cut the head
+    away: `source` (the file) is named in a warning and the whole scan is kept.
     """
     steps = [max(1, int(HEAD_MASK_SPACING_MM // s)) for s in spacing[:2]] + [1]
     coarse = _open_in_plane(hu[::steps[0], ::steps[1], ::steps[2]] > HEAD_THRESHOLD_HU)
     components, count = ndimage.label(coarse)
+    whole = (0, 0, 0), tuple(int(n) for n in hu.shape)
     if count == 0:
-        return (0, 0, 0), tuple(int(n) for n in hu.shape)
+        return whole
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     box = ndimage.find_objects(components)[int(sizes.argmax()) - 1]
+    reason = _not_head_like(sizes, box, coarse.shape)
+    if reason:
+        warnings.warn(f"crop to head: {source}: {reason}; keeping the whole scan uncropped",
+                      UserWarning, stacklevel=2)
+        return whole
     start, stop = [], []
     for axis, sl in enumerate(box):
         margin = int(np.ceil(HEAD_MARGIN_MM / spacing[axis]))
         start.append(max(0, sl.start * steps[axis] - margin))
         stop.append(min(hu.shape[axis], (sl.stop - 1) * steps[axis] + 1 + margin))
     return tuple(start), tuple(stop)
+
+
+def _not_head_like(sizes: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> str:
+    """Why the kept body component is not a head (one clause), or "" when it is.
+
+    A head scan is framed on the head: the head is most of what is denser than air, fills a fair
+    part of the field of view and lies near its centre in-plane. A component failing any of the
+    HEAD_* thresholds is more likely a half of a split head, or a large foreign object (a
+    phantom, a bolus bag, the shoulders) beside a smaller head.
+    """
+    share = float(sizes.max()) / float(sizes.sum())
+    if share < HEAD_MIN_BODY_SHARE:
+        return (f"the largest connected body part holds only {share:.0%} of the body voxels "
+                f"(a head is at least {HEAD_MIN_BODY_SHARE:.0%}), as if the head were split")
+    fov_share = float(sizes.max()) / float(np.prod(shape))
+    if fov_share < HEAD_MIN_FOV_SHARE:
+        return (f"the largest connected body part fills only {fov_share:.1%} of the field of "
+                f"view (a head fills at least {HEAD_MIN_FOV_SHARE:.0%})")
+    # The middle of the component's bounding box along x and y, as a share of the field of view.
+    offset = np.array([abs((sl.start + sl.stop) / 2.0 / n - 0.5)
+                       for sl, n in zip(box[:2], shape[:2], strict=True)])
+    if offset.max() > HEAD_MAX_CENTRE_OFFSET:
+        return (f"the largest connected body part lies {offset.max():.0%} of the field of view "
+                f"off its centre (a head is within {HEAD_MAX_CENTRE_OFFSET:.0%})")
+    return ""
 
 
 def _open_in_plane(mask: np.ndarray) -> np.ndarray:
@@ -225,7 +271,7 @@ def prepare_hu(image: Volume, label: Volume | None, data_cfg: DataConfig,
     spacing = np.linalg.norm(
         (image.affine @ nio.inv_ornt_aff(orientation, native_shape))[:3, :3], axis=0)
     if data_cfg.crop_to_head:
-        start, stop = head_box(hu_ras, spacing)
+        start, stop = head_box(hu_ras, spacing, image.path)
     else:
         start, stop = (0, 0, 0), tuple(int(n) for n in hu_ras.shape)
     box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))

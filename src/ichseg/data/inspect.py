@@ -183,6 +183,8 @@ def fingerprint(data: str | Path, layout: str = "auto", progress: bool = True) -
 
     report: dict[str, Any] = {"layout": index.layout, "root": str(index.root),
                               "num_cases": len(index.cases), "label_mapping": mapping.description,
+                              # Whether `train` takes data.subtypes=true here, else why not.
+                              "subtypes": not mapping.binary, "subtypes_note": mapping.why_binary,
                               "cases": cases, "summary": summary}
     if "slice_flags" in index.extras:
         report["slice_flags"] = {"file": index.extras["slice_flags_file"],
@@ -200,6 +202,7 @@ def format_fingerprint(report: dict[str, Any]) -> str:
     """The fingerprint as a readable table for the console."""
     lines = [f"dataset   {report['root']}",
              f"layout    {report['layout']}  (labels: {report['label_mapping']})",
+             f"subtypes  {'yes' if report['subtypes'] else 'no: ' + report['subtypes_note']}",
              f"cases     {report['num_cases']}", ""]
     header = f"{'case':<16} {'shape':<16} {'spacing (mm)':<20} {'HU min..max':<16} " \
              f"{'labels':<14} {'blood mL':>9}"

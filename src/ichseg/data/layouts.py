@@ -13,6 +13,7 @@ Each layout also says how its label values become the contract's codes (`LabelMa
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +38,17 @@ _PHYSIONET_FLAGS = (*PHYSIONET_SUBTYPE_CODES, "No_Hemorrhage", "Fracture_Yes_No"
 class LabelMapping:
     """How a layout's label-file values become the contract's codes.
 
-    `allowed`: the file values accepted as they are (any other is a problem), or None when every
-    value above 0 means "hemorrhage" and is binarised. `binary`: the dataset has one hemorrhage
-    class (code 1), no subtypes.
+    `allowed`: the file values accepted (any other is a problem), or None when every value above
+    0 means "hemorrhage" and is binarised. `codes`: the contract code of each file value
+    (`codes[v]`), or None when the file values are the codes. `binary`: the labels mark any
+    hemorrhage only, and `why_binary` says why in a clause, for refusing subtype training.
     """
 
     allowed: tuple[int, ...] | None
     binary: bool
     description: str
+    codes: tuple[int, ...] | None = None
+    why_binary: str = ""
 
     def invalid_values(self, values: np.ndarray | list[int]) -> list[int]:
         """The values among `values` (distinct label values) that this layout does not allow."""
@@ -53,22 +57,111 @@ class LabelMapping:
         return sorted(int(v) for v in values if int(v) not in self.allowed)
 
     def to_codes(self, label: np.ndarray) -> np.ndarray:
-        """The label map in contract codes (uint8); the caller has checked `invalid_values`."""
-        if self.allowed is None:
-            return (label > 0).astype(np.uint8)
-        return np.asarray(label, dtype=np.uint8)
+        """The label map in contract codes (uint8); the caller has checked `invalid_values`.
+
+        A binary dataset gives 1 for any value above 0, whatever its files store."""
+        if self.allowed is None or self.binary:
+            return (np.asarray(label) > 0).astype(np.uint8)
+        if self.codes is None:
+            return np.asarray(label, dtype=np.uint8)
+        return np.asarray(self.codes, dtype=np.uint8)[label]
 
 
 _SUBTYPE_CODES = LabelMapping(tuple(CODES), binary=False,
                               description="codes 0-5: background, EDH, IPH, IVH, SAH, SDH")
 LABEL_MAPPINGS: dict[str, LabelMapping] = {
     "generic": _SUBTYPE_CODES,
+    # Replaced by the names in the dataset's dataset.json (`nnunet_label_mapping`).
     "nnunet": _SUBTYPE_CODES,
     "bhsd": _SUBTYPE_CODES,
     # PhysioNet masks mark any hemorrhage; some copies store it as 255, so binarise with > 0.
-    "physionet": LabelMapping(None, binary=True, description="any value > 0 is hemorrhage"),
-    "instance": LabelMapping((0, 1), binary=True, description="0 background, 1 hemorrhage"),
+    "physionet": LabelMapping(None, binary=True, description="any value > 0 is hemorrhage",
+                              why_binary="PhysioNet CT-ICH masks mark any hemorrhage (its "
+                                         "subtypes are given per slice only)"),
+    "instance": LabelMapping((0, 1), binary=True, description="0 background, 1 hemorrhage",
+                             why_binary="INSTANCE 2022 labels mark any hemorrhage (0/1)"),
 }
+
+# nnU-Net label names -> contract codes. A name is compared lower-cased with everything but
+# letters and digits dropped and a trailing "hemorrhage"/"hematoma"/... removed, so
+# "Epidural_Hemorrhage", "epidural haematoma" and "EDH" all read as epidural.
+SUBTYPE_NAMES: dict[str, int] = {
+    "epidural": 1, "extradural": 1, "edh": 1,
+    "intraparenchymal": 2, "intracerebral": 2, "parenchymal": 2, "iph": 2, "ich": 2,
+    "intraventricular": 3, "ventricular": 3, "ivh": 3,
+    "subarachnoid": 4, "sah": 4,
+    "subdural": 5, "sdh": 5,
+}
+_NAME_SUFFIXES = ("haemorrhage", "hemorrhage", "haematoma", "hematoma", "hemorrhagic",
+                  "bleeding", "bleed", "blood", "hem")
+# "ICH" names a subtype (intracerebral) only beside other subtypes; alone it is the usual name
+# of an any-hemorrhage class (INSTANCE 2022 says "ICH" for every bleed).
+_AMBIGUOUS_ALONE = "ich"
+NNUNET_JSON = "dataset.json"
+
+
+def _name_key(name: str) -> str:
+    key = re.sub(r"[^a-z0-9]", "", name.lower())
+    for suffix in _NAME_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+def _json_labels(path: Path) -> dict[str, int]:
+    """dataset.json's "labels" as {name: value}; nnU-Net v1's {"1": "name"} is turned around.
+
+    Region entries (nnU-Net v2's lists of values) are unions of the plain labels and skipped."""
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8-sig"))["labels"]
+        if all(isinstance(k, str) and k.strip().isdigit() for k in labels) and \
+                all(isinstance(v, str) for v in labels.values()):
+            labels = {name: int(value) for value, name in labels.items()}
+        return {str(name): int(value) for name, value in labels.items()
+                if not isinstance(value, list)}
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be read ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f'{path} has no "labels" table of names and whole numbers '
+                         f'(nnU-Net\'s {{"background": 0, "<name>": 1, ...}})') from None
+
+
+def nnunet_label_mapping(folder: Path) -> LabelMapping:
+    """The mapping an nnU-Net raw folder's dataset.json gives by its label names.
+
+    Names of the five subtypes (SUBTYPE_NAMES, any case and common spellings) become their
+    contract codes; any other name makes the dataset binary (any value > 0 is blood) and is
+    named in `why_binary`, so subtype training is refused saying which name was not understood.
+    """
+    path = folder / NNUNET_JSON
+    if not path.is_file():
+        return LabelMapping(None, binary=True, description="no dataset.json: any value > 0 is "
+                            "hemorrhage", why_binary=f"{folder} has no {NNUNET_JSON} naming its "
+                            "labels")
+    labels = _json_labels(path)
+    foreground = {name: value for name, value in labels.items() if value != 0}
+    if any(value < 0 or value > 255 for value in labels.values()):
+        raise UsageError(f"{path} gives a label value outside 0-255")
+    allowed = tuple(sorted({0, *labels.values()}))
+    known = {name: SUBTYPE_NAMES.get(_name_key(name)) for name in foreground}
+    unknown = [name for name, code in known.items() if code is None]
+    if [_name_key(name) for name in foreground] == [_AMBIGUOUS_ALONE]:
+        unknown = list(foreground)
+    if unknown or not foreground:
+        listed = ", ".join(f"{labels[n]} {n!r}" for n in unknown)
+        why = (f"{path} names label {listed}, which is none of the five subtypes (epidural, "
+               f"intraparenchymal, intraventricular, subarachnoid, subdural)" if unknown else
+               f"{path} names no hemorrhage label")
+        return LabelMapping(allowed, binary=True, why_binary=why,
+                            description=f"{NNUNET_JSON} labels {listed or 'none'}: any value > 0 "
+                                        "is hemorrhage")
+    table = [0] * (max(allowed) + 1)
+    for name, value in foreground.items():
+        table[value] = known[name]
+    described = ", ".join(f"{value} {name} -> {CODES[known[name]]}"
+                          for name, value in sorted(foreground.items(), key=lambda kv: kv[1]))
+    return LabelMapping(allowed, binary=False, codes=tuple(table),
+                        description=f"{NNUNET_JSON}: {described}")
 
 
 @dataclass(frozen=True)
@@ -105,10 +198,13 @@ class DatasetIndex:
     cases: list[Case]
     extras: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # How the label files' values become contract codes: inspect, the cache, training and
+    # evaluate all take it from here, so they read every layout alike.
+    label_mapping: LabelMapping | None = None
 
-    @property
-    def label_mapping(self) -> LabelMapping:
-        return LABEL_MAPPINGS[self.layout]
+    def __post_init__(self) -> None:
+        if self.label_mapping is None:
+            self.label_mapping = LABEL_MAPPINGS[self.layout]
 
 
 def _describe(layout: str) -> str:
@@ -249,6 +345,7 @@ def find_cases(root: str | Path, layout: str = "auto", strict: bool = True) -> D
                     for case_id, label in labels.items() if case_id not in images)
 
     extras: dict[str, Any] = {}
+    mapping = nnunet_label_mapping(folder) if layout == "nnunet" else None
     if layout == "physionet":
         csv_path = next((p for p in folder.iterdir()
                          if p.name.lower() == PHYSIONET_CSV.lower() and p.is_file()), None)
@@ -258,4 +355,18 @@ def find_cases(root: str | Path, layout: str = "auto", strict: bool = True) -> D
 
     if strict and problems:
         raise UsageError(problems[0])
-    return DatasetIndex(layout, folder, cases, extras, problems)
+    return DatasetIndex(layout, folder, cases, extras, problems, mapping)
+
+
+def label_folder_mapping(folder: str | Path) -> tuple[str | None, LabelMapping]:
+    """(layout, mapping) of a folder of label files: its dataset's when it is a layout's label
+    folder (PhysioNet's masks/, an nnU-Net labelsTr/ beside its dataset.json...), else (None,
+    the contract's codes as they are). `evaluate` reads ground truth through it, as training
+    does."""
+    folder = Path(folder).resolve()
+    for layout, spec in _SPECS.items():
+        if folder.name in spec.label_dirs and _matches(folder.parent, layout) == folder:
+            if layout == "nnunet":
+                return layout, nnunet_label_mapping(folder.parent)
+            return layout, LABEL_MAPPINGS[layout]
+    return None, LABEL_MAPPINGS["generic"]

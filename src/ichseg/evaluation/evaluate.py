@@ -1,10 +1,15 @@
 """`ichseg evaluate`: predicted label maps against ground truth, case by case, with a summary.
 
-Pairs are matched by case id (the file name without `.nii` / `.nii.gz`). Every case is scored for
-"any hemorrhage" (label > 0); when both folders carry subtype codes (some code above 1 in the
-predictions and in the ground truth) each subtype is scored too. A binary model's code 1 is "any
-hemorrhage", not EDH, so against subtype labels it is scored as any hemorrhage only. Summaries are the mean and median over cases, skipping
-undefined values (a relative volume difference against an empty ground truth). Per-subtype
+Pairs are matched by case id (the file name without `.nii` / `.nii.gz`). The ground truth is
+read through its dataset's label mapping when the folder is a layout's label folder (PhysioNet's
+`masks/` 0/255, an nnU-Net `labelsTr/` numbered by its dataset.json...), as training reads it;
+any other folder holds the contract's codes. Every case is scored for "any hemorrhage"
+(label > 0); whenever the ground truth has subtypes (a subtype layout, or some code above 1) and
+the predictions do too (a code above 1, or a subtype model's volumes.csv beside them), each
+subtype is scored as well. A binary model's code 1 is "any hemorrhage", not EDH, so against
+subtype labels it is scored as any hemorrhage only. Summaries are the mean and median over cases,
+skipping undefined values (a relative volume difference against an empty ground truth).
+The report names the definitions used (`metrics.DEFINITIONS`, with the NSD tolerance). Per-subtype
 summaries count only the cases where that subtype occurs in the ground truth or the prediction:
 a subtype absent from both would otherwise add a perfect score by convention and hide the misses.
 
@@ -24,9 +29,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ichseg.data.io import Volume, nifti_files, nifti_stem, read_label
-from ichseg.data.layouts import CODES
+from ichseg.data.layouts import CODES, LabelMapping, label_folder_mapping
 from ichseg.errors import UsageError
-from ichseg.evaluation.metrics import METRIC_NAMES, case_metrics
+from ichseg.evaluation.metrics import (
+    DEFAULT_NSD_TOLERANCE_MM,
+    DEFINITIONS,
+    METRIC_NAMES,
+    case_metrics,
+)
 from ichseg.fileio import atomic_open, atomic_write_text
 
 # Label codes 1..5 of the contract (BHSD's order): EDH, IPH, IVH, SAH, SDH.
@@ -57,9 +67,15 @@ def _pairs(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
     return [(case, preds[case], gts[case]) for case in sorted(gts)]
 
 
-def _read_pair(pred_path: Path, gt_path: Path) -> tuple[Volume, Volume]:
-    """Both label maps, refused (naming the prediction) unless they lie on the same grid."""
+def _read_pair(pred_path: Path, gt_path: Path, mapping: LabelMapping) -> tuple[Volume, Volume]:
+    """Both label maps, the ground truth in contract codes through `mapping`; refused (naming the
+    file) unless they lie on the same grid and the ground truth holds only allowed values."""
     pred, gt = read_label(pred_path), read_label(gt_path)
+    invalid = mapping.invalid_values(np.flatnonzero(np.bincount(gt.array.ravel())))
+    if invalid:
+        raise UsageError(f"ground truth {gt_path} holds values {invalid[:5]} outside "
+                         f"{mapping.description}")
+    gt = Volume(mapping.to_codes(gt.array), gt.affine, gt.path, gt.header)
     if pred.array.shape != gt.array.shape:
         raise UsageError(f"prediction {pred_path} has shape {pred.array.shape} but its ground "
                          f"truth {gt_path} has {gt.array.shape}")
@@ -69,10 +85,21 @@ def _read_pair(pred_path: Path, gt_path: Path) -> tuple[Volume, Volume]:
     return pred, gt
 
 
-def _subtype_metrics(pred: Volume, gt: Volume) -> dict[str, dict[str, float]]:
+def _subtype_metrics(pred: Volume, gt: Volume, tolerance: float) -> dict[str, dict[str, float]]:
     return {name: case_metrics(pred.array == code, gt.array == code, gt.spacing,
-                               gt.voxel_volume_mm3)
+                               gt.voxel_volume_mm3, tolerance)
             for code, name in enumerate(SUBTYPE_NAMES, start=1)}
+
+
+def _predicted_subtypes(pred_dir: Path) -> bool:
+    """Whether `ichseg predict` wrote these predictions with a subtype model: its volumes.csv
+    then has one column per subtype (a case may hold only code 1, EDH)."""
+    volumes = pred_dir / "volumes.csv"
+    if not volumes.is_file():
+        return False
+    with volumes.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return f"{SUBTYPE_NAMES[-1]}_ml" in header
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -86,39 +113,54 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
-                     out_dir: str | Path | None = None) -> dict[str, Any]:
+                     out_dir: str | Path | None = None,
+                     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict[str, Any]:
     """Score every prediction in `pred_dir` against the same case in `gt_dir`.
 
-    Returns {"pred_dir", "gt_dir", "cases": [per-case metrics, with "classes" when subtyped],
-    "mean", "median", "classes": {subtype: {"cases", "mean", "median"}}, "files"}; with `out_dir`,
-    also writes metrics.csv, metrics.json and metrics.png there. Undefined values (a relative
-    volume difference against an empty ground truth) are None, so the report is valid JSON.
+    Returns {"pred_dir", "gt_dir", "gt_labels", "nsd_tolerance_mm", "definitions", "cases":
+    [per-case metrics, with "classes" when subtyped], "mean", "median", "classes": {subtype:
+    {"cases", "mean", "median"}}, "files"}; with `out_dir`, also writes metrics.csv, metrics.json
+    and metrics.png there. Undefined values (a relative volume difference against an empty
+    ground truth) are None, so the report is valid JSON. `nsd_tolerance_mm` is `nsd`'s tolerance
+    (default INSTANCE 2022's 0.42 mm).
     """
+    tolerance = float(nsd_tolerance_mm)
+    if not tolerance > 0:
+        raise UsageError(f"--nsd-tolerance must be above 0 mm, got {nsd_tolerance_mm}")
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs = _pairs(pred_dir, gt_dir)
+    layout, mapping = label_folder_mapping(gt_dir)
     rows: list[dict[str, Any]] = []
     pred_max = gt_max = 0
     for case, pred_path, gt_path in tqdm(pairs, desc="evaluate", unit="case", disable=None):
-        pred, gt = _read_pair(pred_path, gt_path)
+        pred, gt = _read_pair(pred_path, gt_path, mapping)
         rows.append({"case": case, **case_metrics(pred.array > 0, gt.array > 0, gt.spacing,
-                                                  gt.voxel_volume_mm3)})
+                                                  gt.voxel_volume_mm3, tolerance)})
         pred_max, gt_max = max(pred_max, int(pred.array.max())), max(gt_max, int(gt.array.max()))
 
-    report: dict[str, Any] = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "cases": rows,
-                              **_summary(rows), "classes": {}, "note": None}
-    if pred_max > 1 and gt_max > 1:
+    report: dict[str, Any] = {
+        "pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "gt_labels": mapping.description,
+        "nsd_tolerance_mm": tolerance,
+        "definitions": {**DEFINITIONS, "nsd": DEFINITIONS["nsd"].replace(
+            "the tolerance named in nsd_tolerance_mm", f"{tolerance:g} mm")},
+        "cases": rows, **_summary(rows), "classes": {}, "note": None}
+    # A subtype dataset's labels (BHSD, a named nnU-Net set) are subtypes even where every case
+    # holds only EDH (code 1); a plain or generic folder has subtypes when it shows a code > 1.
+    gt_subtyped = not mapping.binary and (gt_max > 1 or layout not in (None, "generic"))
+    pred_subtyped = pred_max > 1 or _predicted_subtypes(pred_dir)
+    if gt_subtyped and pred_subtyped:
         for row, (_, pred_path, gt_path) in zip(
                 rows, tqdm(pairs, desc="evaluate subtypes", unit="case", disable=None),
                 strict=True):
-            row["classes"] = _subtype_metrics(*_read_pair(pred_path, gt_path))
+            row["classes"] = _subtype_metrics(*_read_pair(pred_path, gt_path, mapping), tolerance)
         for name in SUBTYPE_NAMES:
             present = [r["classes"][name] for r in rows
                        if r["classes"][name]["gt_ml"] > 0 or r["classes"][name]["pred_ml"] > 0]
             report["classes"][name] = {"cases": len(present), **_summary(present)}
-    elif max(pred_max, gt_max) > 1:
+    elif gt_subtyped or pred_subtyped:
         # A binary model against subtype labels (or the reverse): code 1 means different things
         # on the two sides, so only "any hemorrhage" is comparable.
-        side = "ground truth carries" if gt_max > 1 else "predictions carry"
+        side = "ground truth carries" if gt_subtyped else "predictions carry"
         report["note"] = (f"only the {side} subtype codes: scored as any hemorrhage, "
                           f"without per-subtype rows")
     if out_dir is not None:
@@ -158,7 +200,7 @@ def _draw_boxplots(report: dict[str, Any], path: Path) -> None:
     from ichseg.viz.figure import new_figure, save_figure
 
     rows = report["cases"]
-    panels = (("overlap (higher is better)", ("dice", "nsd", "nsd_0.42", "lesion_f1"), (0, 1.02)),
+    panels = (("overlap (higher is better)", ("dice", "nsd", "nsd_1", "lesion_f1"), (0, 1.02)),
               ("boundary distance, mm", ("hd95", "hd_max"), None),
               ("volume error, mL (pred - gt)", ("volume_error_ml",), None))
     fig = new_figure(12, 4.2)
@@ -184,8 +226,8 @@ def _draw_boxplots(report: dict[str, Any], path: Path) -> None:
 
 def format_summary(report: dict[str, Any]) -> str:
     """The report as a console table: per case, then mean and median, then per subtype."""
-    shown = ("dice", "hd95", "hd_max", "nsd", "rvd", "volume_error_ml", "lesion_f1", "gt_ml",
-             "pred_ml")
+    shown = ("dice", "hd95", "hd_max", "nsd", "rvd", "abs_rvd", "volume_error_ml", "lesion_f1",
+             "gt_ml", "pred_ml")
     header = f"{'case':<20}" + "".join(f"{n.replace('volume_error_ml', 'vol_err_ml'):>11}"
                                        for n in shown)
 
@@ -200,7 +242,12 @@ def format_summary(report: dict[str, Any]) -> str:
     for name, summary in report["classes"].items():
         if summary["cases"]:
             lines.append(line(f"{name} mean (n={summary['cases']})", summary["mean"]))
-    lines.append("Dice, NSD (1 mm) and lesion F1 in [0, 1]; HD in mm; volumes in mL.")
+    tolerance = report["nsd_tolerance_mm"]
+    lines.append(f"Dice, NSD and lesion F1 in [0, 1]; HD in mm; volumes in mL. Ground truth: "
+                 f"{report['gt_labels']}.")
+    lines.append(f"NSD at {tolerance:g} mm and HD95/max HD from area-weighted surface elements "
+                 f"(DeepMind surface-distance, as INSTANCE 2022); rvd = (pred - gt) / gt, "
+                 f"abs_rvd = |rvd| (INSTANCE 2022's). Definitions: metrics.json \"definitions\".")
     if report.get("note"):
         lines.append(f"Note: {report['note']}.")
     for kind, path in report.get("files", {}).items():

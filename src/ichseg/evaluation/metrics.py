@@ -1,18 +1,27 @@
 """Segmentation metrics of one case, in millimetres, with the contract's empty-mask conventions.
 
-Surface metrics come from MONAI's edge and surface-distance code (`get_edge_surface_distance`),
-called once per mask pair: HD95, maximum HD and NSD at every tolerance are then read off the same
-two arrays of directed distances, exactly as `compute_hausdorff_distance` and
-`compute_surface_dice` would compute them (the tests check that they agree), without running the
-distance transform once per metric.
+Surface metrics follow DeepMind's surface-distance library, which the INSTANCE 2022 challenge's
+evaluation code uses: the surface is made of surface elements (surfels) on the voxel-corner grid,
+each weighted by its area in mm² for the voxel spacing, so a 0.45 x 0.45 x 5 mm scan's long
+side faces count by their real area instead of one vote per boundary voxel. MONAI computes these
+surfels and their distances (`get_edge_surface_distance(use_subvoxels=True)`), once per mask
+pair; NSD at every tolerance, HD95 and the maximum HD are read off the same arrays:
+- NSD at tolerance t: the area of both surfaces lying within t mm of the other surface, over the
+  area of both (DeepMind's `compute_surface_dice_at_tolerance`). `nsd` uses
+  DEFAULT_NSD_TOLERANCE_MM, INSTANCE 2022's 0.42 mm, unless the caller gives another;
+- HD95: in each direction, the distance below which 95 % of the surface area lies; the larger of
+  the two (DeepMind's `compute_robust_hausdorff(.., 95)`); the maximum HD is the same at 100 %,
+  INSTANCE 2022's "HausdorffDistance".
+`DEFINITIONS` says this per key; `evaluate` writes it into its report.
 
 Conventions (docs/CONTRACT.md, and the INSTANCE 2022 challenge where the contract is silent):
 - both masks empty: Dice 1, HD 0, NSD 1, lesion F1 1, relative volume difference 0;
 - one mask empty: Dice 0, NSD 0, lesion F1 0, and both Hausdorff distances are the diagonal of the
   image's extent (shape x spacing) in mm, the worst distance the image allows, so that a missed
   case weighs on the mean instead of vanishing from it as an infinity or NaN would;
-- relative volume difference (pred - gt) / gt is undefined for an empty ground truth with a
-  non-empty prediction: NaN, which the summaries skip.
+- relative volume difference (pred - gt) / gt, and its absolute value (INSTANCE 2022 reports
+  |RVD|), are undefined for an empty ground truth with a non-empty prediction: NaN, which the
+  summaries skip.
 """
 
 from __future__ import annotations
@@ -27,11 +36,35 @@ from scipy import ndimage
 
 from ichseg.data.masks import bounding_box
 
-# NSD tolerances in mm: 1 mm (the default `nsd`) and INSTANCE 2022's 0.42 mm.
-NSD_TOLERANCES_MM = (1.0, 0.42)
+# INSTANCE 2022's NSD tolerance (its evaluation code calls the surface Dice at 0.42 mm).
+DEFAULT_NSD_TOLERANCE_MM = 0.42
+# A second, fixed NSD column: 1 mm, the tolerance `nsd` had before it followed INSTANCE 2022.
+EXTRA_NSD_TOLERANCE_MM = 1.0
 # The metric names of one case, in the order of the CSV columns (after `case` and `class`).
-METRIC_NAMES = ("dice", "hd95", "hd_max", "nsd", "nsd_0.42", "rvd", "volume_error_ml",
+METRIC_NAMES = ("dice", "hd95", "hd_max", "nsd", "nsd_1", "rvd", "abs_rvd", "volume_error_ml",
                 "lesion_f1", "gt_ml", "pred_ml")
+# What each key means, for the report (`evaluate` adds the NSD tolerance it used).
+DEFINITIONS = {
+    "dice": "2|P∩G| / (|P| + |G|) on voxels; 1 when both masks are empty",
+    "hd95": "DeepMind surface-distance robust Hausdorff at 95 %: per direction the distance "
+            "within which 95 % of the surface area (voxel-corner surfels weighted by area) lies, "
+            "the larger direction, in mm",
+    "hd_max": "maximum Hausdorff distance between the surfaces in mm (DeepMind surface-distance "
+              "at 100 %, INSTANCE 2022's HausdorffDistance)",
+    "nsd": "normalised surface Dice at the tolerance named in nsd_tolerance_mm: the share of both "
+           "surfaces' area (voxel-corner surfels weighted by area, as DeepMind's "
+           "surface-distance and INSTANCE 2022 compute it) within the tolerance of the other",
+    "nsd_1": "the same normalised surface Dice at 1 mm",
+    "rvd": "signed relative volume difference (pred - gt) / gt",
+    "abs_rvd": "|rvd|, the relative volume difference INSTANCE 2022 reports",
+    "volume_error_ml": "pred - gt volume in mL",
+    "lesion_f1": "F1 of 26-connected lesions, a lesion found when it overlaps any of the other",
+    "gt_ml": "ground-truth volume in mL",
+    "pred_ml": "predicted volume in mL",
+    "empty masks": "both empty: Dice, NSD and lesion F1 1, HD 0, RVD 0; one empty: Dice, NSD and "
+                   "lesion F1 0, HD the image's diagonal in mm; RVD against an empty ground "
+                   "truth is undefined (null, skipped by the summaries)",
+}
 # 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -66,14 +99,21 @@ def _crop_to_union(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.nda
     return pred[box], gt[box]
 
 
-def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
-                    tolerances: Sequence[float] = NSD_TOLERANCES_MM) -> dict[str, float]:
-    """HD95, maximum HD and NSD at each tolerance (keys `nsd_<tol>`) between two boolean masks.
+def _area_quantile(distances: torch.Tensor, areas: torch.Tensor, q: float) -> float:
+    """The smallest distance within which a share `q` of the surface area lies (DeepMind's
+    robust Hausdorff of one direction)."""
+    order = torch.argsort(distances)
+    distances, areas = distances[order].double(), areas[order].double()
+    cumulative = torch.cumsum(areas, 0) / areas.sum()
+    index = int(torch.searchsorted(cumulative, torch.tensor([q], dtype=torch.float64)))
+    return float(distances[min(index, len(distances) - 1)])
 
-    Distances are in mm along each axis' own spacing. HD95 follows MONAI: the larger of the two
-    directed 95th percentiles. NSD is the share of both masks' boundary voxels that lie within the
-    tolerance of the other mask's boundary.
-    """
+
+def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
+                    tolerances: Sequence[float] = (DEFAULT_NSD_TOLERANCE_MM,),
+                    ) -> dict[str, float]:
+    """HD95, maximum HD and NSD at each tolerance (keys `nsd_<tol>`) between two boolean masks,
+    from area-weighted surface elements (see the module docstring); distances in mm."""
     pred_empty, gt_empty = not pred.any(), not gt.any()
     if pred_empty and gt_empty:
         return {"hd95": 0.0, "hd_max": 0.0, **{f"nsd_{t:g}": 1.0 for t in tolerances}}
@@ -84,17 +124,21 @@ def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     with warnings.catch_warnings():
         # MONAI 1.5+ passes its own deprecated `always_return_as_numpy` argument internally.
         warnings.simplefilter("ignore", FutureWarning)
-        _, (pred_to_gt, gt_to_pred), _ = get_edge_surface_distance(
-            torch.from_numpy(pred), torch.from_numpy(gt), distance_metric="euclidean",
-            spacing=[float(s) for s in spacing], symmetric=True)
+        (pred_edges, gt_edges), (pred_to_gt, gt_to_pred), (pred_areas, gt_areas) = \
+            get_edge_surface_distance(torch.from_numpy(pred), torch.from_numpy(gt),
+                                      distance_metric="euclidean", use_subvoxels=True,
+                                      spacing=[float(s) for s in spacing], symmetric=True)
+    # The areas come as maps over the corner grid; the distances list its surfels in order.
+    pred_areas, gt_areas = pred_areas[pred_edges], gt_areas[gt_edges]
     result = {
-        "hd95": float(max(torch.quantile(pred_to_gt, 0.95), torch.quantile(gt_to_pred, 0.95))),
+        "hd95": max(_area_quantile(pred_to_gt, pred_areas, 0.95),
+                    _area_quantile(gt_to_pred, gt_areas, 0.95)),
         "hd_max": float(max(pred_to_gt.max(), gt_to_pred.max())),
     }
-    boundary = len(pred_to_gt) + len(gt_to_pred)
+    total = float(pred_areas.sum() + gt_areas.sum())
     for t in tolerances:
-        within = int((pred_to_gt <= t).sum()) + int((gt_to_pred <= t).sum())
-        result[f"nsd_{t:g}"] = within / boundary
+        within = float(pred_areas[pred_to_gt <= t].sum() + gt_areas[gt_to_pred <= t].sum())
+        result[f"nsd_{t:g}"] = within / total
     return result
 
 
@@ -121,8 +165,11 @@ def lesion_f1(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
-                 voxel_volume_mm3: float) -> dict[str, float]:
-    """Every metric of one pair of boolean masks, keyed by METRIC_NAMES (`nsd` is at 1 mm)."""
+                 voxel_volume_mm3: float,
+                 nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict[str, float]:
+    """Every metric of one pair of boolean masks, keyed by METRIC_NAMES (see DEFINITIONS)."""
+    if not nsd_tolerance_mm > 0:
+        raise ValueError(f"the NSD tolerance must be above 0 mm, got {nsd_tolerance_mm}")
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape:
         raise ValueError(f"mask shapes differ: {pred.shape} and {gt.shape}")
@@ -131,14 +178,16 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
         rvd = (pred_ml - gt_ml) / gt_ml
     else:
         rvd = 0.0 if pred_ml == 0 else float("nan")
-    surface = surface_metrics(pred, gt, spacing)
+    tolerances = (nsd_tolerance_mm, EXTRA_NSD_TOLERANCE_MM)
+    surface = surface_metrics(pred, gt, spacing, tolerances)
     return {
         "dice": dice(pred, gt),
         "hd95": surface["hd95"],
         "hd_max": surface["hd_max"],
-        "nsd": surface["nsd_1"],
-        "nsd_0.42": surface["nsd_0.42"],
+        "nsd": surface[f"nsd_{nsd_tolerance_mm:g}"],
+        "nsd_1": surface[f"nsd_{EXTRA_NSD_TOLERANCE_MM:g}"],
         "rvd": rvd,
+        "abs_rvd": abs(rvd),
         "volume_error_ml": pred_ml - gt_ml,
         "lesion_f1": lesion_f1(pred, gt),
         "gt_ml": gt_ml,

@@ -73,6 +73,7 @@ class Plan:
     mode: str = "continue"
     split: dict[str, list[str]] = field(default_factory=dict)
     cases: dict[str, Any] = field(default_factory=dict)  # case id -> Case
+    label_mapping: Any = None  # the layout's LabelMapping, from detection to the cache
 
 
 def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
@@ -260,6 +261,9 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
 
     cfg = plan.cfg
     index = find_cases(cfg.data.path, cfg.data.layout)
+    if cfg.data.subtypes and index.label_mapping.binary:
+        raise UsageError(f"setting data.subtypes=true needs labels that tell the subtypes "
+                         f"apart, but {index.label_mapping.why_binary}")
     labelled = {case.case_id: case for case in index.cases if case.label is not None}
     if len(labelled) < 2:
         raise UsageError(f"dataset {cfg.data.path} needs at least two labelled cases to train "
@@ -285,6 +289,7 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
     resolve_backend(cfg.model.scan_backend, pick_device(cfg.training.device))
     plan.split = split
     plan.cases = labelled
+    plan.label_mapping = index.label_mapping
 
 
 # --- doing it ---------------------------------------------------------------------------------
@@ -303,7 +308,8 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
     ids = plan.split["train"] + plan.split["validation"]
     # Rank 0 decodes the dataset into the cache first; the other ranks then read the cache.
     prepared = distributed.in_turn(lambda: {c.case_id: c for c in load_cases(
-        cfg.data, [plan.cases[i] for i in ids], progress=show_bars(cfg) and ranks.is_main)})
+        cfg.data, [plan.cases[i] for i in ids], progress=show_bars(cfg) and ranks.is_main,
+        label_mapping=plan.label_mapping)})
 
     def prepare_run_folder(held: contextlib.ExitStack) -> None:
         # Rank 0 alone holds the lock and writes; a second job's rank 0 fails here, and
