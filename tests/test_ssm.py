@@ -9,15 +9,8 @@ import torch
 
 from ichseg.errors import UsageError
 from ichseg.models import selective_scan
-from ichseg.models.ssm import (
-    _BLOCK,
-    _CHUNK,
-    _exp2_32,
-    _exp32,
-    _softplus32,
-    available_backends,
-    resolve_backend,
-)
+from ichseg.models.ssm import available_backends, resolve_backend
+from ichseg.models.ssm.cpu import _BLOCK, _CHUNK, _exp2_32, _exp32, _softplus32
 
 TOLERANCE = 1e-5  # relative error allowed between cpu and reference, in float32
 
