@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from types import SimpleNamespace
+
 import numba
 import numpy as np
 import pytest
 import torch
 
 from ichseg.errors import UsageError
-from ichseg.models import selective_scan
-from ichseg.models.ssm import available_backends, resolve_backend
+from ichseg.models import selective_scan, ssm
+from ichseg.models.ssm import SlowScanWarning, available_backends, dispatch, resolve_backend
 from ichseg.models.ssm.cpu import _BLOCK, _CHUNK, _exp2_32, _exp32, _softplus32
 
 TOLERANCE = 1e-5  # relative error allowed between cpu and reference, in float32
@@ -181,6 +185,88 @@ def test_output_takes_the_dtype_of_u():
 def test_auto_picks_cpu_for_cpu_tensors():
     assert resolve_backend("auto", "cpu") == "cpu"
     assert {"reference", "cpu"} <= set(available_backends())
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """fake(cuda=..., mamba_ssm=..., triton=...): what this process appears to have."""
+    def fake(cuda, mamba_ssm, triton, interpreted=False):
+        monkeypatch.setattr(dispatch, "_cuda_available", lambda: cuda)
+        monkeypatch.setattr(dispatch, "_mamba_ssm_scan", lambda: object() if mamba_ssm else None)
+        monkeypatch.setattr(dispatch, "_triton_scan",
+                            lambda: SimpleNamespace(INTERPRETED=interpreted) if triton else None)
+    return fake
+
+
+@pytest.mark.parametrize("mamba_ssm, triton, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "triton")])
+def test_auto_on_cuda_prefers_mamba_ssm_then_triton_without_warning(machine, mamba_ssm, triton,
+                                                                     expected):
+    machine(cuda=True, mamba_ssm=mamba_ssm, triton=triton)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("auto", "cuda") == expected
+        assert resolve_backend("auto", "cpu") == "cpu"
+        assert resolve_backend("triton" if triton else "cuda", "cuda:0") != "reference"
+
+
+def test_auto_on_cuda_takes_triton_under_deterministic_algorithms(machine, monkeypatch):
+    machine(cuda=True, mamba_ssm=True, triton=True)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert resolve_backend("auto", "cuda") == "triton"
+    machine(cuda=True, mamba_ssm=True, triton=False)
+    assert resolve_backend("auto", "cuda") == "cuda"
+
+
+def test_reference_on_a_gpu_warns_what_it_costs(machine):
+    machine(cuda=True, mamba_ssm=False, triton=False)
+    with pytest.warns(SlowScanWarning, match="minutes and gigabytes.*Install triton"):
+        assert resolve_backend("auto", "cuda") == "reference"
+    machine(cuda=True, mamba_ssm=True, triton=True)
+    with pytest.warns(SlowScanWarning, match="Python loop"):
+        assert resolve_backend("reference", "cuda") == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("reference", "cpu") == "reference"
+
+
+def test_triton_where_it_cannot_run_names_the_setting(machine):
+    machine(cuda=True, mamba_ssm=False, triton=False)
+    with pytest.raises(UsageError, match="model.scan_backend 'triton' needs an importable"):
+        resolve_backend("triton", "cuda")
+    machine(cuda=False, mamba_ssm=False, triton=True)
+    assert "triton" not in available_backends()
+    with pytest.raises(UsageError, match="TRITON_INTERPRET=1"):
+        resolve_backend("triton", "cpu")
+    with pytest.raises(UsageError, match="model.scan_backend 'triton'"):
+        resolve_backend("triton", "cuda")
+    machine(cuda=False, mamba_ssm=False, triton=True, interpreted=True)
+    assert resolve_backend("triton", "cpu") == "triton"
+
+
+def test_everything_runs_where_triton_cannot_be_imported(monkeypatch):
+    from ichseg.config import preset_config
+    from ichseg.models import build_model
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, "ichseg.models.ssm.triton_scan", raising=False)
+    monkeypatch.delattr(ssm, "triton_scan", raising=False)
+    dispatch._triton_scan.cache_clear()
+    try:
+        assert dispatch._triton_scan() is None
+        assert "triton" not in available_backends()
+        with pytest.raises(UsageError, match="model.scan_backend 'triton'"):
+            resolve_backend("triton", "cpu")
+        inputs = make_inputs(1, 3, 9, 4)
+        assert torch.equal(selective_scan(**inputs, backend="auto"),
+                           selective_scan(**inputs, backend="cpu"))
+        cfg = preset_config("tiny")
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, cfg.in_channels, *cfg.data.patch_size))
+        assert torch.isfinite(out if torch.is_tensor(out) else out[0]).all()
+    finally:
+        dispatch._triton_scan.cache_clear()
 
 
 def test_cuda_backend_where_it_cannot_run_names_the_setting():

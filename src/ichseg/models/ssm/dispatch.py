@@ -64,7 +64,7 @@ def resolve_backend(backend: str, device) -> str:
     """The backend that `backend` (a `model.scan_backend` value) means for tensors on `device`.
 
     `auto`: `cpu` on the CPU; on CUDA mamba-ssm's kernel where it imports, else `triton`, else
-    `reference`. The `reference` loop on a GPU, chosen or fallen back to, warns (SlowScanWarning)
+    `reference` (`triton` first under torch's deterministic algorithms). The `reference` loop on a GPU, chosen or fallen back to, warns (SlowScanWarning)
     with what it costs.
     """
     device = torch.device(device)
@@ -75,7 +75,11 @@ def resolve_backend(backend: str, device) -> str:
         if device.type == "cpu":
             return "cpu"
         available = available_backends() if device.type == "cuda" else ()
-        backend = next((name for name in ("cuda", "triton") if name in available), "reference")
+        # mamba-ssm's backward sums gradients with atomic additions, in an order that changes
+        # from run to run; `triton`'s does not.
+        preferred = (("triton", "cuda") if torch.are_deterministic_algorithms_enabled()
+                     else ("cuda", "triton"))
+        backend = next((name for name in preferred if name in available), "reference")
     if backend == "cuda" and (device.type != "cuda" or "cuda" not in available_backends()):
         raise UsageError("model.scan_backend 'cuda' needs CUDA tensors and an importable "
                          "mamba-ssm (pip install ichseg[cuda]); use 'auto' or 'triton' here.")

@@ -18,12 +18,17 @@ Triton's interpreter (slowly), which is how the tests check them without a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 # Whether the kernels below were built for Triton's interpreter (so they take CPU tensors).
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+# Triton before 3.4 (torch before 2.8, as on some Colab images) has no `knobs` and reads the
+# variable directly.
+INTERPRETED = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
+               else os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 # Steps between stored states; the backward's scratch holds _CHUNK + 1 states per program.
 _CHUNK = 64
