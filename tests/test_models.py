@@ -12,7 +12,7 @@ from ichseg.errors import UsageError
 from ichseg.models import build_model, check_input_shape
 from ichseg.models.baseline import DynUNetBaseline, parameter_count
 from ichseg.models.mamba import MambaLayer, causal_depthwise_conv1d, conv_method
-from ichseg.models.nnmamba import MICCSS, NnMambaUNet
+from ichseg.models.nnmamba import MICCSS, NnMambaUNet, interpolate_by_matrices
 
 PAPER_PARAMETERS = 15.55e6
 
@@ -234,6 +234,20 @@ def test_causal_conv_methods_equal_torch_depthwise_conv_with_gradients(method):
     for ours, theirs in zip(torch.autograd.grad(got, (x, conv.weight, conv.bias), grad), wanted,
                             strict=True):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 5, 4, 3), (10, 8, 3)), ((1, 2, 4, 7), (8, 13))])
+def test_interpolation_by_matrices_equals_torch_with_gradients(shape, size):
+    # The deterministic path of upsample_to on CUDA, checked here on the CPU.
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    mode = "trilinear" if x.dim() == 5 else "bilinear"
+    expected = F.interpolate(x, size=size, mode=mode, align_corners=False)
+    got = interpolate_by_matrices(x, size)
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0],
+                               torch.autograd.grad(expected, x, grad)[0])
 
 
 def test_causal_conv_method_is_chosen_by_device(monkeypatch):
