@@ -65,6 +65,20 @@ def run_with_grads(inputs, backend, softplus, seed=1):
     return out, last, dict(zip(names, grads, strict=True))
 
 
+def assert_matches_reference(inputs, backend, softplus):
+    """Output, last state and every gradient of `backend` within TOLERANCE of `reference`."""
+    out, last, grads = run_with_grads(inputs, backend, softplus)
+    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus)
+    assert out.shape == ref_out.shape == inputs["u"].shape
+    assert last.shape == ref_last.shape == (*inputs["u"].shape[:2], inputs["A"].shape[1])
+    assert relative_error(out, ref_out) <= TOLERANCE
+    assert relative_error(last, ref_last) <= TOLERANCE
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert grad.shape == inputs[name].shape, name
+        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
+
+
 SHAPES = [  # (batch, channels, length, state)
     (1, 1, 1, 1),
     (1, 3, 7, 5),  # state not a multiple of the vector width
@@ -85,17 +99,7 @@ SHAPES = [  # (batch, channels, length, state)
     dict(z=False, D=True, bias=False, softplus=True),
 ], ids=["all", "none", "z+bias", "D+softplus"])
 def test_cpu_matches_reference(shape, options):
-    inputs = make_inputs(*shape, **options)
-    softplus = options["softplus"]
-    out, last, grads = run_with_grads(inputs, "cpu", softplus)
-    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus)
-    assert out.shape == shape[:3] and last.shape == (shape[0], shape[1], shape[3])
-    assert relative_error(out, ref_out) <= TOLERANCE
-    assert relative_error(last, ref_last) <= TOLERANCE
-    assert grads.keys() == ref_grads.keys()
-    for name, grad in grads.items():
-        assert grad.shape == inputs[name].shape, name
-        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
+    assert_matches_reference(make_inputs(*shape, **options), "cpu", options["softplus"])
 
 
 def test_non_contiguous_inputs_give_the_same_results():
@@ -115,12 +119,7 @@ def test_fast_decays_that_underflow_match_reference():
     inputs = make_inputs(2, 3, 40, 16, seed=3)
     with torch.no_grad():
         inputs["delta"].mul_(4.0).add_(8.0)
-    out, last, grads = run_with_grads(inputs, "cpu", softplus=True)
-    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus=True)
-    assert relative_error(out, ref_out) <= TOLERANCE
-    assert relative_error(last, ref_last) <= TOLERANCE
-    for name, grad in grads.items():
-        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
+    assert_matches_reference(inputs, "cpu", softplus=True)
 
 
 def test_exp32_is_accurate_to_an_ulp_over_float32s_normal_range():

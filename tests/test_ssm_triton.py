@@ -17,7 +17,7 @@ import importlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from test_ssm import TOLERANCE, make_inputs, relative_error, run_with_grads  # noqa: E402
+from test_ssm import assert_matches_reference, make_inputs, relative_error  # noqa: E402
 
 from ichseg.models.ssm import available_backends, resolve_backend, selective_scan  # noqa: E402
 
@@ -54,23 +54,12 @@ def shapes(block):
     ]
 
 
-def assert_matches_reference(inputs, softplus):
-    out, last, grads = run_with_grads(inputs, "triton", softplus)
-    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus)
-    assert out.shape == ref_out.shape and last.shape == ref_last.shape
-    assert relative_error(out, ref_out) <= TOLERANCE
-    assert relative_error(last, ref_last) <= TOLERANCE
-    assert grads.keys() == ref_grads.keys()
-    for name, grad in grads.items():
-        assert grad.shape == inputs[name].shape, name
-        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
-
-
 @pytest.mark.parametrize("option", OPTIONS)
 def test_triton_matches_reference(kernels, option):
     options = OPTIONS[option]
     for seed, shape in enumerate(shapes(kernels._BLOCK_D)):
-        assert_matches_reference(make_inputs(*shape, seed=seed, **options), options["softplus"])
+        assert_matches_reference(make_inputs(*shape, seed=seed, **options), "triton",
+                                 options["softplus"])
 
 
 def test_triton_is_available_and_chosen_only_when_asked_on_the_cpu(kernels):
@@ -91,7 +80,7 @@ def test_triton_takes_strided_views_and_fast_decays(kernels):
                  u=inputs["u"].detach().transpose(1, 2).contiguous().transpose(1, 2)
                  .requires_grad_())
     assert not views["B"].is_contiguous() and not views["u"].is_contiguous()
-    assert_matches_reference(views, softplus=True)
+    assert_matches_reference(views, "triton", softplus=True)
 
 
 def test_triton_takes_bf16_inputs_and_runs_in_float32(kernels):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ichseg.models.optional import optional_attribute
 from ichseg.models.ssm import selective_scan
 
 
@@ -70,11 +71,7 @@ def conv_method(device: torch.device) -> str:
 @functools.lru_cache(maxsize=1)
 def _causal_conv1d_fn():
     """causal-conv1d's `causal_conv1d_fn`, or None where it does not import (it needs CUDA)."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:  # ImportError, or a CUDA extension that fails to load
-        return None
-    return causal_conv1d_fn
+    return optional_attribute("causal_conv1d", "causal_conv1d_fn")
 
 
 class MambaLayer(nn.Module):

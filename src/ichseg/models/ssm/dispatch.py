@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from ichseg.errors import UsageError
+from ichseg.models.optional import optional_attribute
 from ichseg.models.ssm.cpu import CpuScan
 from ichseg.models.ssm.reference import scan_reference
 
@@ -117,11 +118,7 @@ def _cuda_available() -> bool:
 @functools.lru_cache(maxsize=1)
 def _mamba_ssm_scan():
     """mamba-ssm's `selective_scan_fn`, or None where it does not import (it needs CUDA)."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or a CUDA extension that fails to load
-        return None
-    return selective_scan_fn
+    return optional_attribute("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
 
 
 @functools.lru_cache(maxsize=1)
