@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from numba import prange
 
-from ichseg.models.ssm import _exp2_32, _fma, selective_scan
+from ichseg.models.ssm import selective_scan
+from ichseg.models.ssm.cpu import _exp2_32, _fma
 
 BATCH, CHANNELS, STATE = 1, 128, 16
 

@@ -57,8 +57,10 @@ import sys
 
 IN_COLAB = "google.colab" in sys.modules
 ICHSEG_SOURCE = "git+https://github.com/YOUR-ACCOUNT/ichseg.git"  # <- set this
-# mamba-ssm's CUDA selective scan is much faster on a GPU but may compile for 10 minutes or more;
-# without it the scan runs as a plain PyTorch loop on the GPU: slower, with the same results.
+# The selective scan runs on the GPU as Triton kernels (Triton comes with Colab's PyTorch), so
+# nothing is compiled. mamba-ssm's fused CUDA kernel is optional: what it adds over Triton is yet
+# to be measured (see BENCHMARKS.md), and where no prebuilt wheel matches Colab's torch it
+# compiles for 10 minutes or more.
 INSTALL_MAMBA_KERNEL = False
 
 if importlib.util.find_spec("ichseg") is None:
@@ -76,7 +78,10 @@ import ichseg  # noqa: E402
 
 print(f"ichseg {ichseg.__version__}, {'in Colab' if IN_COLAB else 'outside Colab'}")
 if torch.cuda.is_available():
-    print(f"GPU: {torch.cuda.get_device_name(0)}")
+    from ichseg.models.ssm import resolve_backend
+
+    print(f"GPU: {torch.cuda.get_device_name(0)}, selective scan: "
+          f"{resolve_backend('auto', 'cuda')}")
 elif IN_COLAB:
     print("No GPU: choose Runtime > Change runtime type > GPU, or training will be very slow")'''
 

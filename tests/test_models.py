@@ -11,8 +11,8 @@ from ichseg.config import preset_config
 from ichseg.errors import UsageError
 from ichseg.models import build_model, check_input_shape
 from ichseg.models.baseline import DynUNetBaseline, parameter_count
-from ichseg.models.mamba import MambaLayer, causal_depthwise_conv1d
-from ichseg.models.nnmamba import MICCSS, NnMambaUNet
+from ichseg.models.mamba import MambaLayer, causal_depthwise_conv1d, conv_method
+from ichseg.models.nnmamba import MICCSS, NnMambaUNet, interpolate_by_matrices
 
 PAPER_PARAMETERS = 15.55e6
 
@@ -144,7 +144,9 @@ def test_gradients_reach_every_parameter_including_the_mamba_state_parameters():
         assert any(n.endswith(wanted) for n in names), wanted
 
 
-def test_scan_runs_in_float32_under_bfloat16_autocast(monkeypatch):
+# fp16 is what `amp=auto` gives on GPUs without bf16 (Colab's T4).
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_scan_runs_in_float32_under_autocast(monkeypatch, dtype):
     seen = []
     real_scan = mamba_module.selective_scan
 
@@ -158,11 +160,11 @@ def test_scan_runs_in_float32_under_bfloat16_autocast(monkeypatch):
     x = torch.randn(1, 3, 16, 16, 8)
     with torch.no_grad():
         full = net(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             mixed = net(x)
     assert seen and all(dtypes == {torch.float32} and not autocast for dtypes, autocast in seen)
     assert torch.isfinite(mixed).all()
-    # bf16 convolutions move the logits a little, the scan does not blow them up.
+    # Half-precision convolutions move the logits a little, the scan does not blow them up.
     assert (mixed.float() - full).abs().max() < 0.1 * full.abs().max()
 
 
@@ -219,18 +221,44 @@ def test_mamba_layer_is_causal_along_the_sequence():
     assert (before[..., 12:] - after[..., 12:]).abs().amax(dim=(0, 1)).min() > 0
 
 
-def test_shifted_causal_conv_equals_torch_depthwise_conv_with_gradients():
+@pytest.mark.parametrize("method", ["shifted", "conv1d"])
+def test_causal_conv_methods_equal_torch_depthwise_conv_with_gradients(method):
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
     x = torch.randn(3, 6, 25, requires_grad=True)
     grad = torch.randn(3, 6, 25)
     expected = conv(x)[..., :25]
-    got = causal_depthwise_conv1d(x, conv.weight, conv.bias)
+    got = causal_depthwise_conv1d(x, conv.weight, conv.bias, method)
     torch.testing.assert_close(got, expected)
     wanted = torch.autograd.grad(expected, (x, conv.weight, conv.bias), grad)
     for ours, theirs in zip(torch.autograd.grad(got, (x, conv.weight, conv.bias), grad), wanted,
                             strict=True):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 5, 4, 3), (10, 8, 3)), ((1, 2, 4, 7), (8, 13))])
+def test_interpolation_by_matrices_equals_torch_with_gradients(shape, size):
+    # The deterministic path of upsample_to on CUDA, checked here on the CPU.
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    mode = "trilinear" if x.dim() == 5 else "bilinear"
+    expected = F.interpolate(x, size=size, mode=mode, align_corners=False)
+    got = interpolate_by_matrices(x, size)
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0],
+                               torch.autograd.grad(expected, x, grad)[0])
+
+
+def test_causal_conv_method_is_chosen_by_device(monkeypatch):
+    assert conv_method(torch.device("cpu")) == "shifted"
+    monkeypatch.setattr(mamba_module, "_causal_conv1d_fn", lambda: None)
+    assert conv_method(torch.device("cuda")) == "conv1d"
+    monkeypatch.setattr(mamba_module, "_causal_conv1d_fn", lambda: object())
+    assert conv_method(torch.device("cuda", 0)) == "causal-conv1d"
+    assert conv_method(torch.device("cpu")) == "shifted"
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert conv_method(torch.device("cuda")) == "conv1d"
 
 
 def test_mamba_initialisation_and_no_weight_decay_marks():

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from types import SimpleNamespace
+
 import numba
 import numpy as np
 import pytest
 import torch
 
 from ichseg.errors import UsageError
-from ichseg.models import selective_scan
-from ichseg.models.ssm import (
-    _BLOCK,
-    _CHUNK,
-    _exp2_32,
-    _exp32,
-    _softplus32,
-    available_backends,
-    resolve_backend,
-)
+from ichseg.models import selective_scan, ssm
+from ichseg.models.ssm import SlowScanWarning, available_backends, dispatch, resolve_backend
+from ichseg.models.ssm.cpu import _BLOCK, _CHUNK, _exp2_32, _exp32, _softplus32
 
 TOLERANCE = 1e-5  # relative error allowed between cpu and reference, in float32
 
@@ -68,6 +65,20 @@ def run_with_grads(inputs, backend, softplus, seed=1):
     return out, last, dict(zip(names, grads, strict=True))
 
 
+def assert_matches_reference(inputs, backend, softplus):
+    """Output, last state and every gradient of `backend` within TOLERANCE of `reference`."""
+    out, last, grads = run_with_grads(inputs, backend, softplus)
+    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus)
+    assert out.shape == ref_out.shape == inputs["u"].shape
+    assert last.shape == ref_last.shape == (*inputs["u"].shape[:2], inputs["A"].shape[1])
+    assert relative_error(out, ref_out) <= TOLERANCE
+    assert relative_error(last, ref_last) <= TOLERANCE
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert grad.shape == inputs[name].shape, name
+        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
+
+
 SHAPES = [  # (batch, channels, length, state)
     (1, 1, 1, 1),
     (1, 3, 7, 5),  # state not a multiple of the vector width
@@ -88,17 +99,7 @@ SHAPES = [  # (batch, channels, length, state)
     dict(z=False, D=True, bias=False, softplus=True),
 ], ids=["all", "none", "z+bias", "D+softplus"])
 def test_cpu_matches_reference(shape, options):
-    inputs = make_inputs(*shape, **options)
-    softplus = options["softplus"]
-    out, last, grads = run_with_grads(inputs, "cpu", softplus)
-    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus)
-    assert out.shape == shape[:3] and last.shape == (shape[0], shape[1], shape[3])
-    assert relative_error(out, ref_out) <= TOLERANCE
-    assert relative_error(last, ref_last) <= TOLERANCE
-    assert grads.keys() == ref_grads.keys()
-    for name, grad in grads.items():
-        assert grad.shape == inputs[name].shape, name
-        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
+    assert_matches_reference(make_inputs(*shape, **options), "cpu", options["softplus"])
 
 
 def test_non_contiguous_inputs_give_the_same_results():
@@ -118,12 +119,7 @@ def test_fast_decays_that_underflow_match_reference():
     inputs = make_inputs(2, 3, 40, 16, seed=3)
     with torch.no_grad():
         inputs["delta"].mul_(4.0).add_(8.0)
-    out, last, grads = run_with_grads(inputs, "cpu", softplus=True)
-    ref_out, ref_last, ref_grads = run_with_grads(inputs, "reference", softplus=True)
-    assert relative_error(out, ref_out) <= TOLERANCE
-    assert relative_error(last, ref_last) <= TOLERANCE
-    for name, grad in grads.items():
-        assert relative_error(grad, ref_grads[name]) <= TOLERANCE, name
+    assert_matches_reference(inputs, "cpu", softplus=True)
 
 
 def test_exp32_is_accurate_to_an_ulp_over_float32s_normal_range():
@@ -188,6 +184,88 @@ def test_output_takes_the_dtype_of_u():
 def test_auto_picks_cpu_for_cpu_tensors():
     assert resolve_backend("auto", "cpu") == "cpu"
     assert {"reference", "cpu"} <= set(available_backends())
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """fake(cuda=..., mamba_ssm=..., triton=...): what this process appears to have."""
+    def fake(cuda, mamba_ssm, triton, interpreted=False):
+        monkeypatch.setattr(dispatch, "_cuda_available", lambda: cuda)
+        monkeypatch.setattr(dispatch, "_mamba_ssm_scan", lambda: object() if mamba_ssm else None)
+        monkeypatch.setattr(dispatch, "_triton_scan",
+                            lambda: SimpleNamespace(INTERPRETED=interpreted) if triton else None)
+    return fake
+
+
+@pytest.mark.parametrize("mamba_ssm, triton, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "triton")])
+def test_auto_on_cuda_prefers_mamba_ssm_then_triton_without_warning(machine, mamba_ssm, triton,
+                                                                     expected):
+    machine(cuda=True, mamba_ssm=mamba_ssm, triton=triton)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("auto", "cuda") == expected
+        assert resolve_backend("auto", "cpu") == "cpu"
+        assert resolve_backend("triton" if triton else "cuda", "cuda:0") != "reference"
+
+
+def test_auto_on_cuda_takes_triton_under_deterministic_algorithms(machine, monkeypatch):
+    machine(cuda=True, mamba_ssm=True, triton=True)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert resolve_backend("auto", "cuda") == "triton"
+    machine(cuda=True, mamba_ssm=True, triton=False)
+    assert resolve_backend("auto", "cuda") == "cuda"
+
+
+def test_reference_on_a_gpu_warns_what_it_costs(machine):
+    machine(cuda=True, mamba_ssm=False, triton=False)
+    with pytest.warns(SlowScanWarning, match="minutes and gigabytes.*Install triton"):
+        assert resolve_backend("auto", "cuda") == "reference"
+    machine(cuda=True, mamba_ssm=True, triton=True)
+    with pytest.warns(SlowScanWarning, match="Python loop"):
+        assert resolve_backend("reference", "cuda") == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("reference", "cpu") == "reference"
+
+
+def test_triton_where_it_cannot_run_names_the_setting(machine):
+    machine(cuda=True, mamba_ssm=False, triton=False)
+    with pytest.raises(UsageError, match="model.scan_backend 'triton' needs an importable"):
+        resolve_backend("triton", "cuda")
+    machine(cuda=False, mamba_ssm=False, triton=True)
+    assert "triton" not in available_backends()
+    with pytest.raises(UsageError, match="TRITON_INTERPRET=1"):
+        resolve_backend("triton", "cpu")
+    with pytest.raises(UsageError, match="model.scan_backend 'triton'"):
+        resolve_backend("triton", "cuda")
+    machine(cuda=False, mamba_ssm=False, triton=True, interpreted=True)
+    assert resolve_backend("triton", "cpu") == "triton"
+
+
+def test_everything_runs_where_triton_cannot_be_imported(monkeypatch):
+    from ichseg.config import preset_config
+    from ichseg.models import build_model
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, "ichseg.models.ssm.triton_scan", raising=False)
+    monkeypatch.delattr(ssm, "triton_scan", raising=False)
+    dispatch._triton_scan.cache_clear()
+    try:
+        assert dispatch._triton_scan() is None
+        assert "triton" not in available_backends()
+        with pytest.raises(UsageError, match="model.scan_backend 'triton'"):
+            resolve_backend("triton", "cpu")
+        inputs = make_inputs(1, 3, 9, 4)
+        assert torch.equal(selective_scan(**inputs, backend="auto"),
+                           selective_scan(**inputs, backend="cpu"))
+        cfg = preset_config("tiny")
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, cfg.in_channels, *cfg.data.patch_size))
+        assert torch.isfinite(out if torch.is_tensor(out) else out[0]).all()
+    finally:
+        dispatch._triton_scan.cache_clear()
 
 
 def test_cuda_backend_where_it_cannot_run_names_the_setting():

@@ -65,8 +65,9 @@ class ModelConfig:
     d_state: int = _opt(16, "Mamba state size", 1)
     d_conv: int = _opt(4, "Mamba causal convolution width", 1)
     expand: int = _opt(2, "Mamba inner expansion", 1)
-    scan_backend: str = _choice("auto", "reference", "cpu", "cuda",
-                                doc="selective-scan implementation")
+    scan_backend: str = _choice("auto", "reference", "cpu", "triton", "cuda",
+                                doc="selective-scan implementation; auto: cpu on the CPU, on "
+                                "CUDA mamba-ssm's kernel (cuda) where installed, else triton")
     norm: str = _choice("batch", "instance",
                         doc="normalisation: batch (the paper's) or instance (for small batches)")
     sync_batchnorm: bool = _opt(False, "synchronise BatchNorm across ranks under torchrun")
@@ -91,6 +92,9 @@ class TrainingConfig:
     patience: int = _opt(50, "epochs without validation improvement before stopping; 0 never", 0)
     seed: int = _opt(0, "seed of every random draw", 0)
     device: str = _choice("auto", "cpu", "cuda", doc="where to train")
+    deterministic: bool = _opt(False, "deterministic GPU algorithms, so that a stopped and "
+                               "continued GPU run is bit-exact (slower; see BENCHMARKS.md); "
+                               "off: cuDNN's autotuner picks the fastest convolutions")
     save_every_steps: int = _opt(0, "also save `last` every K steps; 0 turns it off", 0)
     save_every_minutes: float = _opt(10.0, "also save `last` every M minutes; 0 turns it off", 0.0)
     keep_checkpoints: int = _opt(3, "numbered generations kept", 1)

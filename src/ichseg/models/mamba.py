@@ -9,12 +9,14 @@ selective scan wants, with no transposes or copies between them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ichseg.models.optional import optional_attribute
 from ichseg.models.ssm import selective_scan
 
 
@@ -29,22 +31,47 @@ def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:
     return param
 
 
-def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor,
-                            bias: torch.Tensor) -> torch.Tensor:
-    """`nn.Conv1d(groups=channels, padding=K-1)` cut to the input's length, as K shifted products.
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            method: str | None = None) -> torch.Tensor:
+    """`nn.Conv1d(groups=channels, padding=K-1)` cut to the input's length.
 
     out[:, d, t] = bias[d] + sum_k weight[d, 0, k] · x[:, d, t - (K-1) + k], zeros before t = 0.
-    With K = 4 taps this is four fused multiply-adds over the sequence; the oneDNN depthwise
-    convolution it replaces took seconds for its backward pass on long sequences (BENCHMARKS.md).
+    `method` (by default chosen by x's device, see `conv_method`): `shifted`, K shifted fused
+    multiply-adds over the sequence, for CPUs, where the oneDNN depthwise convolution took
+    seconds for its backward pass on long sequences (BENCHMARKS.md); `causal-conv1d`, the fused
+    CUDA kernel of the package of that name; `conv1d`, PyTorch's (cuDNN's) convolution.
     """
+    method = method or conv_method(x.device)
     taps = weight.shape[-1]
     length = x.shape[-1]
+    if method == "causal-conv1d":
+        return _causal_conv1d_fn()(x, weight[:, 0].to(x.dtype), bias.to(x.dtype))
+    if method == "conv1d":
+        return F.conv1d(x, weight, bias, padding=taps - 1, groups=x.shape[1])[..., :length]
     padded = F.pad(x, (taps - 1, 0))
     per_channel = weight[:, 0, :, None]  # (channels, K, 1) broadcasts over (batch, channels, L)
     out = torch.addcmul(bias[:, None], per_channel[:, taps - 1], x)
     for k in range(taps - 1):
         out = torch.addcmul(out, per_channel[:, k], padded[..., k:k + length])
     return out
+
+
+def conv_method(device: torch.device) -> str:
+    """The causal convolution for tensors on `device`: on CUDA the causal-conv1d package's
+    kernel where it imports, else cuDNN's `conv1d`; elsewhere the `shifted` products. Under
+    torch's deterministic algorithms `conv1d` (causal-conv1d's backward sums its weight
+    gradient with atomic additions)."""
+    if device.type != "cuda":
+        return "shifted"
+    if _causal_conv1d_fn() is None or torch.are_deterministic_algorithms_enabled():
+        return "conv1d"
+    return "causal-conv1d"
+
+
+@functools.lru_cache(maxsize=1)
+def _causal_conv1d_fn():
+    """causal-conv1d's `causal_conv1d_fn`, or None where it does not import (it needs CUDA)."""
+    return optional_attribute("causal_conv1d", "causal_conv1d_fn")
 
 
 class MambaLayer(nn.Module):

@@ -67,9 +67,40 @@ def double_conv(dims: int, in_ch: int, out_ch: int,
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Linear interpolation (trilinear in 3D, bilinear in 2D) to `size`."""
+    """Linear interpolation (trilinear in 3D, bilinear in 2D) to `size`.
+
+    On CUDA under torch's deterministic algorithms, as one matrix product per axis: the backward
+    of CUDA's interpolation adds into its gradient with atomics, in an order that changes from
+    run to run, which would break a bit-exact resume (`training.deterministic`).
+    """
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return interpolate_by_matrices(x, size)
     mode = "trilinear" if x.dim() == 5 else "bilinear"
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+def interpolate_by_matrices(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """F.interpolate(x, size, mode="(bi|tri)linear", align_corners=False), one axis at a time."""
+    for axis, out_size in enumerate(size):
+        dim = 2 + axis
+        weights = linear_interpolation_matrix(x.shape[dim], out_size, x.device, x.dtype)
+        x = torch.movedim(torch.movedim(x, dim, -1) @ weights.T, -1, dim)
+    return x
+
+
+def linear_interpolation_matrix(in_size: int, out_size: int, device, dtype) -> torch.Tensor:
+    """(out_size, in_size): row i holds the two weights torch's linear interpolation gives output
+    i, whose source coordinate is (i + 1/2) in/out - 1/2, clamped at 0."""
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size)
+              - 0.5).clamp_min(0.0)
+    low = source.floor().long().clamp_max(in_size - 1)
+    high = (low + 1).clamp_max(in_size - 1)
+    frac = source - low
+    rows = torch.arange(out_size)
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    weights.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, high), frac, accumulate=True)
+    return weights.to(device=device, dtype=dtype)
 
 
 class MICCSS(nn.Module):

@@ -47,6 +47,7 @@ from ichseg.training.checkpoint import (
     capture_rng_state,
     restore_rng_state,
 )
+from ichseg.training.device_setup import configure_device
 from ichseg.training.history import History
 from ichseg.training.losses import DeepSupervisionLoss
 
@@ -214,6 +215,7 @@ class Trainer:
         self.is_main = rank == 0
         self.val_cases = list(val_cases)
         self.device = distributed.rank_device(pick_device(cfg.training.device))
+        configure_device(self.device, cfg.training.deterministic)
 
         # Model initialisation is seeded by training.seed; the global NumPy and Python generators
         # too, so anything outside the (seed, epoch, index) scheme is still repeatable.

@@ -1,36 +1,20 @@
-"""The selective scan of Mamba, with mamba-ssm's `selective_scan_fn` signature and meaning.
+"""The `cpu` backend of the selective scan: numba kernels behind a custom autograd function.
 
-For every batch b, channel d and step t, in float32 (also under autocast):
-
-    dt_t = softplus(delta_t + delta_bias)            (softplus only if asked)
-    h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t  (a vector over the state, h_{-1} = 0)
-    y_t  = C_t . h_t + D * u_t
-    out  = y * SiLU(z)                               (if z is given)
-
-Backends:
-- `reference`: a plain sequential loop in torch, written to be read; the tests' oracle.
-- `cpu`: numba kernels behind a custom autograd function, parallel over (batch, block of
-  channels), vectorised across the block's channels. The forward keeps one state every `_CHUNK`
-  steps; the backward recomputes each chunk's states from those checkpoints instead of storing
-  all L x N of them.
-- `cuda`: mamba-ssm's fused kernel, imported only when asked for.
-`auto` picks `cuda` for CUDA tensors when mamba-ssm imports, `cpu` for CPU tensors.
+Parallel over (batch, block of channels), vectorised across the block's channels. The forward
+keeps one state every `_CHUNK` steps; the backward recomputes each chunk's states from those
+checkpoints instead of storing all L x N of them.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
-
-from ichseg.errors import UsageError
 
 # numba's default OpenMP threading layer keeps its threads spinning after each parallel scan, and
 # they starve torch's own OpenMP threads on the next operations (BatchNorm after a scan measured
@@ -39,7 +23,6 @@ from ichseg.errors import UsageError
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-BACKENDS = ("auto", "reference", "cpu", "cuda")
 
 # Steps between stored states: the backward recomputes one chunk at a time, so its scratch is
 # _CHUNK x N x _BLOCK per thread while the checkpoints cost L / _CHUNK states per channel.
@@ -53,136 +36,10 @@ _BLOCK = 32
 
 
 # ---------------------------------------------------------------------------------------------
-# Public entry points
-
-
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend="auto"):
-    """Run the selective scan; returns `out` (batch, channels, length) in u's dtype, and with
-    `return_last_state` the pair `(out, last_state (batch, channels, state))` in float32."""
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
-    with torch.autocast(device_type=u.device.type, enabled=False):
-        args = [None if t is None else t.float() for t in (u, delta, A, B, C, D, z, delta_bias)]
-        if name == "cuda":
-            result = _mamba_ssm_scan()(*args, delta_softplus=delta_softplus,
-                                       return_last_state=return_last_state)
-        elif name == "cpu":
-            result = _CpuScan.apply(*args, delta_softplus, return_last_state)
-        else:
-            result = scan_reference(*args, delta_softplus=delta_softplus,
-                                    return_last_state=True)
-    out, last = result if isinstance(result, tuple) else (result, None)
-    out = out.to(u.dtype)
-    return (out, last) if return_last_state else out
-
-
-def available_backends() -> tuple[str, ...]:
-    """The backends that can run in this process (`cuda` only with a GPU and mamba-ssm)."""
-    names = ["reference", "cpu"]
-    if torch.cuda.is_available() and _mamba_ssm_scan() is not None:
-        names.append("cuda")
-    return tuple(names)
-
-
-def resolve_backend(backend: str, device) -> str:
-    """The backend that `backend` (a `model.scan_backend` value) means for tensors on `device`."""
-    device = torch.device(device)
-    if backend not in BACKENDS:
-        raise UsageError(f"model.scan_backend must be one of {', '.join(BACKENDS)}, "
-                         f"not {backend!r}.")
-    on_cuda = device.type == "cuda"
-    if backend == "auto":
-        if on_cuda:
-            return "cuda" if "cuda" in available_backends() else "reference"
-        return "cpu" if device.type == "cpu" else "reference"
-    if backend == "cuda" and (not on_cuda or "cuda" not in available_backends()):
-        raise UsageError("model.scan_backend 'cuda' needs CUDA tensors and an importable "
-                         "mamba-ssm (pip install ichseg[cuda]); use 'auto' or 'cpu' here.")
-    if backend == "cpu" and device.type != "cpu":
-        raise UsageError(f"model.scan_backend 'cpu' runs on CPU tensors, not on {device.type}; "
-                         "use 'auto'.")
-    return backend
-
-
-def scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
-    """The definition, one step at a time in float32: the oracle the fast backends are held to."""
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    batch, channels, length = u.shape
-    h = u.new_zeros(batch, channels, A.shape[1])
-    ys = []
-    for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)
-        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
-        ys.append((h * C[:, None, :, t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D.float()[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.float())
-    return (y, h) if return_last_state else y
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument checks and the optional mamba-ssm import
-
-
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
-    """UsageError naming the argument whose shape does not fit mamba-ssm's convention."""
-    if u.dim() != 3:
-        raise UsageError(f"selective_scan: u must be (batch, channels, length), got shape "
-                         f"{tuple(u.shape)}.")
-    batch, channels, length = u.shape
-    if length == 0:
-        raise UsageError("selective_scan: u must have at least one step (length 0 given).")
-    if delta.shape != u.shape:
-        raise UsageError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got "
-                         f"{tuple(delta.shape)}.")
-    if A.dim() != 2 or A.shape[0] != channels or A.is_complex():
-        raise UsageError(f"selective_scan: A must be a real (channels={channels}, state) "
-                         f"tensor, got shape {tuple(A.shape)}.")
-    state = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() != 3:
-            raise UsageError(f"selective_scan: {name} must be (batch, state, length); the "
-                             f"time-invariant and grouped forms are not supported, got shape "
-                             f"{tuple(t.shape)}.")
-        if tuple(t.shape) != (batch, state, length):
-            raise UsageError(f"selective_scan: {name} must have shape "
-                             f"{(batch, state, length)}, got {tuple(t.shape)}.")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (channels,):
-            raise UsageError(f"selective_scan: {name} must have shape ({channels},), got "
-                             f"{tuple(t.shape)}.")
-    if z is not None and z.shape != u.shape:
-        raise UsageError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got "
-                         f"{tuple(z.shape)}.")
-    devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None}
-    if len(devices) > 1:
-        raise UsageError(f"selective_scan: all tensors must be on one device, got "
-                         f"{sorted(str(d) for d in devices)}.")
-
-
-@functools.lru_cache(maxsize=1)
-def _mamba_ssm_scan():
-    """mamba-ssm's `selective_scan_fn`, or None where it does not import (it needs CUDA)."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or a CUDA extension that fails to load
-        return None
-    return selective_scan_fn
-
-
-# ---------------------------------------------------------------------------------------------
 # The cpu backend: autograd function over numba kernels
 
 
-class _CpuScan(torch.autograd.Function):
+class CpuScan(torch.autograd.Function):
     """Forward and backward of the scan through the numba kernels below.
 
     Everything over (batch, channels, length), the softplus of delta included, happens inside
@@ -260,8 +117,6 @@ def _gate_values(z: torch.Tensor | None) -> np.ndarray:
 
 def _float32_tensor(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-
-
 
 
 # ---------------------------------------------------------------------------------------------
