@@ -34,7 +34,7 @@ from ichseg.data.layouts import LABEL_MAPPINGS, Case, LabelMapping
 from ichseg.errors import UsageError
 
 # Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype...).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: thin slices and fine pixels are area-averaged (ct.resample)
 CACHE_ENV = "ICHSEG_CACHE"
 _INT16 = np.iinfo(np.int16)
 # What np.load raises on a truncated or foreign entry: treated as a miss and rewritten.
