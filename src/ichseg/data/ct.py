@@ -8,7 +8,7 @@ network-grid prediction back onto exactly the input's voxel grid.
 Resampling (measured in `benchmarks/data.py`): an axis shrunk by more than `AREA_ZOOM` (1.5x)
 is area-averaged: each output voxel is the mean of the input over its own footprint (fractional
 at the edges), which is what a thicker slice or a larger pixel records, so a 1 mm series taken to
-5 mm matches a 5 mm acquisition instead of keeping one slice in five (`benchmarks/resample.py`).
+5 mm matches a 5 mm acquisition instead of keeping one slice in five (`benchmarks/thin_slices.py`).
 The other axes are interpolated linearly with torch's `interpolate` (several times faster than
 `scipy.ndimage.zoom` at the same order), including a thick-slice z axis changed a little (4.5 mm to
 5 mm), where nearest neighbour would duplicate or drop whole slices.
