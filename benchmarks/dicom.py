@@ -48,7 +48,7 @@ def write(folder: Path, hu: np.ndarray, step: float, syntax: str | None = None,
         ds.ImagePositionPatient = [-115.0, -115.0, step * k]
         ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
         ds.PixelRepresentation, ds.RescaleIntercept = 0, -1024
-        stored = (hu[:, :, k].T + 1024).clip(0).astype(np.uint16)
+        stored = np.ascontiguousarray((hu[:, :, k].T + 1024).clip(0).astype(np.uint16))
         ds.PixelData = stored.tobytes()
         if syntax == RLELossless:
             ds.compress(RLELossless, encoding_plugin="pydicom")
