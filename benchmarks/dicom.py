@@ -16,14 +16,13 @@ needs imagecodecs to write), and a 32-slice series with a 15 degree gantry tilt.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from data import median_seconds  # benchmarks/ is on the path when this runs as a script
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLosslessSV1, RLELossless, generate_uid
@@ -60,15 +59,6 @@ def write(folder: Path, hu: np.ndarray, step: float, syntax: str | None = None,
             ds["PixelData"].VR = "OB"
             ds.file_meta.TransferSyntaxUID = syntax
         ds.save_as(folder / f"IM{k:04d}", enforce_file_format=True)
-
-
-def median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def pydicom_pixels(folder: Path) -> np.ndarray:
