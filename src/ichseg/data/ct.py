@@ -12,10 +12,11 @@ at the edges), which is what a thicker slice or a larger pixel records, so a 1 m
 The other axes are interpolated linearly with torch's `interpolate` (several times faster than
 `scipy.ndimage.zoom` at the same order), including a thick-slice z axis changed a little (4.5 mm to
 5 mm), where nearest neighbour would duplicate or drop whole slices.
-Labels keep their volume: along an area-averaged axis each class's share of the output voxel is
-averaged the same way and the voxel takes the class with the largest share (ties: the class
-nearest-neighbour sampling picks); along the other axes labels are sampled by nearest neighbour
-(`nearest-exact`, whose voxel centres match the linear mode's), so codes are never blended.
+Labels keep their volume (`resample_labels`): along area-averaged axes the labelled share of
+each output voxel is averaged the same way, and the voxels whose share reaches the level that
+keeps the labelled volume are labelled, each with the code of the largest share; along the
+other axes labels are sampled by nearest neighbour (`nearest-exact`, whose voxel centres match
+the linear mode's), so codes are never blended.
 The way back (`restore_to_native`, `restore_argmax`) interpolates the network's output onto the
 native grid linearly, as before.
 """
