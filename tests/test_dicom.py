@@ -25,7 +25,7 @@ from dicom_series import (
 )
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from ichseg.data.dicom import read_dicom_series, read_series, study_series
+from ichseg.data.dicom import _check_forms, read_dicom_series, read_series, study_series
 from ichseg.data.io import read_scan
 from ichseg.errors import UsageError
 from ichseg.inference.predict import list_inputs
@@ -193,3 +193,17 @@ def test_rsna_12_bit_quirk_is_undone(tmp_path):
     for k in range(3):
         # dcm2niix flips the rows: the first NIfTI column is DICOM's last row.
         np.testing.assert_array_equal(volume.array[:, ::-1, k], hu.T)
+
+
+def test_a_conversion_whose_qform_and_sform_disagree_is_said(tmp_path):
+    write_series(tmp_path / "ct", stack([0, 5, 10]))
+    (series,), _ = study_series(tmp_path / "ct")
+    header = nib.Nifti1Header()
+    header.set_sform(np.diag([2.0, 2.0, 5.0, 1.0]), code=1)
+    header.set_qform(np.diag([2.0, 2.0, 4.0, 1.0]), code=1)
+    with pytest.warns(UserWarning, match="ct .*has a qform that differs from its sform"):
+        _check_forms(header, series)
+    header.set_qform(np.diag([2.0, 2.0, 5.0, 1.0]), code=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_forms(header, series)
