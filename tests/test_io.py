@@ -1,4 +1,5 @@
-"""Reading and writing scans: NIfTI affines through a round trip, DICOM series to HU, inputs."""
+"""Reading and writing scans: NIfTI affines through a round trip, labels, bad files (DICOM:
+test_dicom.py; predict's inputs: test_predict.py)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from pydicom.pixels import apply_modality_lut
 
-from ichseg.data.io import (
-    list_inputs,
-    read_dicom_series,
-    read_label,
-    read_nifti,
-    read_scan,
-    write_nifti,
-)
+from ichseg.data.io import read_label, read_nifti, write_nifti
 from ichseg.errors import UsageError
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
-CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 
 
 def _ct_like(shape=(12, 10, 6)) -> np.ndarray:
@@ -213,133 +203,3 @@ def test_read_label_gives_uint8_codes_and_refuses_non_codes(tmp_path):
     with pytest.raises(UsageError, match="big.nii.gz holds values from 0 to 315"):
         read_label(_save(tmp_path / "big.nii.gz", np.arange(0, 320, 5, dtype=np.int16)
                          .reshape(4, 4, 4)))
-
-
-# ------------------------------------------------------------------------------------------ DICOM
-
-def _lps_to_ras(point) -> np.ndarray:
-    x, y, z = (float(v) for v in point)
-    return np.array([-x, -y, z])
-
-
-def test_single_slice_hu_matches_pydicoms_modality_lut(tmp_path):
-    shutil.copy(CT_SMALL, tmp_path / "IM0001")  # DICOM files often have no extension
-    volume = read_dicom_series(tmp_path)
-    ds = pydicom.dcmread(CT_SMALL)
-    expected = apply_modality_lut(ds.pixel_array, ds)
-    assert volume.array.shape == (ds.Columns, ds.Rows, 1)
-    np.testing.assert_array_equal(volume.array[:, :, 0], expected.T)
-    # Pixel (row r, column c) lies at IPP + c * column spacing * row cosine
-    # + r * row spacing * column cosine (DICOM PS3.3 C.7.6.2.1.1), in LPS.
-    row_cos = np.array(ds.ImageOrientationPatient[:3], float)
-    col_cos = np.array(ds.ImageOrientationPatient[3:], float)
-    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-    for r, c in [(0, 0), (5, 90), (127, 3)]:
-        lps = np.array(ds.ImagePositionPatient, float) + c * col_spacing * row_cos \
-            + r * row_spacing * col_cos
-        np.testing.assert_allclose(volume.affine @ [c, r, 0, 1], [*_lps_to_ras(lps), 1],
-                                   atol=1e-6)
-    assert volume.spacing[2] == pytest.approx(float(ds.SliceThickness))
-
-
-def _write_series(folder: Path, positions, instance_numbers, orientation, series_uid=None):
-    """Copies of CT_small at the given positions; slice k's pixels are raised by 10 * k HU."""
-    folder.mkdir(parents=True, exist_ok=True)
-    template = pydicom.dcmread(CT_SMALL)
-    for k, (position, number) in enumerate(zip(positions, instance_numbers, strict=True)):
-        ds = pydicom.dcmread(CT_SMALL)  # a fresh copy: Dataset.copy() would share elements
-        ds.ImagePositionPatient = [float(v) for v in position]
-        ds.ImageOrientationPatient = [float(v) for v in orientation]
-        ds.InstanceNumber = int(number)
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        if series_uid:
-            ds.SeriesInstanceUID = series_uid
-        ds.PixelData = (template.pixel_array + 10 * k).astype(np.int16).tobytes()
-        # File names in neither position nor instance order.
-        ds.save_as(folder / f"slice_{(7 * k + 3) % 11:02d}.dcm")
-    return template
-
-
-def test_series_is_sorted_by_position_along_the_normal_not_instance_number(tmp_path):
-    # Coronal slices: the normal (row x column cosines) is +y, so neither z nor the instance
-    # numbers give the order.
-    orientation = [1, 0, 0, 0, 0, -1]
-    y = [30.0, 20.0, 27.5, 22.5, 25.0]  # slice k at y[k]
-    template = _write_series(tmp_path / "series", [(-80.0, v, 40.0) for v in y],
-                             instance_numbers=[1, 5, 2, 4, 3], orientation=orientation)
-    volume = read_dicom_series(tmp_path / "series")
-    hu = apply_modality_lut(template.pixel_array, template).T
-    order = np.argsort(y)  # the written slice index at each position, nearest first
-    assert volume.array.shape == (128, 128, 5)
-    for z, k in enumerate(order):
-        np.testing.assert_array_equal(volume.array[:, :, z], hu + 10 * k)
-        np.testing.assert_allclose(volume.affine @ [0, 0, z, 1],
-                                   [*_lps_to_ras((-80.0, y[k], 40.0)), 1], atol=1e-6)
-    assert volume.spacing[2] == pytest.approx(2.5)
-    # Moving down a column (the Y axis) goes along -z in LPS, which stays -z in RAS.
-    np.testing.assert_allclose(volume.affine[:3, 1], [0, 0, -template.PixelSpacing[0]])
-
-
-def test_gaps_warn_and_repeated_positions_are_refused(tmp_path):
-    axial = [1, 0, 0, 0, 1, 0]
-    _write_series(tmp_path / "gap", [(0, 0, 0), (0, 0, 5), (0, 0, 15)], [1, 2, 3], axial)
-    with pytest.warns(UserWarning, match="gap are unevenly spaced"):
-        volume = read_dicom_series(tmp_path / "gap")
-    assert volume.spacing[2] == pytest.approx(7.5)  # the mean step: the first and last are exact
-    _write_series(tmp_path / "twice", [(0, 0, 0), (0, 0, 5), (0, 0, 5)], [1, 2, 3], axial)
-    with pytest.raises(UsageError, match="twice lie at the same position"):
-        read_dicom_series(tmp_path / "twice")
-
-
-def test_mixed_series_are_refused_naming_the_folder_and_series(tmp_path):
-    folder = tmp_path / "patient"
-    _write_series(folder, [(0, 0, 0), (0, 0, 5)], [1, 2], [1, 0, 0, 0, 1, 0], series_uid="1.2.3")
-    template = pydicom.dcmread(CT_SMALL)
-    template.ImagePositionPatient = [0, 0, 10]
-    template.save_as(folder / "other.dcm")
-    with pytest.raises(UsageError, match=r"patient mixes 2 series.*1\.2\.3 \(2 files\)") as info:
-        read_dicom_series(folder)
-    assert str(template.SeriesInstanceUID) in str(info.value)
-
-
-def test_rsna_12_bit_quirk_is_undone(tmp_path):
-    # RSNA 2019: 12-bit unsigned pixels, intercept 0, values stored so that true HU are
-    # ((value + 1000) mod 4096) - 1000. Store known HU that way and expect them back.
-    hu = np.array([[-1000, -20], [40, 1500]], dtype=np.int32)
-    ds = pydicom.dcmread(CT_SMALL)
-    ds.Rows, ds.Columns = 2, 2
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
-    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-    ds.PixelData = np.mod(hu, 4096).astype(np.uint16).tobytes()
-    ds.save_as(tmp_path / "a.dcm")
-    np.testing.assert_array_equal(read_dicom_series(tmp_path).array[:, :, 0], hu.T)
-
-
-# ----------------------------------------------------------------------------------------- inputs
-
-def test_list_inputs_names_cases_by_file_and_folder(tmp_path):
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    _save(scans / "b_0000.nii.gz", _ct_like())
-    _save(scans / "a.nii", _ct_like())
-    (scans / "notes.txt").write_text("ignored")
-    single = _save(tmp_path / "c.nii.gz", _ct_like())
-    (tmp_path / "dicom_patient").mkdir()
-    shutil.copy(CT_SMALL, tmp_path / "dicom_patient" / "1")
-    found = list_inputs([scans, single, tmp_path / "dicom_patient"])
-    assert found == [("a", scans / "a.nii"), ("b", scans / "b_0000.nii.gz"),
-                     ("c", single), ("dicom_patient", tmp_path / "dicom_patient")]
-    assert read_scan(tmp_path / "dicom_patient").array.shape == (128, 128, 1)
-    assert read_scan(single).array.shape == (12, 10, 6)
-
-
-def test_list_inputs_refuses_what_it_cannot_read(tmp_path):
-    (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "empty").mkdir()
-    for bad in ("notes.txt", "empty", "missing.nii.gz"):
-        with pytest.raises(UsageError, match=f"input {tmp_path / bad} "):
-            list_inputs([tmp_path / bad])
-    _save(tmp_path / "a.nii.gz", _ct_like())
-    _save(tmp_path / "a_0000.nii.gz", _ct_like())
-    with pytest.raises(UsageError, match="both be written as case 'a'"):
-        list_inputs([tmp_path / "a.nii.gz", tmp_path / "a_0000.nii.gz"])

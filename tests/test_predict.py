@@ -11,20 +11,24 @@ from pathlib import Path
 import nibabel as nib
 import numba
 import numpy as np
-import pydicom
 import pytest
 import torch
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from dicom_series import MR_IMAGE, SECONDARY_CAPTURE, stack, tilted, write_series
 
 from ichseg.cli import main
 from ichseg.config import preset_config
 from ichseg.data.io import write_nifti
-from ichseg.inference.predict import Predictor, class_probabilities, predict_cases
+from ichseg.errors import UsageError
+from ichseg.inference.predict import (
+    Predictor,
+    class_probabilities,
+    list_inputs,
+    predict_cases,
+)
 from ichseg.models import build_model
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
-pytestmark = pytest.mark.filterwarnings("ignore:.*Hounsfield:UserWarning")  # nibabel's MRI files
+pytestmark = pytest.mark.filterwarnings("ignore:.*Hounsfield:UserWarning")  # MRI, HU ramps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,32 +137,65 @@ def test_nibabel_test_images_round_trip(tmp_path, everywhere, name):
     assert np.allclose(predicted.affine, source.affine, atol=1e-6)
 
 
-def test_dicom_series_predicts_and_volumes_match_voxel_counts(tmp_path, everywhere):
-    series = tmp_path / "ct_series"
-    series.mkdir()
-    template = get_testdata_file("CT_small.dcm")
-    uid = generate_uid()
-    for i in range(6):
-        ds = pydicom.dcmread(template)  # a fresh copy: Dataset.copy() shares its elements
-        ds.SeriesInstanceUID = uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.InstanceNumber = 6 - i  # shuffled on purpose: order comes from the positions
-        x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y, z + 5.0 * i]
-        ds.save_as(series / f"slice{i}.dcm")
+def test_dicom_study_predicts_each_axial_ct_series_and_notes_the_rest(tmp_path, everywhere,
+                                                                     capsys):
+    study = tmp_path / "study"
+    write_series(study / "thick", stack([0, 5, 10, 15, 20, 25]), number=2)
+    # 4 mm then 7 mm, tilted: predicted on the regular grid covering it.
+    write_series(study / "tilted", stack([0, 4, 8, 12, 19, 26], tilted(-15)), number=5,
+                 orientation=tilted(-15), tilt=-15)
+    write_series(study / "scout", [(-30.0, 0.0, 40.0)], number=1, description="SCOUT",
+                 orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+                 image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    write_series(study / "dose", [(0.0, 0.0, 0.0)], number=999, description="DOSE INFO",
+                 sop_class=SECONDARY_CAPTURE, modality="OT")
     out = tmp_path / "out"
-    (result,) = predict_cases(everywhere, [series], out, quiet=True)
-    assert result["case"] == "ct_series"
-    predicted = nib.load(out / "ct_series.nii.gz")
-    assert predicted.shape == (128, 128, 6)
-    labels = np.asarray(predicted.dataobj)
-    voxel_mm3 = abs(np.linalg.det(predicted.affine[:3, :3]))
-    assert voxel_mm3 == pytest.approx(0.661468 * 0.661468 * 5.0, rel=1e-5)
-    (row,) = _read_csv(out / "volumes.csv")
-    assert labels.sum() > 0
-    assert float(row["hemorrhage_ml"]) == pytest.approx(labels.sum() * voxel_mm3 / 1000, rel=1e-6)
-    assert float(row["voxel_volume_mm3"]) == pytest.approx(voxel_mm3, rel=1e-6)
-    assert row["empty"] == "no"
+    with pytest.warns(UserWarning, match="gantry tilt of 15.0 degrees and uneven slice gaps"):
+        code = main(["predict", "--checkpoint", str(everywhere), str(study), "--out", str(out)])
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "skipped series 1 'SCOUT'" in said and "skipped series 999" in said
+    rows = _read_csv(out / "volumes.csv")
+    assert [row["case"] for row in rows] == ["study_s2", "study_s5"]
+    assert "series 5 'HEAD STD'" in rows[1]["input"]
+    for row, slices in zip(rows, (6, 8), strict=True):
+        predicted = nib.load(out / f"{row['case']}.nii.gz")
+        assert predicted.shape[2] == slices  # 26 mm tilted by 15 degrees, 4 mm apart at most
+        header = predicted.header
+        np.testing.assert_allclose(header.get_qform(), header.get_sform(), atol=1e-4)
+        labels = np.asarray(predicted.dataobj)
+        voxel_mm3 = abs(np.linalg.det(predicted.affine[:3, :3]))
+        assert labels.sum() > 0
+        assert float(row["hemorrhage_ml"]) == pytest.approx(labels.sum() * voxel_mm3 / 1000,
+                                                            rel=1e-5)
+    assert float(rows[0]["voxel_volume_mm3"]) == pytest.approx(2.0 * 2.0 * 5.0, rel=1e-5)
+
+
+def test_list_inputs_names_cases_by_file_and_folder(tmp_path):
+    hu, affine = _phantom_ras()
+    scans = tmp_path / "scans"
+    write_nifti(scans / "b_0000.nii.gz", hu, affine)
+    write_nifti(scans / "a.nii", hu, affine)
+    (scans / "notes.txt").write_text("ignored")
+    single = write_nifti(tmp_path / "c.nii.gz", hu, affine)
+    write_series(tmp_path / "dicom_patient" / "CT", stack([0, 5, 10]))
+    found, notes = list_inputs([scans, single, tmp_path / "dicom_patient"])
+    assert [(case, str(path)) for case, path in found[:3]] == [
+        ("a", str(scans / "a.nii")), ("b", str(scans / "b_0000.nii.gz")), ("c", str(single))]
+    assert found[3][0] == "dicom_patient" and "series 2" in str(found[3][1]) and notes == []
+
+
+def test_list_inputs_refuses_what_it_cannot_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for bad in ("notes.txt", "empty", "missing.nii.gz"):
+        with pytest.raises(UsageError, match=f"input {tmp_path / bad} "):
+            list_inputs([tmp_path / bad])
+    hu, affine = _phantom_ras()
+    write_nifti(tmp_path / "a.nii.gz", hu, affine)
+    write_nifti(tmp_path / "a_0000.nii.gz", hu, affine)
+    with pytest.raises(UsageError, match="both be written as case 'a'"):
+        list_inputs([tmp_path / "a.nii.gz", tmp_path / "a_0000.nii.gz"])
 
 
 def test_empty_prediction_is_said(tmp_path, nowhere, caplog):
@@ -212,18 +249,15 @@ def test_bad_input_exits_2_naming_it_and_keeps_earlier_cases(tmp_path, everywher
     assert "flat.nii.gz" in err and "2D" in err
 
 
-def test_dicom_folder_with_two_series_exits_2(tmp_path, everywhere, capsys):
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    for i in range(4):
-        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-        ds.SeriesInstanceUID = f"1.2.3.{i % 2}"
-        ds.SOPInstanceUID = generate_uid()
-        ds.save_as(mixed / f"slice{i}.dcm")
-    code = main(["predict", "--checkpoint", str(everywhere), str(mixed), "--out",
+def test_an_mr_series_in_a_study_exits_2_naming_it(tmp_path, everywhere, capsys):
+    write_series(tmp_path / "study" / "ct", stack([0, 5, 10]), number=2)
+    write_series(tmp_path / "study" / "mr", stack([0, 5, 10]), number=3, modality="MR",
+                 sop_class=MR_IMAGE)
+    code = main(["predict", "--checkpoint", str(everywhere), str(tmp_path / "study"), "--out",
                  str(tmp_path / "out")])
     assert code == 2
-    assert str(mixed) in capsys.readouterr().err
+    assert "series 3 'HEAD STD' in " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_run_folder_uses_its_best_checkpoint(tmp_path, everywhere, nowhere):

@@ -35,7 +35,9 @@ from ichseg.errors import UsageError
 from ichseg.fileio import atomic_open
 
 # Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype...).
-FORMAT_VERSION = 2  # 2: the head crop keeps the whole scan when the part is not head-like
+# 2: the head crop keeps the whole scan when the part is not head-like; 3: thin slices and fine
+# pixels are area-averaged (ct.resample)
+FORMAT_VERSION = 3
 CACHE_ENV = "ICHSEG_CACHE"
 _INT16 = np.iinfo(np.int16)
 # What np.load raises on a truncated or foreign entry: treated as a miss and rewritten.

@@ -5,13 +5,20 @@ cropped to the head's bounding box, resampled to `data.spacing` and turned into 
 channel per HU window. `PreprocessInfo` records every step so that `restore_to_native` can put a
 network-grid prediction back onto exactly the input's voxel grid.
 
-Resampling (measured in `benchmarks/data.py`): torch's `interpolate` is used because on this CPU
-it is several times faster than `scipy.ndimage.zoom` at the same order. Images are interpolated
-linearly along all three axes, including the thick-slice z axis: the presets keep z at about the
-native 5 mm, where linear interpolation is close to the identity, and when z does change
-(a 4.5 mm scan to 5 mm) nearest neighbour would duplicate or drop whole slices and shift thin
-bleeds by up to half a slice. Labels use nearest neighbour (`nearest-exact`, whose voxel centres
-match the linear mode's), so codes are never blended.
+Resampling (measured in `benchmarks/data.py`): an axis shrunk by more than `AREA_ZOOM` (1.5x)
+is area-averaged: each output voxel is the mean of the input over its own footprint (fractional
+at the edges), which is what a thicker slice or a larger pixel records, so a 1 mm series taken to
+5 mm matches a 5 mm acquisition instead of keeping one slice in five (`benchmarks/thin_slices.py`).
+The other axes are interpolated linearly with torch's `interpolate` (several times faster than
+`scipy.ndimage.zoom` at the same order), including a thick-slice z axis changed a little (4.5 mm to
+5 mm), where nearest neighbour would duplicate or drop whole slices.
+Labels keep their volume (`resample_labels`): along area-averaged axes the labelled share of
+each output voxel is averaged the same way, and the voxels whose share reaches the level that
+keeps the labelled volume are labelled, each with the code of the largest share; along the
+other axes labels are sampled by nearest neighbour (`nearest-exact`, whose voxel centres match
+the linear mode's), so codes are never blended.
+The way back (`restore_to_native`, `restore_argmax`) interpolates the network's output onto the
+native grid linearly, as before.
 """
 
 from __future__ import annotations
@@ -51,6 +58,13 @@ HEAD_MIN_FOV_SHARE = 0.05
 # along y) lies within this share of the field of view from the middle: in the middle 70 %,
 # as an off-centre head still is, not in the outer 15 % on either side.
 HEAD_MAX_CENTRE_OFFSET = 0.35
+# An axis shrunk by more than this factor is area-averaged rather than interpolated: linear
+# interpolation reads only the two nearest input voxels, so beyond about 1.5x it starts to skip
+# input and alias (at 5x, four slices in five barely count).
+AREA_ZOOM = 1.5
+# Label shares are rounded to this many decimals before they are ranked: float32 sums of equal
+# shares may differ in their last bits.
+_SHARE_DECIMALS = 4
 
 
 @dataclass
@@ -198,10 +212,13 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
                                                                    strict=True))
 
 
-def resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+def resample(array: np.ndarray, shape: Sequence[int], order: int,
+             antialias: bool = False) -> np.ndarray:
     """Resample the last three axes of `array` to `shape`: order 1 linear, 0 nearest.
 
-    Leading axes (channels) are kept. Linear output is float32; nearest keeps the dtype.
+    With `antialias` (images going to the network grid), an axis shrunk by more than
+    `AREA_ZOOM` is area-averaged instead (see the module's doc). Leading axes (channels) are
+    kept. Linear output is float32; nearest keeps the dtype.
     """
     shape = tuple(int(n) for n in shape)
     if tuple(array.shape[-3:]) == shape:
@@ -219,11 +236,116 @@ def resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
         # A NIfTI reads in Fortran order (x fastest): interpolating its transpose, which is
         # C-ordered, skips a 40 ms reordering copy of a 512 x 512 x 32 scan. Linear
         # interpolation treats each axis alike, so the result is the same.
-        return resample(array.T, shape[::-1], order=1).T
+        return resample(array.T, shape[::-1], order=1, antialias=antialias).T
+    if antialias and (shrunk := area_axes(array.shape[-3:], shape)):
+        for axis in shrunk:
+            array = _area_average(array, len(lead) + axis, shape[axis])
+        return resample(array, shape, order=1)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     out = F.interpolate(tensor.reshape(1, -1, *array.shape[-3:]), size=shape, mode="trilinear",
                         align_corners=False)
     return out.reshape(*lead, *shape).numpy()
+
+
+def area_axes(shape: Sequence[int], target: Sequence[int]) -> list[int]:
+    """The axes that resampling `shape` to `target` shrinks by more than `AREA_ZOOM`, in the
+    order to average them: the most shrunk first, so that later passes work on less data, but
+    the last axis last, whose gather is element by element rather than whole rows."""
+    zooms = [n / m for n, m in zip(shape, target, strict=True)]
+    last = len(zooms) - 1
+    return sorted((axis for axis, zoom in enumerate(zooms) if zoom > AREA_ZOOM),
+                  key=lambda axis: (axis == last, -zooms[axis]))
+
+
+def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices and weights, both (n_out, taps), of area averaging n_in voxels into n_out:
+    output voxel j covers the input's [j, j + 1) * n_in / n_out (in voxel edges, as the linear
+    mode's `align_corners=False` places it), and each input voxel weighs the share of that
+    footprint it covers."""
+    zoom = n_in / n_out
+    start = np.arange(n_out) * zoom
+    stop = start + zoom
+    index = np.floor(start).astype(np.intp)[:, None] + np.arange(int(np.ceil(zoom)) + 1)
+    covered = np.minimum(stop[:, None], index + 1) - np.maximum(start[:, None], index)
+    weight = (np.clip(covered, 0.0, None) / zoom).astype(np.float32)
+    return np.minimum(index, n_in - 1), weight
+
+
+def _area_average(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """`array` (any dtype) area-averaged along `axis` to n_out voxels, as float32."""
+    index, weight = _area_taps(array.shape[axis], n_out)
+    shape = [1] * array.ndim
+    shape[axis] = n_out
+    out = None
+    for tap in range(index.shape[1]):
+        if not weight[:, tap].any():
+            continue
+        term = np.take(array, index[:, tap], axis=axis).astype(np.float32, copy=False)
+        term *= weight[:, tap].reshape(shape)
+        if out is None:
+            out = term
+        else:
+            out += term
+    return out
+
+
+def resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resample a label map (X, Y, Z) to `shape`, keeping the labelled volume.
+
+    Along the axes `area_axes` picks, the labelled share of every output voxel (any non-zero
+    code) is area-averaged, and the voxels whose share reaches the level that keeps the volume
+    are labelled: as many as the sum of the shares, to the nearest voxel (equal shares all in or
+    all out, so the result is a level set, not a speckle). Each takes the code with the largest
+    share there (ties: the lower code). Along the other axes, nearest neighbour. A plain majority (share > 0.5) would shave every convex lesion
+    (3-4 % of its volume for 5x thicker slices); sampling one slice in five gains or loses whole
+    slices.
+    """
+    shape = tuple(int(n) for n in shape)
+    shrunk = area_axes(labels.shape, shape)
+    if not shrunk:
+        return resample(labels, shape, order=0)
+    if labels.strides[0] < labels.strides[2]:
+        return resample_labels(labels.T, shape[::-1]).T  # Fortran order: as `resample` does
+    # Nearest neighbour first along the other axes, so only the shrunk ones keep their size.
+    picked = resample(labels, [labels.shape[a] if a in shrunk else shape[a] for a in range(3)],
+                      order=0)
+    codes = np.flatnonzero(np.bincount(picked.ravel()))[1:]
+
+    def share_of(mask: np.ndarray) -> np.ndarray:
+        for axis in shrunk:
+            mask = _area_average(mask, axis, shape[axis])
+        return np.round(mask, _SHARE_DECIMALS)
+
+    out = np.zeros(shape, dtype=labels.dtype)
+    if codes.size == 0:
+        return out
+    labelled = share_of(picked > 0)
+    labelled = labelled >= _volume_keeping_level(labelled)
+    if codes.size == 1:
+        out[labelled] = codes[0]
+        return out
+    best = np.full(shape, -1.0, dtype=np.float32)
+    for code in codes:
+        share = share_of(picked == code)
+        wins = labelled & (share > best)
+        out[wins] = code
+        np.maximum(best, share, out=best)
+    return out
+
+
+def _volume_keeping_level(share: np.ndarray) -> float:
+    """The lowest share a voxel needs so that the voxels at or above it number the closest to
+    the sum of all shares (the class's volume in voxels)."""
+    volume = float(share.sum(dtype=np.float64))
+    ranked = np.sort(share[share > 0])[::-1]
+    if ranked.size == 0 or volume < 0.5:
+        return np.inf
+    level = ranked[min(int(volume + 0.5), ranked.size) - 1]
+    at_or_above = int(np.count_nonzero(ranked >= level))
+    above = int(np.count_nonzero(ranked > level))
+    if abs(above - volume) < abs(at_or_above - volume):
+        return float(np.nextafter(level, np.float32(np.inf)))
+    return float(level)
 
 
 def training_labels(codes: np.ndarray, subtypes: bool) -> np.ndarray:
@@ -277,11 +399,12 @@ def prepare_hu(image: Volume, label: Volume | None, data_cfg: DataConfig,
     box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     cropped = hu_ras[box]
     new_shape = resampled_shape(cropped.shape, spacing, data_cfg.spacing)
-    out_hu = resample(cropped, new_shape, order=1)
+    out_hu = resample(cropped, new_shape, order=1, antialias=True)
     out_label = None
     if codes is not None:
         targets = training_labels(codes, data_cfg.subtypes)
-        out_label = resample(nio.apply_orientation(targets, orientation)[box], new_shape, order=0)
+        out_label = resample_labels(nio.apply_orientation(targets, orientation)[box],
+                                    new_shape)
     info = PreprocessInfo(native_shape=native_shape,
                           native_affine=np.asarray(image.affine, float),
                           orientation=orientation, crop_start=tuple(start),

@@ -1,4 +1,4 @@
-"""Reading and writing scans: NIfTI through nibabel, DICOM series through pydicom.
+"""Reading and writing scans: NIfTI through nibabel (DICOM studies: `ichseg.data.dicom`).
 
 Every reader returns a `Volume`: the voxels in the file's own order (X, Y, Z) and the RAS affine
 (NIfTI convention). Anything a user can fix (a missing, truncated or foreign file, NaNs, a DICOM
@@ -11,7 +11,6 @@ import gzip
 import math
 import warnings
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +37,6 @@ _NIFTI_HEADER_SIZES = {n.to_bytes(4, order) for n in (348, 540) for order in ("l
 _NIFTI_MIN_BYTES = 352
 # Deflate compresses at most about 1032:1, so a gzip file of n bytes inflates to at most this * n.
 _DEFLATE_MAX_RATIO = 1032
-
-# DICOM is LPS (x to the patient's left, y to the back); NIfTI is RAS: negate the first two axes.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Thresholds of the "does this look like CT in HU" check: any head CT holds air (about -1000 HU)
 # and bone (hundreds to thousands of HU), so a scan without both was probably scaled otherwise.
@@ -277,199 +273,17 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
     return path
 
 
-# ----------------------------------------------------------------------------------------- DICOM
-
-def is_dicom_file(path: Path) -> bool:
-    """True for a DICOM Part 10 file: the `DICM` marker after its 128-byte preamble."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and is_dicom_file(p))
-
-
-def _rsna_corrected(pixels: np.ndarray, ds) -> tuple[np.ndarray, float]:
-    """Stored values and intercept, with the RSNA 2019 12-bit quirk undone (docs/DOMAIN.md).
-
-    Some RSNA scans store 12-bit unsigned values with an intercept near 0 although the pixels
-    were written as if offset by -1000: shift by 1000, wrap at 4096, and use intercept -1000.
-    """
-    intercept = float(ds.get("RescaleIntercept", 0.0))
-    if int(ds.get("BitsStored", 16)) == 12 and int(ds.get("PixelRepresentation", 0)) == 0 \
-            and intercept > -100:
-        shifted = pixels.astype(np.int32) + 1000
-        shifted[shifted >= 4096] -= 4096
-        return shifted, -1000.0
-    return pixels, intercept
-
-
-def _series_label(uid: str, datasets: list) -> str:
-    description = str(datasets[0].get("SeriesDescription", "")).strip()
-    name = f"{uid} ({len(datasets)} files"
-    return name + (f", {description!r})" if description else ")")
-
-
-def read_dicom_series(folder: str | Path) -> Volume:
-    """Read one DICOM series folder as a HU volume with a RAS affine.
-
-    Slices are ordered by ImagePositionPatient projected on the slice normal (row x column
-    direction cosines), never by InstanceNumber. HU = value * RescaleSlope + RescaleIntercept,
-    per slice. The array's X axis runs along a row (the column index), Y down the columns, Z
-    along the normal. The z step is taken from the positions (a single slice uses SliceThickness).
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder of DICOM files")
-    headers = []
-    for path in dicom_files(folder):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            raise UsageError(f"{path} is not a readable DICOM file ({exc})") from None
-        if "Rows" in ds:  # DICOMDIR, reports and other files without an image are skipped
-            headers.append((path, ds))
-    if not headers:
-        raise UsageError(f"{folder} holds no DICOM image files")
-
-    by_series: dict[str, list] = {}
-    for path, ds in headers:
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
-    if len(by_series) > 1:
-        found = "; ".join(_series_label(uid, [ds for _, ds in items])
-                          for uid, items in sorted(by_series.items()))
-        raise UsageError(f"DICOM folder {folder} mixes {len(by_series)} series ({found}); put "
-                         f"each series in its own folder")
-
-    for path, ds in headers:
-        for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if key not in ds:
-                raise UsageError(f"DICOM file {path} has no {key}, so its slice cannot be placed")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise UsageError(f"DICOM file {path} is a multi-frame image; ichseg reads series "
-                             f"of single-slice files")
-    orientation = np.array(headers[0][1].ImageOrientationPatient, dtype=np.float64)
-    for path, ds in headers[1:]:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), orientation,
-                           atol=1e-4):
-            raise UsageError(f"DICOM file {path} is oriented differently from the rest of "
-                             f"series folder {folder}")
-    row_cosine, column_cosine = orientation[:3], orientation[3:]
-    normal = np.cross(row_cosine, column_cosine)
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in headers])
-    order = np.argsort(positions @ normal, kind="stable")
-    headers = [headers[i] for i in order]
-    positions = positions[order]
-    distances = positions @ normal
-    steps = np.diff(distances)
-    if steps.size and steps.min() < 1e-3:
-        i = int(np.argmin(steps))
-        raise UsageError(f"DICOM files {headers[i][0].name} and {headers[i + 1][0].name} in "
-                         f"{folder} lie at the same position; the folder holds a repeated slice")
-    if steps.size and steps.max() - steps.min() > 0.01 * steps.mean() + 1e-3:
-        warnings.warn(f"slices in {folder} are unevenly spaced ({steps.min():.3g} to "
-                      f"{steps.max():.3g} mm, missing slices?); using the mean spacing",
-                      UserWarning, stacklevel=2)
-
-    rows, columns = int(headers[0][1].Rows), int(headers[0][1].Columns)
-    volume = np.empty((columns, rows, len(headers)), dtype=np.float32)
-    for k, (path, _) in enumerate(headers):
-        ds = pydicom.dcmread(path)
-        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
-            raise UsageError(f"DICOM file {path} is {ds.Rows} x {ds.Columns} pixels, unlike the "
-                             f"{rows} x {columns} of the rest of its series")
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable data
-            raise UsageError(f"DICOM file {path} cannot be decoded (transfer syntax "
-                             f"{ds.file_meta.get('TransferSyntaxUID', '?')}: {exc})") from None
-        pixels, intercept = _rsna_corrected(pixels, ds)
-        slope = float(ds.get("RescaleSlope", 1.0))
-        volume[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
-
-    first = headers[0][1]
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    if len(headers) > 1:
-        # The mean step between slice origins: exact for evenly spaced slices, and it keeps the
-        # shear of a tilted gantry rather than pretending the slices are stacked straight.
-        slice_step = (positions[-1] - positions[0]) / (len(headers) - 1)
-    else:
-        thickness = float(first.get("SliceThickness", 0) or 0)
-        if thickness <= 0:
-            raise UsageError(f"DICOM series {folder} has one slice and no SliceThickness, so its "
-                             f"z spacing is unknown")
-        slice_step = normal * thickness
-    lps = np.eye(4)
-    # PixelSpacing is (between rows, between columns): moving along a row (the X axis) steps by
-    # the column spacing, moving down a column (Y) by the row spacing.
-    lps[:3, 0] = row_cosine * column_spacing
-    lps[:3, 1] = column_cosine * row_spacing
-    lps[:3, 2] = slice_step
-    lps[:3, 3] = positions[0]
-    result = Volume(volume, _LPS_TO_RAS @ lps, folder)
-    _warn_if_not_hu(result)
-    return result
-
-
 # ----------------------------------------------------------------------------------------- inputs
 
 def read_scan(path: str | Path) -> Volume:
     """A CT scan from a NIfTI file or a DICOM series folder."""
     path = Path(path)
     if path.is_dir():
+        from ichseg.data.dicom import read_dicom_series  # dicom.py builds on this module
+
         return read_dicom_series(path)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     if not is_nifti_name(path.name):
         raise UsageError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder")
     return read_nifti(path)
-
-
-def input_case_id(path: Path) -> str:
-    """The case id of a predict input: a folder's name, or a NIfTI file's name without its
-    extension and without nnU-Net's `_0000` channel suffix."""
-    if path.is_dir():
-        return path.name
-    stem = nifti_stem(path.name)
-    if stem.endswith(NNUNET_CHANNEL_SUFFIX) and len(stem) > len(NNUNET_CHANNEL_SUFFIX):
-        stem = stem[: -len(NNUNET_CHANNEL_SUFFIX)]
-    return stem
-
-
-def list_inputs(paths: Iterable[str | Path] | str | Path) -> list[tuple[str, Path]]:
-    """(case id, path) for each scan to predict: NIfTI files, folders of NIfTI files, and DICOM
-    series folders (named after the folder). Refuses anything else and repeated case ids."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    found: list[tuple[str, Path]] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_file() and is_nifti_name(path.name):
-            found.append((input_case_id(path), path))
-        elif path.is_dir() and (files := nifti_files(path)):
-            found.extend((input_case_id(p), p) for p in files)
-        elif path.is_dir() and dicom_files(path):
-            found.append((input_case_id(path), path))
-        elif not path.exists():
-            raise UsageError(f"input {path} does not exist")
-        else:
-            raise UsageError(f"input {path} is not a NIfTI file, a folder of NIfTI files or a "
-                             f"DICOM series folder")
-    seen: dict[str, Path] = {}
-    for case_id, path in found:
-        if case_id in seen:
-            raise UsageError(f"inputs {seen[case_id]} and {path} would both be written as case "
-                             f"{case_id!r}; rename one")
-        seen[case_id] = path
-    if not found:
-        raise UsageError("no input scans were given")
-    return found
-

@@ -1,6 +1,7 @@
 """`ichseg predict`: segment scans with a trained model, back on each scan's own voxel grid.
 
-For each input (NIfTI file, or DICOM series folder) the scan goes through exactly the training
+For each input (a NIfTI file, a folder of them, or a folder holding DICOM series: each axial CT
+series in it, see `list_inputs`) the scan goes through exactly the training
 preprocessing (from the checkpoint's config: RAS reorientation, crop to the head, resampling, HU
 windows), then MONAI's sliding-window inference with Gaussian blending, optionally averaged over
 mirrored copies (test-time augmentation), then back to the native grid: the class probabilities
@@ -18,7 +19,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,16 @@ from tqdm import tqdm
 
 from ichseg.config import Config, config_from_dict, read_run_config
 from ichseg.data.ct import preprocess_case, restore_argmax, restore_to_native
-from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
+from ichseg.data.dicom import DicomSeries, read_series, study_series
+from ichseg.data.io import (
+    NNUNET_CHANNEL_SUFFIX,
+    Volume,
+    is_nifti_name,
+    nifti_files,
+    nifti_stem,
+    read_scan,
+    write_nifti,
+)
 from ichseg.data.layouts import CODES
 from ichseg.data.masks import label_volumes_ml
 from ichseg.device import pick_device
@@ -163,7 +173,75 @@ def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: fl
     return labels, 1.0 - restore_to_native(probs[:1], info, order=1)[0]
 
 
-def _read_input(path: Path) -> Volume:
+def input_case_id(path: Path) -> str:
+    """The case id of a predict input: a folder's name, or a NIfTI file's name without its
+    extension and without nnU-Net's `_0000` channel suffix."""
+    if path.is_dir():
+        return path.resolve().name
+    stem = nifti_stem(path.name)
+    if stem.endswith(NNUNET_CHANNEL_SUFFIX) and len(stem) > len(NNUNET_CHANNEL_SUFFIX):
+        stem = stem[: -len(NNUNET_CHANNEL_SUFFIX)]
+    return stem
+
+
+def _series_cases(folder: Path, series: list[DicomSeries]) -> list[tuple[str, DicomSeries]]:
+    """A folder of one series names the case after the folder; of several, each
+    `<folder>_s<SeriesNumber>` (`_2`, `_3`... after a number met twice)."""
+    name = input_case_id(folder)
+    if len(series) == 1:
+        return [(name, series[0])]
+    cases, seen = [], {}
+    for item in series:
+        case_id = f"{name}_s{'x' if item.number is None else item.number}"
+        seen[case_id] = seen.get(case_id, 0) + 1
+        cases.append((case_id if seen[case_id] == 1 else f"{case_id}_{seen[case_id]}", item))
+    return cases
+
+
+def list_inputs(paths: Iterable[str | Path] | str | Path,
+                ) -> tuple[list[tuple[str, Path | DicomSeries]], list[str]]:
+    """([(case id, NIfTI file or DICOM series)], notes) for predict: NIfTI files, folders of
+    NIfTI files, and folders searched recursively for DICOM series, of which each axial CT volume
+    is a case and every other object is skipped with a one-line note (`data.dicom`). Refuses
+    anything else, and repeated case ids."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[tuple[str, Path | DicomSeries]] = []
+    notes: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file() and is_nifti_name(path.name):
+            found.append((input_case_id(path), path))
+        elif path.is_dir() and (files := nifti_files(path)):
+            found.extend((input_case_id(p), p) for p in files)
+        elif not path.exists():
+            raise UsageError(f"input {path} does not exist")
+        elif path.is_dir():
+            series, skipped = study_series(path)
+            if not series:
+                why = f": {'; '.join(skipped)}" if skipped else ""
+                raise UsageError(f"input {path} holds no NIfTI file and no axial CT volume "
+                                 f"series{why}")
+            found.extend(_series_cases(path, series))
+            notes.extend(skipped)
+        else:
+            raise UsageError(f"input {path} is not a NIfTI file, a folder of NIfTI files or a "
+                             f"folder of DICOM series")
+    seen: dict[str, Path | DicomSeries] = {}
+    for case_id, source in found:
+        if case_id in seen:
+            raise UsageError(f"inputs {seen[case_id]} and {source} would both be written as "
+                             f"case {case_id!r}; rename one")
+        seen[case_id] = source
+    if not found:
+        raise UsageError("no input scans were given")
+    return found, notes
+
+
+def _read_input(source: Path | DicomSeries) -> Volume:
+    if isinstance(source, DicomSeries):
+        return read_series(source)
+    path = source
     volume = read_scan(path)
     if min(volume.array.shape) < MIN_SLICES:
         raise UsageError(f"{path} is a 2D image (shape {volume.array.shape}); predict needs a 3D "
@@ -200,10 +278,10 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
         raise UsageError(f"output {out_dir} exists and is not a folder")
     if overlap is not None and not 0.0 <= overlap < 1.0:
         raise UsageError(f"overlap {overlap} must lie in [0, 1)")
-    cases = list_inputs(inputs)
+    cases, notes = list_inputs(inputs)
     for case_id, path in cases:
         target = (out_dir / f"{case_id}.nii.gz").resolve()
-        if target == path.resolve():
+        if isinstance(path, Path) and target == path.resolve():
             raise UsageError(f"output {out_dir} would overwrite the input {path}; choose "
                              f"another --out folder")
     # Three threads beside the network's: one reads the next scan while the current one is
@@ -228,12 +306,14 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
             if not quiet:
                 tqdm.write(message)
 
+        for note in notes:
+            say(note)
         say(f"predicting {len(cases)} case(s) with {predictor.source} on {predictor.device}")
         out_dir.mkdir(parents=True, exist_ok=True)
         results: list[dict[str, Any]] = []
 
-        def write_files(case_id: str, path: Path, volume: Volume, labels: np.ndarray,
-                        probability: np.ndarray | None) -> dict[str, Any]:
+        def write_files(case_id: str, path: Path | DicomSeries, volume: Volume,
+                        labels: np.ndarray, probability: np.ndarray | None) -> dict[str, Any]:
             write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
             if probability is not None:
                 write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
