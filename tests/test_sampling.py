@@ -12,7 +12,6 @@ from ichseg.data.cache import PreparedCase
 from ichseg.data.sampling import Augmentation, EpochBatches, PatchSampler
 from ichseg.errors import UsageError
 
-
 # Two channels of the window 0..100 HU: a channel is HU / 100.
 WINDOWS = [[50.0, 100.0], [50.0, 100.0]]
 

@@ -9,8 +9,9 @@ workers changes when a batch is made, never what it holds, and a resumed run sta
 the saved position.
 
 Workers are forked (Linux): they share the memory-mapped cases and the sampler with the trainer
-without copying. They ignore SIGINT and SIGTERM: a Ctrl-C reaches the whole terminal process
-group, and the trainer, not its workers, decides when to stop (and shuts them down when it does).
+without copying. They ignore SIGINT: a Ctrl-C reaches the whole terminal process group, and the
+trainer, not its workers, decides when to stop (and shuts them down when it does). SIGTERM is
+left alone: it is how multiprocessing ends workers that outlive their loader.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ def resolve_workers(setting: int, device: torch.device) -> int:
 
 def _quiet_worker(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def training_batches(sampler: PatchSampler, cfg: Config, device: torch.device, epoch: int,
