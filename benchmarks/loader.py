@@ -37,7 +37,8 @@ STAND_IN_STEP = 0.150
 def dataset(work: Path, count: int, total: int) -> Path:
     """The first `count` cases of the synthetic set of `total`, as a folder of links."""
     full = work / f"data{total}"
-    if not (full / "images").is_dir() or len(list((full / "images").iterdir())) < total:
+    if not (full / "dataset.json").is_file() and not (
+            full / "images" / f"synth_{count:03d}.nii.gz").is_file():
         from ichseg.data.synth import write_dataset
 
         started = time.monotonic()

@@ -192,14 +192,14 @@ class PreprocessedCache:
                 or [np.zeros((0, 4), np.int32)])
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            # A folder of files, so not `fileio.atomic_open` (one file): the folder is filled
+            # under a temporary name and renamed whole. Not fsynced: a file truncated by a power
+            # cut fails to map, and the entry is decoded again.
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{entry.name[:16]}.",
                                         suffix=".tmp"))
             try:
                 for name, array in arrays.items():
-                    with open(tmp / f"{name}.npy", "wb") as f:
-                        np.save(f, array)
-                        f.flush()
-                        os.fsync(f.fileno())
+                    np.save(tmp / f"{name}.npy", array)
                 _replace_folder(tmp, entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
