@@ -13,6 +13,9 @@
   patches (192 x 192 x 32, batch 2, full augmentation) on 6 of those cases, with a stand-in
   network that takes a fixed 150 ms a step (a sleep: the CPU is free, as while a GPU computes);
   the share of the loop's time spent waiting for the next batch, per number of workers.
+- agree: what one agreement between ranks costs (`distributed.max_over_ranks`, the all-reduce
+  of three numbers the loop does every K steps under torchrun), two gloo processes on this CPU;
+  the old loop did two such all-reduces every step.
 - speed: `ichseg train --preset small` for one epoch of 12 steps on 8 cases, with this tree's
   code and with `--base` (a tree of the code before, e.g. `git archive main`), alternated;
   seconds of the epoch (steps and validation) from history.csv.
@@ -151,10 +154,37 @@ def speed(args: argparse.Namespace) -> None:
           f"{statistics.median(times['this tree']) / statistics.median(times['base']):.2f}")
 
 
+def _agree_rank(rank: int, store: str, calls: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from ichseg.training import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        distributed.max_over_ranks([0.0, 0.0, 0.0])
+        started = time.perf_counter()
+        for _ in range(calls):
+            distributed.max_over_ranks([0.0, 1.0, 0.5])
+        if rank == 0:
+            Path(out).write_text(str((time.perf_counter() - started) / calls))
+    finally:
+        dist.destroy_process_group()
+
+
+def agree(args: argparse.Namespace) -> None:
+    import torch.multiprocessing as mp
+
+    out, store = args.work / "agree.txt", args.work / "agree_store"
+    store.unlink(missing_ok=True)
+    mp.spawn(_agree_rank, args=(str(store), 500, str(out)), nprocs=2)
+    seconds = float(out.read_text())
+    print(f"| one agreement (gloo, 2 processes) | {seconds * 1e6:.0f} us |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--parts", nargs="+", default=["memory", "wait", "speed"])
+    parser.add_argument("--parts", nargs="+", default=["memory", "wait", "agree", "speed"])
     parser.add_argument("--cases", type=int, nargs="+", default=[6, 36, 200])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=31)
@@ -166,7 +196,7 @@ def main() -> None:
     print(f"CPUs: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), load "
           f"{os.getloadavg()[0]:.1f}; resource limit {resource.getrlimit(resource.RLIMIT_AS)}")
     for part in args.parts:
-        {"memory": memory, "wait": wait, "speed": speed}[part](args)
+        {"memory": memory, "wait": wait, "speed": speed, "agree": agree}[part](args)
 
 
 if __name__ == "__main__":
