@@ -144,13 +144,14 @@ def bench_cache(rows: list, repeats: int, cases: int, work: Path) -> None:
     cfg.cache_dir = str(work / "cache_default_0")
     cache = PreprocessedCache(cfg)
     case = index.cases[0]
-    hu, _ = cache.load_hu(case)
+    hu, _, _ = cache.load_hu(case)
     channels_file = work / "channels.npy"
     np.save(channels_file, window_channels(hu, cfg.windows))
     entry = cache.path(case)
     hu_s = median_seconds(lambda: cache.load(case), repeats)
     float_s = median_seconds(lambda: np.load(channels_file), repeats)
-    hu_mb, float_mb = entry.stat().st_size / 1e6, channels_file.stat().st_size / 1e6
+    hu_mb = (entry / "hu.npy").stat().st_size / 1e6
+    float_mb = channels_file.stat().st_size / 1e6
     row(rows, f"cache entry int16 HU + window at load ({hu_mb:.1f} MB)", hu_s, note="used")
     row(rows, f"cache entry float32 channels ({float_mb:.1f} MB)", float_s,
         note=f"{hu_s / float_s:.1f}x faster, {float_mb / hu_mb:.0f}x larger")
@@ -219,7 +220,8 @@ def bench_monai(rows: list, repeats: int, prepared: list, cfg) -> None:
                       for n, w in zip(case.label.shape, window, strict=True)]
             box = tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True))
             monai_chain.set_random_state(seed=int(rng.integers(2**31)))
-            monai_chain({"image": torch.from_numpy(case.image[(slice(None), *box)].copy()),
+            channels = window_channels(case.hu[box], cfg.data.windows)  # as the sampler does
+            monai_chain({"image": torch.from_numpy(channels),
                          "label": torch.from_numpy(case.label[box][None].astype(np.float32))})
 
     monai_s = median_seconds(monai_samples, repeats)

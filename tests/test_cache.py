@@ -1,4 +1,5 @@
-"""The preprocessed-case cache: decoded once, keyed by files and settings, written atomically."""
+"""The preprocessed-case cache: decoded once, keyed by files and settings, written atomically,
+read back memory-mapped."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def cache_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def data_cfg():
-    return preset_config("tiny").data
+    cfg = preset_config("tiny").data
+    cfg.prepare_workers = 1  # in this process, where `count_decodes` sees the reads
+    return cfg
 
 
 @pytest.fixture
@@ -53,10 +56,38 @@ def test_each_case_is_decoded_once_per_dataset(tiny_dataset, cache_dir, data_cfg
     assert len(count_decodes) == len(cases)
     assert [c.case_id for c in first] == [c.case_id for c in cases]
     for a, b in zip(first, second, strict=True):
-        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.hu, b.hu)
         np.testing.assert_array_equal(a.label, b.label)
-    assert len(list(cache_dir.glob("*.npz"))) == len(cases)
+        # Mapped from the entry's files, not read into memory.
+        assert isinstance(b.hu, np.memmap) and isinstance(b.label, np.memmap)
+        assert b.hu.dtype == np.int16 and b.label.shape == b.hu.shape
+    assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == len(cases)
     assert not list(cache_dir.glob(".*")), "no temp files left behind"
+
+
+def test_several_processes_prepare_the_same_entries(tiny_dataset, tmp_path, cache_dir,
+                                                    data_cfg):
+    cases = find_cases(tiny_dataset).cases[:3]
+    alone = load_cases(data_cfg, cases, progress=False)
+    data_cfg.cache_dir, data_cfg.prepare_workers = str(tmp_path / "parallel"), 2
+    together = load_cases(data_cfg, cases, progress=False)
+    for a, b in zip(alone, together, strict=True):
+        assert a.case_id == b.case_id
+        np.testing.assert_array_equal(a.hu, b.hu)
+        np.testing.assert_array_equal(a.label, b.label)
+        for points_a, points_b in zip(a.foreground, b.foreground, strict=True):
+            np.testing.assert_array_equal(points_a, points_b)
+    assert len(list((tmp_path / "parallel").iterdir())) == len(cases)
+
+
+def test_stored_foreground_points_are_the_labels_voxels(tiny_dataset, cache_dir, data_cfg):
+    cases = load_cases(data_cfg, find_cases(tiny_dataset).cases, progress=False)
+    assert any(case.foreground for case in cases), "some synthetic cases have hemorrhage"
+    for case in cases:
+        for points in case.foreground:
+            values = case.label[tuple(points.T)]
+            assert np.all(values == values[0]) and values[0] > 0
+        assert sum(len(p) for p in case.foreground) == np.count_nonzero(case.label)
 
 
 def test_cached_case_matches_direct_preprocessing(tiny_dataset, cache_dir, data_cfg):
@@ -106,8 +137,8 @@ def test_a_broken_entry_is_rebuilt(tiny_dataset, cache_dir, data_cfg, count_deco
     case = find_cases(tiny_dataset).cases[1]
     cache = PreprocessedCache(data_cfg)
     good, _ = cache.load(case)
-    entry = cache.path(case)
-    entry.write_bytes(entry.read_bytes()[:100])
+    stored = cache.path(case) / "hu.npy"
+    stored.write_bytes(stored.read_bytes()[:200])
     again, _ = cache.load(case)
     np.testing.assert_array_equal(again, good)
     assert len(count_decodes) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import tracemalloc
 import warnings
 from pathlib import Path

@@ -12,10 +12,13 @@ from ichseg.data.cache import PreparedCase
 from ichseg.data.sampling import Augmentation, EpochBatches, PatchSampler
 from ichseg.errors import UsageError
 
+# Two channels of the window 0..100 HU: a channel is HU / 100.
+WINDOWS = [[50.0, 100.0], [50.0, 100.0]]
+
 
 def make_cases(count=3, shape=(60, 56, 20), lesion=4):
-    """Cases whose channels are noise plus the label itself, so alignment can be checked; one
-    small cubic lesion per case (none in the last one)."""
+    """Cases whose HU are noise plus the label itself (channels: noise below 0.2, +0.7 on the
+    lesion), so alignment can be checked; one small cubic lesion per case (none in the last)."""
     rng = np.random.default_rng(7)
     cases = []
     for k in range(count):
@@ -23,15 +26,16 @@ def make_cases(count=3, shape=(60, 56, 20), lesion=4):
         if k < count - 1:
             x, y, z = 10 + 12 * k, 30, 8
             label[x:x + lesion, y:y + lesion, z:z + 3] = 1 + k
-        noise = rng.uniform(0.0, 0.2, (2, *shape)).astype(np.float32)
-        image = noise + np.float32(0.7) * (label > 0)
-        cases.append(PreparedCase(f"case_{k}", image, label))
+        noise = rng.integers(0, 21, shape)
+        hu = (noise + 70 * (label > 0)).astype(np.int16)
+        cases.append(PreparedCase(f"case_{k}", hu, label))
     return cases
 
 
 def config(augment=True, batch_size=4, patch=(24, 24, 8), spatial_dims=3,
-           foreground_fraction=0.33, spacing=(1.0, 1.0, 5.0)):
+           foreground_fraction=0.33, spacing=(1.0, 1.0, 5.0), windows=WINDOWS):
     cfg = preset_config("tiny")
+    cfg.data.windows = [list(w) for w in windows]
     cfg.data.augment = augment
     cfg.data.patch_size = list(patch)
     cfg.data.spacing = list(spacing)
@@ -103,7 +107,7 @@ def test_foreground_patches_cover_every_class_of_a_case():
     label = np.zeros((60, 56, 20), np.uint8)
     label[5:45, 5:45, 2:18] = 2
     label[50:52, 50:52, 10:12] = 5
-    case = PreparedCase("mixed", np.zeros((1, *label.shape), np.float32), label)
+    case = PreparedCase("mixed", np.zeros(label.shape, np.int16), label)
     sampler = PatchSampler([case], config(augment=False, foreground_fraction=1.0), 0)
     with_small_class = [np.any(sampler.sample(1, i)[1] == 5) for i in range(60)]
     assert 0.3 < np.mean(with_small_class) < 0.7
@@ -112,13 +116,16 @@ def test_foreground_patches_cover_every_class_of_a_case():
 def test_cases_smaller_than_the_patch_are_padded_with_air():
     label = np.zeros((10, 12, 4), np.uint8)
     label[4:6, 4:6, 1:3] = 1
-    image = np.full((1, 10, 12, 4), 0.5, np.float32)
+    image = np.full((10, 12, 4), 50, np.int16)
+    # The bone window maps 0 HU to 0.29: the padding must be air in the window, not 0 HU.
+    bone = [[600.0, 2800.0]]
+    inside = np.float32((50 + 800) / 2800)
     sampler = PatchSampler([PreparedCase("small", image, label)],
-                           config(augment=False, patch=(16, 16, 8)), 0)
+                           config(augment=False, patch=(16, 16, 8), windows=bone), 0)
     for index in range(6):
         patch_image, patch_label = sampler.sample(1, index)
         assert patch_image.shape == (1, 16, 16, 8)
-        assert np.sum(patch_image == 0.5) == image.size  # the whole case, once
+        assert np.sum(np.isclose(patch_image, inside)) == image.size  # the whole case, once
         assert np.sum(patch_image == 0.0) == patch_image.size - image.size
         assert patch_label.sum() == label.sum()
 

@@ -49,7 +49,11 @@ class DataConfig:
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
     augment: bool = _opt(True, "random flips, rotations, scaling and intensity changes")
-    num_workers: int = _opt(0, "data loading processes", 0)
+    num_workers: int = _opt(-1, "processes preparing training batches ahead of the steps; -1: "
+                            "auto (one per CPU but one, up to 8, on CUDA; 0 on a CPU, where "
+                            "they would compete with the network for the cores)", -1)
+    prepare_workers: int = _opt(-1, "processes decoding uncached scans into the cache; -1: one "
+                                "per CPU, up to 4", -1)
     cache_dir: str = _opt("", "preprocessed-case cache; empty: $ICHSEG_CACHE or ~/.cache/ichseg")
 
 
@@ -89,7 +93,9 @@ class TrainingConfig:
     grad_clip: float = _opt(12.0, "gradient norm clip; 0 turns it off", 0.0)
     amp: str = _choice("auto", "bf16", "fp16", "off",
                        doc="mixed precision on CUDA; auto is bf16 where supported; CPU is fp32")
-    patience: int = _opt(50, "epochs without validation improvement before stopping; 0 never", 0)
+    patience: int = _opt(50, "validations without improvement before stopping; 0 never", 0)
+    validate_every: int = _opt(1, "validate every N epochs (and after the last); patience and "
+                               "best count validations", 1)
     seed: int = _opt(0, "seed of every random draw", 0)
     device: str = _choice("auto", "cpu", "cuda", doc="where to train")
     deterministic: bool = _opt(False, "deterministic GPU algorithms, so that a stopped and "
@@ -179,9 +185,9 @@ _PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 # Settings that may differ when a run is continued: they change neither the network nor the data
 # it sees. Everything else is refused with the differing keys listed.
 RESUMABLE_CHANGES = frozenset({
-    "data.path", "data.num_workers", "data.cache_dir",
+    "data.path", "data.num_workers", "data.prepare_workers", "data.cache_dir",
     "training.epochs", "training.patience", "training.device", "training.save_every_steps",
-    "training.save_every_minutes", "training.keep_checkpoints", "training.time_limit",
+    "training.validate_every", "training.save_every_minutes", "training.keep_checkpoints", "training.time_limit",
     "training.mirror_dir", "training.quiet",
 }) | {f"inference.{f.name}" for f in dataclasses.fields(InferenceConfig)}
 

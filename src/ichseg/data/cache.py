@@ -1,15 +1,21 @@
-"""The preprocessed-case cache: each scan is decoded and resampled once per dataset.
+"""The preprocessed-case cache: each scan is decoded and resampled once per dataset, and read back
+memory-mapped, so training memory does not grow with the number of cases.
 
-An entry is the output of `ct.prepare_hu` (reoriented, cropped, resampled) stored as int16 HU
-plus uint8 training labels in one uncompressed `.npz`. HU rather than window channels: with three
-windows it is 6 times smaller than float32 channels, windowing at load costs a few milliseconds
-(see `benchmarks/data.py`), and changing `data.windows` reuses the cache. Rounding to whole HU is
-far below any window's resolution (the narrowest, 80 HU, spans 1.0 in 80 steps).
+An entry is a folder named by its key, holding the output of `ct.prepare_hu` (reoriented,
+cropped, resampled) as uncompressed `.npy` files: `hu.npy` (int16 HU), `label.npy` (uint8
+training labels) and `foreground.npy` (up to `MAX_FOREGROUND_POINTS` voxel positions per class,
+which patch sampling centres on). `np.load(mmap_mode="r")` maps them without reading them: a
+patch reads only the pages it covers, and those are the kernel's page cache, shared by every
+process and dropped under memory pressure, not the trainer's own memory. HU rather than window
+channels: with three windows it is 6 times smaller than float32 channels, the windows are applied
+to each cut patch (see `data.sampling`), and changing `data.windows` reuses the cache. Rounding
+to whole HU is far below any window's resolution (the narrowest, 80 HU, spans 1.0 in 80 steps).
 
 The key is the SHA-256 of the files' absolute paths, sizes and modification times, every setting
 that changes the stored arrays, and `FORMAT_VERSION`; a changed file or setting is a miss, never
-a stale hit. Entries are written to a temp file in the cache folder and renamed into place, so a
-crash or a concurrent writer (several ranks) never leaves a half-written entry under a real name.
+a stale hit. An entry is written into a temp folder inside the cache folder and renamed into
+place whole, so a crash never leaves a half-written entry under a real name, and of several
+writers of one entry (several ranks) the first rename wins and the others drop their copy.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
-import zipfile
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,32 +40,74 @@ from ichseg.data.ct import prepare_hu, window_channels
 from ichseg.data.inspect import check_case
 from ichseg.data.layouts import LABEL_MAPPINGS, Case, LabelMapping
 from ichseg.errors import UsageError
-from ichseg.fileio import atomic_open
 
-# Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype...).
+# Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype, files...).
 # 2: the head crop keeps the whole scan when the part is not head-like; 3: thin slices and fine
-# pixels are area-averaged (ct.resample)
-FORMAT_VERSION = 3
+# pixels are area-averaged (ct.resample); 4: entries are folders of memory-mappable .npy files
+FORMAT_VERSION = 4
 CACHE_ENV = "ICHSEG_CACHE"
 _INT16 = np.iinfo(np.int16)
-# What np.load raises on a truncated or foreign entry: treated as a miss and rewritten.
-_BROKEN_ENTRY = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+# Foreground voxels remembered per case and class: enough to centre patches all over a lesion,
+# few enough to stay small for 512 x 512 scans (nnU-Net keeps 10,000 too).
+MAX_FOREGROUND_POINTS = 10_000
+# What np.load raises on a truncated or foreign file: the entry is treated as a miss and rebuilt.
+_BROKEN_ENTRY = (OSError, ValueError, EOFError)
+# Preparation processes when `data.prepare_workers` is -1: each holds one decoded scan (about
+# 1 GB for a 512 x 512 x 300 one), so a Colab runtime's 12 GB takes four comfortably.
+MAX_AUTO_PREPARE_WORKERS = 4
 
 
 @dataclass
 class PreparedCase:
-    """One training case on the network grid: window channels (C, X, Y, Z) float32 and training
-    labels (X, Y, Z) uint8 (any hemorrhage = 1, or the five subtype codes)."""
+    """One training case on the network grid: HU (X, Y, Z) int16 and training labels (X, Y, Z)
+    uint8 (any hemorrhage = 1, or the five subtype codes), memory-mapped from the cache;
+    `foreground` holds one (n, 3) array of voxel positions per class present (None: computed
+    from `label` by whoever needs it)."""
 
     case_id: str
-    image: np.ndarray
+    hu: np.ndarray
     label: np.ndarray
+    foreground: list[np.ndarray] | None = None
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """(HU, labels) read whole into this process's memory (one validation volume at a
+        time), not through the mapping, whose pages would stay counted as resident."""
+        return _read_whole(self.hu), _read_whole(self.label)
+
+
+def _read_whole(array: np.ndarray) -> np.ndarray:
+    if isinstance(array, np.memmap) and array.filename:
+        return np.load(array.filename)
+    return np.asarray(array)
+
+
+def foreground_points(label: np.ndarray) -> list[np.ndarray]:
+    """One (n, 3) int32 array of voxel positions per class present in `label` (at most
+    `MAX_FOREGROUND_POINTS` each, evenly spread over the class's voxels)."""
+    positions = np.stack(np.nonzero(label), axis=1).astype(np.int32)
+    values = label[tuple(positions.T)]
+    points = []
+    for code in np.unique(values):
+        of_class = positions[values == code]
+        if len(of_class) > MAX_FOREGROUND_POINTS:
+            keep = np.linspace(0, len(of_class) - 1, MAX_FOREGROUND_POINTS).astype(int)
+            of_class = of_class[keep]
+        points.append(of_class)
+    return points
 
 
 def cache_root(data_cfg: DataConfig) -> Path:
     """`data.cache_dir`, else `$ICHSEG_CACHE`, else `~/.cache/ichseg`."""
     chosen = data_cfg.cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ichseg"
     return Path(chosen).expanduser()
+
+
+def prepare_workers(data_cfg: DataConfig) -> int:
+    """Processes preparing uncached scans: `data.prepare_workers`, or for -1 one per CPU up to
+    `MAX_AUTO_PREPARE_WORKERS`."""
+    if data_cfg.prepare_workers >= 0:
+        return data_cfg.prepare_workers
+    return min(MAX_AUTO_PREPARE_WORKERS, len(os.sched_getaffinity(0)))
 
 
 def _file_identity(path: Path | None, role: str) -> dict | None:
@@ -95,53 +145,140 @@ class PreprocessedCache:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def path(self, case: Case) -> Path:
-        return self.root / f"{self.key(case)}.npz"
+        """The entry's folder."""
+        return self.root / self.key(case)
 
     def load(self, case: Case) -> tuple[np.ndarray, np.ndarray | None]:
         """(window channels (C, X, Y, Z) float32, training labels (X, Y, Z) uint8 or None)."""
-        hu, label = self.load_hu(case)
+        hu, label, _ = self.load_hu(case)
         return window_channels(hu, self.data_cfg.windows), label
 
-    def load_hu(self, case: Case) -> tuple[np.ndarray, np.ndarray | None]:
-        """(int16 HU on the network grid, training labels or None), from the cache if present."""
+    def load_hu(self, case: Case) -> tuple[np.ndarray, np.ndarray | None,
+                                          list[np.ndarray] | None]:
+        """(int16 HU on the network grid, training labels or None, foreground points or None),
+        memory-mapped from the cache; prepared and stored first on a miss."""
         entry = self.path(case)
-        if entry.is_file():
-            try:
-                with np.load(entry) as stored:
-                    return stored["hu"], (stored["label"] if "label" in stored else None)
-            except _BROKEN_ENTRY:
-                pass  # rewritten below from the original files
+        stored = _open_entry(entry)
+        if stored is None:
+            self._prepare(case, entry)
+            stored = _open_entry(entry)
+            if stored is None:
+                raise UsageError(f"cache entry {entry} cannot be read back; set data.cache_dir "
+                                 f"or ${CACHE_ENV} to another folder")
+        return stored
+
+    def prepare(self, case: Case) -> None:
+        """Store `case`'s entry unless a readable one exists (run in a preparation process)."""
+        entry = self.path(case)
+        if _open_entry(entry) is None:
+            self._prepare(case, entry)
+
+    def _prepare(self, case: Case, entry: Path) -> None:
         # The same checks as `ichseg inspect`: readable files, label on the image's grid.
         check = check_case(case, self.label_mapping or LABEL_MAPPINGS["generic"])
         if check.problems:
             raise UsageError(check.problems[0])
         for message in check.warnings:
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warnings.warn(message, UserWarning, stacklevel=3)
         hu, labels, _ = prepare_hu(check.image, check.label, self.data_cfg, self.label_mapping)
         hu = np.clip(np.rint(hu), _INT16.min, _INT16.max).astype(np.int16)
         self._store(entry, hu, labels)
-        return hu, labels
 
     def _store(self, entry: Path, hu: np.ndarray, label: np.ndarray | None) -> None:
+        arrays = {"hu": hu}
+        if label is not None:
+            points = foreground_points(label)
+            codes = [np.full((len(p), 1), label[tuple(p[0])], np.int32) for p in points]
+            arrays["label"] = label
+            arrays["foreground"] = np.concatenate(
+                [np.hstack([c, p]) for c, p in zip(codes, points, strict=True)]
+                or [np.zeros((0, 4), np.int32)])
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            arrays = {"hu": hu} if label is None else {"hu": hu, "label": label}
-            # Not fsynced: an entry lost to a power cut is decoded again.
-            with atomic_open(entry, "wb", durable=False) as handle:
-                np.savez(handle, **arrays)
+            # A folder of files, so not `fileio.atomic_open` (one file): the folder is filled
+            # under a temporary name and renamed whole. Not fsynced: a file truncated by a power
+            # cut fails to map, and the entry is decoded again.
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{entry.name[:16]}.",
+                                        suffix=".tmp"))
+            try:
+                for name, array in arrays.items():
+                    np.save(tmp / f"{name}.npy", array)
+                _replace_folder(tmp, entry)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         except OSError as exc:
             raise UsageError(f"cache folder {self.root} is not writable ({exc.strerror}); set "
                              f"data.cache_dir or ${CACHE_ENV} to another folder") from None
 
 
+def _open_entry(entry: Path) -> tuple[np.ndarray, np.ndarray | None,
+                                      list[np.ndarray] | None] | None:
+    """The entry's arrays, memory-mapped; None when it is missing or broken."""
+    try:
+        hu = np.load(entry / "hu.npy", mmap_mode="r")
+        if not (entry / "label.npy").exists():
+            return hu, None, None
+        label = np.load(entry / "label.npy", mmap_mode="r")
+        table = np.load(entry / "foreground.npy")
+    except _BROKEN_ENTRY:
+        return None
+    if label.shape != hu.shape or table.ndim != 2 or table.shape[1] != 4:
+        return None
+    points = [table[table[:, 0] == code, 1:] for code in np.unique(table[:, 0])]
+    return hu, label, points
+
+
+def _replace_folder(tmp: Path, entry: Path) -> None:
+    """Rename the finished folder `tmp` to `entry`. A broken entry there is moved aside first; a
+    readable one means another writer finished first, and `tmp` is left for the caller to drop."""
+    if entry.exists() and _open_entry(entry) is None:
+        broken = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name[:16]}.",
+                                       suffix=".broken.tmp"))
+        try:
+            os.replace(entry, broken / "entry")
+        except FileNotFoundError:
+            pass  # another writer moved it first
+        shutil.rmtree(broken, ignore_errors=True)
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if _open_entry(entry) is None:
+            raise
+
+
 def load_cases(data_cfg: DataConfig, cases: Sequence[Case], progress: bool = True,
                label_mapping: LabelMapping | None = None) -> list[PreparedCase]:
-    """Every case on the network grid, in memory: decoded from disk at most once per dataset."""
+    """Every case on the network grid, memory-mapped: decoded from disk at most once per dataset.
+
+    Uncached cases are prepared first, in `prepare_workers(data_cfg)` processes when more than
+    one is missing, with a progress bar.
+    """
     cache = PreprocessedCache(data_cfg, label_mapping=label_mapping)
-    prepared = []
-    for case in tqdm(cases, desc="preparing cases", unit="case", disable=not progress):
+    for case in cases:
         if case.label is None:
             raise UsageError(f"image {case.image} has no label file; training needs one per case")
-        image, label = cache.load(case)
-        prepared.append(PreparedCase(case.case_id, image, label))
+    missing = [case for case in cases if _open_entry(cache.path(case)) is None]
+    workers = min(prepare_workers(data_cfg), len(missing))
+    bar = tqdm(total=len(missing), desc="preparing cases", unit="case",
+               disable=not progress or not missing)
+    with bar:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = [pool.submit(cache.prepare, case) for case in missing]
+                try:
+                    for done in as_completed(futures):
+                        done.result()
+                        bar.update()
+                except BaseException:
+                    # The first bad case ends the preparation; the queued ones are not started.
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        else:
+            for case in missing:
+                cache.prepare(case)
+                bar.update()
+    prepared = []
+    for case in cases:
+        hu, label, points = cache.load_hu(case)
+        prepared.append(PreparedCase(case.case_id, hu, label, points))
     return prepared

@@ -11,6 +11,9 @@ one `grid_sample` of the patch's own sampling grid into the whole case, which cu
 scales and pads in a single pass over patch-sized memory; MONAI's `RandAffined` would need a
 larger pre-cut region and a chain of dictionary transforms, and `benchmarks/data.py` measures it
 several times slower per patch on this CPU.
+
+Cases are int16 HU, memory-mapped from the cache (`data.cache`): a sample reads only the region
+its patch covers and applies the HU windows to that region, never to a whole volume.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
 from ichseg.config import Config
-from ichseg.data.cache import PreparedCase
+from ichseg.data.cache import PreparedCase, foreground_points
+from ichseg.data.ct import window_channels
 from ichseg.errors import UsageError
 
-# Foreground voxels remembered per case and class: enough to centre patches all over a lesion,
-# few enough to stay small for 512 x 512 scans (nnU-Net keeps 10,000 too).
-MAX_FOREGROUND_POINTS = 10_000
+# HU outside a case: below every window, so each channel of the padding is 0, as before windowing.
+AIR_HU = np.iinfo(np.int16).min
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,11 @@ class Augmentation:
 AUGMENTATION = Augmentation()
 
 
-def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """The window [start, start + size) of the trailing len(size) axes; outside is 0 (air)."""
+def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[int],
+                      fill: float = 0) -> np.ndarray:
+    """The window [start, start + size) of the trailing len(size) axes; outside is `fill`."""
     spatial = array.shape[-len(size):]
-    out = np.zeros((*array.shape[:-len(size)], *size), dtype=array.dtype)
+    out = np.full((*array.shape[:-len(size)], *size), fill, dtype=array.dtype)
     src, dst = [], []
     for a, n, extent in zip(start, size, spatial, strict=True):
         lo, hi = max(a, 0), min(a + n, extent)
@@ -86,6 +90,7 @@ class PatchSampler:
         self.batch_size = cfg.training.batch_size
         self.foreground_fraction = cfg.data.foreground_fraction
         self.augment = cfg.data.augment
+        self.windows = [list(w) for w in cfg.data.windows]
         self.aug = augmentation
         self.spatial_dims = cfg.model.spatial_dims
         self.patch = tuple(int(n) for n in cfg.data.patch_size[:self.spatial_dims])
@@ -94,22 +99,11 @@ class PatchSampler:
         # Axes that rotation and scaling act on: in-plane only for 2D and for thick slices.
         thick = cfg.data.spacing[2] > 2 * in_plane
         self.transform_dims = 2 if self.spatial_dims == 2 or thick else 3
-        # Per case: one (n, 3) array of foreground voxel positions per class present.
-        self.foreground = [self._foreground_points(case.label) for case in self.cases]
+        # Per case: one (n, 3) array of foreground voxel positions per class present (stored
+        # in the cache entry, so the labels of a large dataset are not read to find them).
+        self.foreground = [case.foreground if case.foreground is not None
+                           else foreground_points(case.label) for case in self.cases]
         self.foreground_cases = [k for k, points in enumerate(self.foreground) if points]
-
-    @staticmethod
-    def _foreground_points(label: np.ndarray) -> list[np.ndarray]:
-        positions = np.stack(np.nonzero(label), axis=1).astype(np.int32)
-        values = label[tuple(positions.T)]
-        points = []
-        for code in np.unique(values):
-            of_class = positions[values == code]
-            if len(of_class) > MAX_FOREGROUND_POINTS:
-                keep = np.linspace(0, len(of_class) - 1, MAX_FOREGROUND_POINTS).astype(int)
-                of_class = of_class[keep]
-            points.append(of_class)
-        return points
 
     def batch(self, epoch: int, step: int, rank: int = 0,
               world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +122,8 @@ class PatchSampler:
         return images, labels
 
     def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample `index` of `epoch`: (channels (C, *patch) float32, labels (*patch) uint8)."""
+        """Sample `index` of `epoch`: (window channels (C, *patch) float32, labels (*patch)
+        uint8)."""
         rng = np.random.default_rng([self.seed, epoch, index])
         foreground = bool(self.foreground_cases) and rng.random() < self.foreground_fraction
         if foreground:
@@ -136,14 +131,14 @@ class PatchSampler:
         else:
             case_index = int(rng.integers(len(self.cases)))
         case = self.cases[case_index]
-        image, label = case.image, case.label
+        image, label = case.hu, case.label
         if foreground:
             classes = self.foreground[case_index]
             points = classes[rng.integers(len(classes))]
             voxel = points[rng.integers(len(points))]
         if self.spatial_dims == 2:
             z = int(voxel[2]) if foreground else int(rng.integers(label.shape[2]))
-            image, label = image[..., z], label[..., z]
+            image, label = image[:, :, z], label[:, :, z]
         shape = label.shape
         patch = np.array(self.patch)
         lowest = np.minimum(0, np.array(shape) - patch)
@@ -156,7 +151,8 @@ class PatchSampler:
 
         transform = self._draw_spatial(rng) if self.augment else None
         if transform is None:
-            patch_image = crop_with_padding(image, start, self.patch)
+            patch_image = window_channels(crop_with_padding(image, start, self.patch, AIR_HU),
+                                          self.windows)
             patch_label = crop_with_padding(label, start, self.patch)
         else:
             patch_image, patch_label = self._resample_patch(image, label, start, transform)
@@ -222,14 +218,16 @@ class PatchSampler:
         grid = ((2.0 * local + 1.0) / size[:dims, None].astype(np.float32) - 1.0)[::-1]
         grid = torch.from_numpy(np.ascontiguousarray(grid.T)).reshape(1, *self.patch[:dims], dims)
         if dims == self.spatial_dims:
-            region = torch.from_numpy(crop_with_padding(image, corner, size))
+            region = torch.from_numpy(window_channels(crop_with_padding(image, corner, size,
+                                                                        AIR_HU), self.windows))
             sampled = F.grid_sample(region.unsqueeze(0), grid, mode="bilinear",
                                     padding_mode="zeros", align_corners=False)[0]
         else:
-            # Cut the slices straight into (z, C, x, y), the batch layout 2D sampling wants.
-            slices = torch.from_numpy(crop_with_padding(
-                np.moveaxis(image, -1, 0), (corner[2], 0, *corner[:2]),
-                (size[2], image.shape[0], *size[:2])))
+            # Cut the slices, windowed, straight into (z, C, x, y), the batch layout 2D sampling
+            # wants.
+            region = crop_with_padding(image, corner, size, AIR_HU)
+            slices = torch.from_numpy(np.ascontiguousarray(
+                np.moveaxis(window_channels(region, self.windows), -1, 0)))
             sampled = F.grid_sample(slices, grid.expand(len(slices), -1, -1, -1),
                                     mode="bilinear", padding_mode="zeros",
                                     align_corners=False).permute(1, 2, 3, 0)
@@ -258,13 +256,17 @@ class EpochBatches(Dataset):
 
     Item k is `sampler.batch(epoch, start_step + k, rank, world_size)`, so a DataLoader
     (batch_size=None) can prefetch with workers in any order and a resumed epoch starts mid-way.
+    With `steps_per_epoch`, positions past the epoch's last step run on into the next epochs
+    (item k is then step (start_step + k) % steps_per_epoch of epoch
+    epoch + (start_step + k) // steps_per_epoch), so one loader serves a whole session.
     """
 
     def __init__(self, sampler: PatchSampler, epoch: int, start_step: int, steps: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, steps_per_epoch: int | None = None):
         self.sampler = sampler
         self.epoch, self.start_step, self.steps = epoch, start_step, steps
         self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = steps_per_epoch
 
     def __len__(self) -> int:
         return self.steps
@@ -272,4 +274,7 @@ class EpochBatches(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < self.steps:
             raise IndexError(k)
-        return self.sampler.batch(self.epoch, self.start_step + k, self.rank, self.world_size)
+        epoch, step = self.epoch, self.start_step + k
+        if self.steps_per_epoch:
+            epoch, step = epoch + step // self.steps_per_epoch, step % self.steps_per_epoch
+        return self.sampler.batch(epoch, step, self.rank, self.world_size)

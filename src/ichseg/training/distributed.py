@@ -12,7 +12,10 @@ Everything here is PyTorch's own machinery (`torch.distributed`, `DistributedDat
   with gradient, as nnU-Net does under DDP) plus the cross-entropy of the rank's share, which DDP's
   gradient averaging turns into the global mean;
 - every decision that could differ between ranks (stop on a signal or the time limit, a timed
-  save) is all-reduced at a step boundary, so no rank waits alone in a collective;
+  save) is all-reduced at a step boundary, so no rank waits alone in a collective: one
+  all-reduce every K steps, K chosen from the measured step time (`loop.AGREE_SECONDS`), and at
+  the end of each epoch; the training loss is summed on each device and averaged over ranks only
+  when it is saved or logged;
 - rank 0 alone writes files and logs; the others wait at a barrier for each checkpoint commit.
 
 Without torchrun every function here is a no-op, and the trainer runs exactly as before.
@@ -208,11 +211,16 @@ def training_loss(loss_fn: nn.Module) -> nn.Module:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any (stop requests, time limits, timed saves)."""
+    return bool(max_over_ranks([1.0 if flag else 0.0])[0])
+
+
+def max_over_ranks(values: Sequence[float]) -> list[float]:
+    """Element-wise maxima across ranks, in one all-reduce (several decisions agreed at once)."""
     if not is_active():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return [float(v) for v in values]
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def sum_over_ranks(values: Sequence[float]) -> list[float]:

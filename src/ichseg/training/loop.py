@@ -7,13 +7,18 @@ and `Trainer.state_dict()` gathers them into the checkpoint, so a run killed at 
 continued from its last checkpoint ends bit-identical (on a CPU) to one never stopped:
 
 - every batch is `sampler.batch(epoch, index)`, a pure function of (seed, epoch, index), so the
-  position in the data is just two integers;
-- the running loss sum of a half-done epoch is saved, so its history row comes out the same;
+  position in the data is just two integers, whichever DataLoader workers made it ahead of time
+  (`data.loader`);
+- the running loss sum of a half-done epoch is saved, so its history row comes out the same; it
+  is summed on the device and read only when saved or logged, so a step never waits for the
+  GPU to finish the one before;
 - validation runs between the RNG capture points and restores every RNG it could touch.
 
 `Trainer.fit()` stops at a step boundary when asked (SIGTERM/SIGINT through `StopRequest`, or the
 time limit about to run out), saves, and returns; `modes.run_training` decides where to start.
 Ranks: `rank`/`world_size` are threaded through for DistributedDataParallel; only rank 0 writes.
+Validation runs every `training.validate_every` epochs and after the last; early stopping's
+patience and `best` count validations.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ichseg.config import Config
+from ichseg.data.ct import window_channels
 from ichseg.device import pick_device
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import dice
@@ -55,6 +61,12 @@ log = logging.getLogger("ichseg.training")
 
 # Steps whose slowest one is the time limit's estimate of the next step.
 RECENT_STEPS = 20
+# Under torchrun, ranks agree on stopping and timed saves about this often (every K steps, K
+# from the slowest rank's step time): each agreement is an all-reduce that waits for the device,
+# and a SIGTERM or the time limit is still honoured within about a second.
+AGREE_SECONDS = 1.0
+# Steps between progress-bar loss updates (each reads the loss from the device).
+BAR_EVERY = 10
 
 
 # --- the resumable pieces -------------------------------------------------------------------
@@ -80,37 +92,38 @@ class Progress:
 
 
 class EarlyStopping:
-    """Stop after `patience` epochs without a lower validation loss; patience 0 never stops."""
+    """Stop after `patience` validations without a lower validation loss (epochs when every
+    epoch validates); patience 0 never stops."""
 
     def __init__(self, patience: int):
         self.patience = patience
         self.best = math.inf
         self.best_epoch = 0
-        self.bad_epochs = 0
+        self.bad_validations = 0
         self.stopped = False
 
     def update(self, value: float, epoch: int) -> bool:
-        """Record epoch `epoch`'s validation loss; True when it is the best so far."""
+        """Record the validation loss of epoch `epoch`; True when it is the best so far."""
         if value < self.best:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best, self.best_epoch, self.bad_validations = value, epoch, 0
             return True
-        self.bad_epochs += 1
-        self.stopped = self.patience > 0 and self.bad_epochs >= self.patience
+        self.bad_validations += 1
+        self.stopped = self.patience > 0 and self.bad_validations >= self.patience
         return False
 
     def restart(self) -> None:
         """Begin a fresh patience count (a stopped run whose target was raised)."""
-        self.bad_epochs, self.stopped = 0, False
+        self.bad_validations, self.stopped = 0, False
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_val": self.best, "best_epoch": self.best_epoch,
-                "no_improve": self.bad_epochs, "early_stopped": self.stopped}
+                "no_improve": self.bad_validations, "early_stopped": self.stopped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         best = state.get("best_val")
         self.best = math.inf if best is None else float(best)
         self.best_epoch = int(state.get("best_epoch") or 0)
-        self.bad_epochs = int(state.get("no_improve") or 0)
+        self.bad_validations = int(state.get("no_improve") or 0)
         self.stopped = bool(state.get("early_stopped", False))
 
 
@@ -248,6 +261,10 @@ class Trainer:
         self._recent_steps: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
         self._session_steps = 0
         self._validation_seconds = 0.0
+        # The losses of the steps since `_collect_loss` last ran, summed on the device.
+        self._pending_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._data_seconds = 0.0     # waited for batches in the epoch in progress (this session)
+        self._next_agreement = 0     # `progress.step` at which the ranks next agree
         self._save_seconds = 1.0 + sum(p.numel() * p.element_size()
                                        for p in self.model.parameters()) * 3 / 100e6
 
@@ -325,8 +342,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """One optimizer step on one batch; returns the batch's loss."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one batch; returns the batch's loss, on the device (reading it
+        would wait for the step to finish)."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -346,7 +364,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         self.scheduler.step()
-        return float(loss.item())
+        return loss.detach()
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
@@ -360,8 +378,10 @@ class Trainer:
             with rng_untouched():
                 # Each rank validates its own share of the cases; the sums are added up below.
                 for case in self.val_cases[self.rank::self.world_size]:
-                    image = torch.from_numpy(np.ascontiguousarray(case.image))[None].to(self.device)
-                    label = torch.from_numpy(case.label.astype(np.int64))[None, None].to(self.device)
+                    hu, truth = case.read()  # one volume in memory at a time
+                    channels = window_channels(hu, self.cfg.data.windows)
+                    image = torch.from_numpy(channels)[None].to(self.device)
+                    label = torch.from_numpy(truth.astype(np.int64))[None, None].to(self.device)
                     with self._autocast():
                         logits = window_logits(self.model, image, self.cfg)
                     losses.append(float(self.loss_fn(logits.float(), label).item()))
@@ -376,6 +396,7 @@ class Trainer:
     def save(self, best: bool = False) -> None:
         """Rank 0 writes; every rank waits until the generation is committed."""
         started = time.monotonic()
+        self._collect_loss()
         if self.is_main:
             state = self.state_dict()
             if best:
@@ -392,6 +413,8 @@ class Trainer:
         Returns "finished", "early-stopped" or "stopped". `stop` has a `.requested` flag
         (`signals.StopRequest`); `deadline` is a `time.monotonic()` value.
         """
+        from ichseg.data.loader import training_batches
+
         t = self.cfg.training
         steps = t.steps_per_epoch
         last_save = time.monotonic()
@@ -399,6 +422,10 @@ class Trainer:
         p.session += 1
         self.model.train()
         quiet = not show_bars(self.cfg) or not self.is_main
+        # One loader for the session, from where the run stands to the target's last step.
+        batches = training_batches(self.sampler, self.cfg, self.device, p.epoch + 1,
+                                   p.epoch_step, (self.target_epochs - p.epoch) * steps
+                                   - p.epoch_step, self.rank, self.world_size)
 
         while p.epoch < self.target_epochs and not self.early.stopped:
             epoch = p.epoch + 1
@@ -406,35 +433,37 @@ class Trainer:
                        unit="batch", leave=False, disable=quiet, dynamic_ncols=True)
             with bar:
                 while p.epoch_step < steps:
-                    # Agreed across ranks, so that all of them stop at this same step.
-                    if distributed.any_rank((stop is not None and stop.requested)
-                                            or self._out_of_time(deadline, p)):
+                    decision = self._decide(stop, deadline, last_save)
+                    if decision == "stop":
                         return self._stop_now(stop)
+                    if decision == "save":
+                        self.save()
+                        last_save = time.monotonic()
                     tick = time.monotonic()
-                    images, labels = self.sampler.batch(epoch, p.epoch_step, self.rank,
-                                                        self.world_size)
-                    loss = distributed.mean_over_ranks(self.train_step(images, labels))
+                    images, labels = next(batches)
+                    self._data_seconds += time.monotonic() - tick
+                    self._pending_loss += self.train_step(images, labels)
                     elapsed = time.monotonic() - tick
                     self._session_steps += 1
                     if self._session_steps > 1:
                         self._recent_steps.append(elapsed)
-                    p.loss_sum += loss
                     p.epoch_step += 1
                     p.step += 1
                     p.epoch_seconds += elapsed
                     p.train_seconds += elapsed
-                    bar.set_postfix(loss=f"{p.loss_sum / p.epoch_step:.4f}",
-                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    if not quiet and (p.epoch_step % BAR_EVERY == 0 or p.epoch_step == steps):
+                        # This rank's running mean (the ranks' mean once collected).
+                        running = p.loss_sum + float(self._pending_loss)
+                        bar.set_postfix(loss=f"{running / p.epoch_step:.4f}",
+                                        lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
                     bar.update()
                     # Periodic saves; the last batch of an epoch is saved by the epoch's end.
-                    now = time.monotonic()
-                    if p.epoch_step < steps and distributed.any_rank(
-                            (t.save_every_steps and p.step % t.save_every_steps == 0)
-                            or (t.save_every_minutes and now - last_save >= 60 * t.save_every_minutes)):
+                    if p.epoch_step < steps and t.save_every_steps and (
+                            p.step % t.save_every_steps == 0):
                         self.save()
                         last_save = time.monotonic()
             if distributed.any_rank((stop is not None and stop.requested)
-                                    or self._out_of_time(deadline, p, validating=True)):
+                                    or self._out_of_time(deadline, p, steps_ahead=0)):
                 return self._stop_now(stop)
             self._end_epoch(epoch)
             last_save = time.monotonic()
@@ -442,14 +471,52 @@ class Trainer:
             return "early-stopped"
         return "finished"
 
+    def _decide(self, stop: Any, deadline: float | None, last_save: float) -> str | None:
+        """At a step boundary: "stop", "save" (a timed save is due) or None, alike on every rank.
+
+        One process decides at every step, at no cost. Under torchrun the ranks must agree, and
+        an agreement is an all-reduce that waits for the device: they agree every K steps, K
+        such that K of the slowest rank's steps take about `AGREE_SECONDS`, and the time limit
+        looks K steps ahead. (Per-step saves need no agreement: every rank counts the steps.)
+        """
+        p, t = self.progress, self.cfg.training
+        ranks = distributed.is_active()
+        if ranks and p.step < self._next_agreement:
+            return None
+        step_seconds = max(self._recent_steps, default=0.0)
+        ahead = _steps_in(AGREE_SECONDS, step_seconds) if ranks else 1
+        wants_stop = (stop is not None and stop.requested) or self._out_of_time(deadline, p, ahead)
+        wants_save = bool(t.save_every_minutes) and (
+            time.monotonic() - last_save >= 60 * t.save_every_minutes)
+        stop_now, save_now, slowest = distributed.max_over_ranks(
+            [wants_stop, wants_save and p.epoch_step > 0, step_seconds])
+        self._next_agreement = p.step + _steps_in(AGREE_SECONDS, slowest)
+        return "stop" if stop_now else "save" if save_now else None
+
+    def _validates(self, epoch: int) -> bool:
+        every = self.cfg.training.validate_every
+        return epoch % every == 0 or epoch == self.target_epochs
+
+    def _collect_loss(self) -> None:
+        """Move the losses summed on the device since the last call into `progress.loss_sum`
+        (as the mean over ranks). A float64 sum of float32 losses of similar size is exact, so
+        how the steps are grouped between calls (a resumed run's saves differ) never changes it;
+        under torchrun also the division by a world size that is a power of two."""
+        local = float(self._pending_loss)
+        self._pending_loss.zero_()
+        self.progress.loss_sum += distributed.mean_over_ranks(local)
+
     def _end_epoch(self, epoch: int) -> None:
-        """Validate, record the epoch, update early stopping, save `best` and `last`."""
+        """Validate (when due), record the epoch, update early stopping, save `best` and `last`."""
         p = self.progress
-        tick = time.monotonic()
-        val_loss, val_dice = self.validate()
-        self._validation_seconds = time.monotonic() - tick
-        p.epoch_seconds += self._validation_seconds
-        p.train_seconds += self._validation_seconds
+        self._collect_loss()
+        val_loss = val_dice = math.nan
+        if self._validates(epoch):
+            tick = time.monotonic()
+            val_loss, val_dice = self.validate()
+            self._validation_seconds = time.monotonic() - tick
+            p.epoch_seconds += self._validation_seconds
+            p.train_seconds += self._validation_seconds
         improved = not math.isnan(val_loss) and self.early.update(val_loss, epoch)
         self.history.append({
             "epoch": epoch, "train_loss": p.loss_sum / self.cfg.training.steps_per_epoch,
@@ -460,14 +527,21 @@ class Trainer:
         if improved:
             self.save(best=True)
         self.save()
-        row = {k: self.history.last(k) for k in ("train_loss", "val_loss", "val_dice")}
-        log.info("epoch %d/%d: train loss %.4f, validation loss %.4f, Dice %.4f%s (%.1fs)",
-                 epoch, self.target_epochs, row["train_loss"], row["val_loss"], row["val_dice"],
-                 " (best)" if improved else f", {self.early.bad_epochs} without improvement",
-                 self.history.last("epoch_seconds"))
+        seconds = self.history.last("epoch_seconds")
+        if math.isnan(val_loss):
+            checked = "not validated"
+        else:
+            checked = (f"validation loss {val_loss:.4f}, Dice {val_dice:.4f}" + (
+                " (best)" if improved else
+                f", {self.early.bad_validations} validation(s) without improvement"))
+        log.info("epoch %d/%d: train loss %.4f, %s (%.1fs, %.0f%% of it waiting for data)",
+                 epoch, self.target_epochs, self.history.last("train_loss"), checked, seconds,
+                 100 * self._data_seconds / max(seconds, 1e-9))
+        self._data_seconds = 0.0
         if self.early.stopped:
-            log.info("early stopping: no validation improvement for %d epochs (best %.4f at "
-                     "epoch %d)", self.early.bad_epochs, self.early.best, self.early.best_epoch)
+            log.info("early stopping: no validation improvement for %d validations (best %.4f "
+                     "at epoch %d)", self.early.bad_validations, self.early.best,
+                     self.early.best_epoch)
         if self.is_main:
             self.history.write_csv(self.run_dir / "history.csv")
             self._draw_progress()
@@ -480,16 +554,16 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - a picture must never end a training run
             log.warning("could not draw %s: %s", self.run_dir / "progress.png", exc)
 
-    def _out_of_time(self, deadline: float | None, p: Progress, validating: bool = False) -> bool:
-        """Would the next unit of work (a step, or the epoch's validation) plus a save overrun?"""
+    def _out_of_time(self, deadline: float | None, p: Progress, steps_ahead: int) -> bool:
+        """Would the next `steps_ahead` steps (0: none, at an epoch's end), the validation where
+        the epoch ends within them, and a save overrun the deadline?"""
         if deadline is None or not self._recent_steps:
             return False  # the first two steps of a session are always taken, and measured
         step_seconds = max(self._recent_steps)
-        work = self._validation_seconds if validating else step_seconds
-        if validating and not self._validation_seconds:
-            work = step_seconds * max(len(self.val_cases), 1)
-        if not validating and p.epoch_step + 1 == self.cfg.training.steps_per_epoch:
-            work += self._validation_seconds
+        work = steps_ahead * step_seconds
+        if self.cfg.training.steps_per_epoch - p.epoch_step <= steps_ahead \
+                and self._validates(p.epoch + 1):
+            work += self._validation_seconds or step_seconds * max(len(self.val_cases), 1)
         return time.monotonic() + work + self._save_seconds > deadline
 
     def _stop_now(self, stop: Any) -> str:
@@ -499,3 +573,8 @@ class Trainer:
         log.info("%s: saved at epoch %d, batch %d/%d (step %d); continue with the same command",
                  why, p.epoch + 1, p.epoch_step, self.cfg.training.steps_per_epoch, p.step)
         return "stopped"
+
+
+def _steps_in(seconds: float, step_seconds: float) -> int:
+    """Steps of `step_seconds` that fit in `seconds` (at least one; one while unmeasured)."""
+    return max(1, int(seconds / step_seconds)) if step_seconds > 0 else 1

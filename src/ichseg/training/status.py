@@ -147,7 +147,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"best       validation loss {s['best_val']:.4f} at epoch {s['best_epoch']}"
                      f"{dice}")
     patience = s["patience"]
-    lines.append(f"early stop {s['no_improve']} epochs without improvement, patience "
+    lines.append(f"early stop {s['no_improve']} validations without improvement, patience "
                  f"{patience if patience else 'off'}")
     if s["lr"] is not None:
         lines.append(f"lr         {s['lr']:.3g}")

@@ -29,6 +29,11 @@ def _floats(values: Sequence[Any]) -> list[float]:
     return out
 
 
+def _validated(epochs: Sequence[float], values: Sequence[float]) -> tuple[list, list]:
+    kept = [(e, v) for e, v in zip(epochs, values, strict=True) if not math.isnan(v)]
+    return [e for e, _ in kept], [v for _, v in kept]
+
+
 def resume_epochs(epochs: Sequence[float], sessions: Sequence[Any]) -> list[float]:
     """Epochs at which a new session (a stop and a continue) began."""
     return [e for e, prev, cur in zip(epochs[1:], sessions, sessions[1:], strict=False)
@@ -47,9 +52,11 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path) -> Pat
     axes = [fig.add_subplot(1, 3, i) for i in (1, 2, 3)]
     marker = "o" if len(epochs) <= 30 else None
     axes[0].plot(epochs, column["train_loss"], marker=marker, ms=3, label="training loss")
-    axes[0].plot(epochs, column["val_loss"], marker=marker, ms=3, label="validation loss")
+    # Validation curves join the validated epochs (training.validate_every leaves NaN between).
+    axes[0].plot(*_validated(epochs, column["val_loss"]), marker=marker, ms=3,
+                 label="validation loss")
     axes[0].set_title("loss")
-    axes[1].plot(epochs, column["val_dice"], marker=marker, ms=3, color="tab:green",
+    axes[1].plot(*_validated(epochs, column["val_dice"]), marker=marker, ms=3, color="tab:green",
                  label="validation Dice")
     axes[1].set_ylim(0.0, 1.0)
     axes[1].set_title("validation Dice")
