@@ -75,7 +75,7 @@ def expand_runs(sources: Sequence[str | Path]) -> list[Path]:
     seen = set()
     for path in found:
         if path.resolve() in seen:
-            raise UsageError(f"{path} is named twice; an ensemble counts each model once")
+            raise UsageError(f"{path} is named twice: give each run or checkpoint once")
         seen.add(path.resolve())
     return found
 
