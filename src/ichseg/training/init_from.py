@@ -31,6 +31,7 @@ class InitWeights:
     path: Path
     sha256: str
     state: dict[str, torch.Tensor]
+    network: str | None = None  # the source's model.name, where its checkpoint records it
     loaded: list[str] = field(default_factory=list)   # filled by `apply_init_weights`
     fresh: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
@@ -42,11 +43,15 @@ def read_init_weights(path: str | Path) -> InitWeights:
     from ichseg.training.checkpoint import load_checkpoint_file, model_state_from, sha256_file
 
     path = Path(path).absolute()
-    state = model_state_from(load_checkpoint_file(path), path)
+    checkpoint = load_checkpoint_file(path)
+    state = model_state_from(checkpoint, path)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise UsageError(f"--init-from {path} holds no network weights")
-    return InitWeights(path, sha256_file(path), tensors)
+    config = checkpoint.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    network = model.get("name") if isinstance(model, dict) else None
+    return InitWeights(path, sha256_file(path), tensors, network)
 
 
 def plan_init_weights(cfg: Any, resuming: bool) -> InitWeights | None:
@@ -65,14 +70,18 @@ def plan_init_weights(cfg: Any, resuming: bool) -> InitWeights | None:
                  "own checkpoint", source)
         return None
     weights = read_init_weights(source)
+    if weights.network is not None and weights.network != cfg.model.name:
+        raise UsageError(f"--init-from {weights.path} holds a {weights.network} network, but "
+                         f"this run's model.name is {cfg.model.name}")
     own = build_model(cfg).state_dict()
     weights.loaded = [name for name, tensor in own.items()
                       if name in weights.state and weights.state[name].shape == tensor.shape]
-    weights.fresh = [name for name in own if name not in set(weights.loaded)]
+    fitting = set(weights.loaded)
+    weights.fresh = [name for name in own if name not in fitting]
     weights.unused = [name for name in weights.state if name not in own]
     if not weights.loaded:
         raise UsageError(f"--init-from {weights.path}: none of its {len(weights.state)} tensors "
-                         f"fits the configured network (another model.name, or another preset?)")
+                         f"fits the configured network")
     cfg.training.init_from = str(weights.path)
     cfg.training.init_from_sha256 = weights.sha256
     return weights
