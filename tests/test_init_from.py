@@ -85,19 +85,20 @@ def test_legacy_checkpoints_and_bad_combinations(tiny_dataset, source, tmp_path)
 
 
 def test_a_killed_fine_tuned_run_continues_bit_identical(tiny_dataset, source, tmp_path):
-    """SIGKILL (the child's own PID) halfway through writing its third checkpoint, then the same
-    command again: it resumes its own checkpoint and never reloads the source weights."""
+    """SIGKILL (the child's own PID) halfway through writing its second checkpoint, mid-epoch,
+    then the same command again: it resumes its own checkpoint (after step 1) and never reloads
+    the source weights."""
     def command(run: Path) -> list[str]:
-        return fast_args(tiny_dataset, run, "--epochs", "2", "--save-every-steps", "1",
-                         "--init-from", str(source), "--set", NORM[0])
+        return fast_args(tiny_dataset, run, "--epochs", "1", "--save-every-steps", "1",
+                         "--init-from", str(source), "--set", NORM[0], steps=3)
 
     reference = run_cli(command(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
-    killed = run_cli(command(tmp_path / "run"), fault="kill-in-save:3")
+    killed = run_cli(command(tmp_path / "run"), fault="kill-in-save:2")
     assert killed.returncode == -9, killed.stderr
     continued = run_cli(command(tmp_path / "run"))
     assert continued.returncode == 0, continued.stderr
     assert "applied when the run started" in continued.stderr
     final = load_last(tmp_path / "run")
-    assert final["epoch"] == 2 and final["history"]["session"][-1] == 2
+    assert final["epoch"] == 1 and final["step"] == 3 and final["history"]["session"] == [2]
     assert_same_training(final, load_last(tmp_path / "reference"))
