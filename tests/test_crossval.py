@@ -12,10 +12,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numba
 import numpy as np
 import pytest
 import torch
+from test_predict import one_thread  # noqa: F401 - the tiny networks' one-thread fixture
 from trainrun import fast_options
 
 import ichseg
@@ -31,17 +31,6 @@ from ichseg.training.modes import plan_run
 FOLDS = ["data.folds=3"]
 COMPARED = ("dice", "hd95", "hd_max", "nsd", "rvd", "volume_error_ml", "lesion_f1", "gt_ml",
             "pred_ml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a busy 2-core machine they lose a lot."""
-    before = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    numba.set_num_threads(before[1])
 
 
 @pytest.fixture(scope="module")
