@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
 from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import label_volumes_ml
+from ichseg.fileio import atomic_open
 from ichseg.inference.window import window_logits
 
 log = logging.getLogger("ichseg.predict")
@@ -183,13 +183,11 @@ def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict
     """Rewrite volumes.csv atomically: the cases done so far."""
     per_class = [f"{name}_ml" for name in class_names.values()] if len(class_names) > 1 else []
     columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty", "input"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "empty": "yes" if row["empty"] else "no"})
-    os.replace(tmp, path)
 
 
 def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
