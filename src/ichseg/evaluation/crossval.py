@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ichseg.errors import UsageError
+from ichseg.fileio import atomic_write_text
 
 CSV_NAME = "crossval.csv"
 JSON_NAME = "crossval.json"
@@ -163,21 +163,15 @@ def _write_table(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
         writer.writerow([r["fold"], r["case"], ANY, *(r[k] for k in METRIC_NAMES)])
         for name, values in r.get("classes", {}).items():
             writer.writerow([r["fold"], r["case"], name, *(values[k] for k in METRIC_NAMES)])
-    _write_atomic(files["csv"], table.getvalue())
+    atomic_write_text(files["csv"], table.getvalue())
     written = {k: str(v) for k, v in files.items()}
-    _write_atomic(files["json"], json.dumps({**report, "files": written}, indent=2) + "\n")
+    atomic_write_text(files["json"], json.dumps({**report, "files": written}, indent=2) + "\n")
     drawable = {**report, "cases": [{**r, **{n: _nan(r[n]) for n in METRIC_NAMES}}
                                     for r in report["cases"]],
                 "mean": {n: _nan(v) for n, v in report["mean"].items()},
                 "median": {n: _nan(v) for n, v in report["median"].items()}}
     _draw_boxplots(drawable, files["png"])
     return written
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, newline="")
-    os.replace(tmp, path)
 
 
 def format_crossval(report: dict[str, Any]) -> str:

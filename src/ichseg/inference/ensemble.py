@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from ichseg.config import Config
 from ichseg.errors import UsageError
+from ichseg.fileio import atomic_write_text
 from ichseg.inference.predict import Predictor, load_predictor
 
 MODELS_JSON = "models.json"
@@ -124,9 +124,6 @@ def describe_models(predictor: Predictor | Ensemble, tta: bool) -> dict[str, Any
 
 
 def write_models_json(out_dir: Path, predictor: Predictor | Ensemble, tta: bool) -> Path:
-    """`OUT/models.json`, written atomically (temporary file in OUT, then renamed)."""
-    path = out_dir / MODELS_JSON
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(describe_models(predictor, tta), indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    """`OUT/models.json`, written atomically."""
+    return atomic_write_text(out_dir / MODELS_JSON,
+                             json.dumps(describe_models(predictor, tta), indent=1) + "\n")
