@@ -8,12 +8,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "check_training_status", "predict", "evaluate", "synthesize", "inspect",
-           "__version__"]
+__all__ = ["train", "check_training_status", "predict", "evaluate", "crossval", "synthesize",
+           "inspect", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("train", "check_training_status", "predict", "evaluate", "synthesize", "inspect"):
+    if name in ("train", "check_training_status", "predict", "evaluate", "crossval", "synthesize",
+                "inspect"):
         from ichseg import api
 
         return getattr(api, name)
