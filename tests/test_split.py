@@ -1,10 +1,14 @@
-"""The case-level split: deterministic, order-independent, with the minimums on each side."""
+"""The split and the cross-validation folds: deterministic, order-independent, with the
+minimums on each side, and a patient's scans never on both sides."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ichseg.data.split import make_split
+from ichseg.data.layouts import Case
+from ichseg.data.split import fold_split, make_folds, make_split, patient_groups
 from ichseg.errors import UsageError
 
 IDS = [f"case_{k:03d}" for k in range(20)]
@@ -39,3 +43,90 @@ def test_minimum_cases_on_each_side(count, fraction, validation):
 def test_no_cases_is_a_usage_error():
     with pytest.raises(UsageError, match="no cases"):
         make_split([], 0.2, seed=0)
+
+
+# --- patients kept together, and cross-validation folds -----------------------------------------
+
+# BHSD's case ids are RSNA's <PatientID>_<StudyUID>: patient ID_2db7ee14 has three studies here.
+BHSD_IDS = ["ID_2db7ee14_ID_0a1b2c3d4e", "ID_2db7ee14_ID_1f2e3d4c5b", "ID_2db7ee14_ID_99aa88bb77",
+            "ID_0219ef88_ID_e5c1a31210", "ID_0219ef88_ID_77c1a31210",
+            *(f"ID_{k:08x}_ID_{k:010x}" for k in range(1, 16))]
+
+
+def _bhsd_cases(tmp_path):
+    return [Case(case_id, tmp_path / f"{case_id}.nii.gz") for case_id in BHSD_IDS]
+
+
+def _sides(split):
+    return set(split["train"]), set(split["validation"])
+
+
+def test_bhsd_patients_never_straddle_the_split(tmp_path):
+    groups = patient_groups(_bhsd_cases(tmp_path), "bhsd")
+    assert groups["ID_2db7ee14_ID_1f2e3d4c5b"] == "ID_2db7ee14"
+    assert len(set(groups.values())) == 17
+    for seed in range(30):  # every seed: a case-level split would leak some patient
+        train, validation = _sides(make_split(BHSD_IDS, 0.2, seed, groups))
+        assert train.isdisjoint(validation) and train | validation == set(BHSD_IDS)
+        assert {groups[c] for c in train}.isdisjoint({groups[c] for c in validation})
+        assert len(validation) >= 4
+    leaked = [seed for seed in range(30) if _leaks(make_split(BHSD_IDS, 0.2, seed), groups)]
+    assert leaked, "the grouped split must differ from the plain one somewhere"
+
+
+def _leaks(split, groups):
+    train, validation = _sides(split)
+    return not {groups[c] for c in train}.isdisjoint({groups[c] for c in validation})
+
+
+def test_group_by_pattern_and_dicom_patient_id(tmp_path):
+    cases = [Case(f"pat{p}_scan{s}", tmp_path / f"pat{p}_scan{s}.nii.gz")
+             for p in range(4) for s in range(2)]
+    groups = patient_groups(cases, "generic", r"^(pat\d+)_")
+    assert groups == {c.case_id: c.case_id.split("_")[0] for c in cases}
+    # The whole match is the key when the pattern has no group.
+    assert patient_groups(cases, "generic", r"pat\d")["pat3_scan1"] == "pat3"
+    with pytest.raises(UsageError, match="data.group_by.*case id 'pat0_scan0'"):
+        patient_groups(cases, "generic", r"^patient")
+    with pytest.raises(UsageError, match="not a regular expression"):
+        patient_groups(cases, "generic", r"(")
+    # dcm2niix's JSON sidecar names the patient, whatever the file is called.
+    (tmp_path / "pat0_scan1.json").write_text(json.dumps({"PatientID": "P7"}))
+    (tmp_path / "pat2_scan0.json").write_text(json.dumps({"PatientID": "P7"}))
+    groups = patient_groups(cases, "generic")
+    assert groups["pat0_scan1"] == groups["pat2_scan0"] != groups["pat0_scan0"]
+    assert len(set(groups.values())) == 7
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_folds_partition_the_cases_and_never_split_a_patient(tmp_path, folds):
+    groups = patient_groups(_bhsd_cases(tmp_path), "bhsd")
+    parts = make_folds(BHSD_IDS, folds, seed=3, groups=groups)
+    assert len(parts) == folds
+    assert sorted(c for part in parts for c in part) == sorted(BHSD_IDS)
+    owner = {groups[c]: k for k, part in enumerate(parts) for c in part}
+    assert all(owner[groups[c]] == k for k, part in enumerate(parts) for c in part)
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= 3  # the largest patient has three scans
+    assert make_folds(list(reversed(BHSD_IDS)), folds, seed=3, groups=groups) == parts
+    assert make_folds(BHSD_IDS, folds, seed=4, groups=groups) != parts
+    for k in range(folds):
+        split = fold_split(BHSD_IDS, folds, k, seed=3, groups=groups)
+        assert split["validation"] == parts[k] and split["fold"] == k
+        assert sorted(split["train"] + split["validation"]) == sorted(BHSD_IDS)
+        assert not _leaks(split, groups)
+
+
+def test_fold_numbers_and_counts_are_checked():
+    with pytest.raises(UsageError, match="--fold 5 must lie between 0 and 4"):
+        fold_split(IDS, 5, 5, seed=0)
+    with pytest.raises(UsageError, match="only 3 patients"):
+        make_folds(IDS[:3], 4, seed=0)
+    with pytest.raises(UsageError, match="at least 2"):
+        make_folds(IDS, 1, seed=0)
+
+
+def test_ungrouped_split_is_unchanged_by_one_case_per_patient():
+    groups = {c: f"patient-of-{c}" for c in IDS}
+    for seed in range(5):
+        assert make_split(IDS, 0.3, seed, groups) == make_split(IDS, 0.3, seed)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("train", "check_training_status", "predict", "evaluate", "synthesize", "inspect", "plot")
+_API = ("train", "check_training_status", "predict", "evaluate", "synthesize", "inspect", "plot",
+        "crossval")
 __all__ = [*_API, "__version__"]
 
 

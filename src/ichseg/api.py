@@ -32,7 +32,8 @@ def train(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
 
     Options: preset, epochs, additional_epochs, config_file, sets, seed, device,
     save_every_steps, save_every_minutes, time_limit, patience, resume_from, mirror_dir,
-    strict_resume, quiet. Returns a `TrainResult`.
+    strict_resume, quiet, fold (train cross-validation fold K of `data.folds`), init_from (a
+    checkpoint whose weights a new run starts from). Returns a `TrainResult`.
     """
     from ichseg.training.modes import run_training
 
@@ -46,9 +47,13 @@ def check_training_status(run_dir: str | Path) -> dict[str, Any]:
     return training_status(run_dir)
 
 
-def predict(run_or_checkpoint: str | Path, inputs: Sequence[str | Path] | str | Path,
+def predict(run_or_checkpoint: str | Path | Sequence[str | Path],
+            inputs: Sequence[str | Path] | str | Path,
             out_dir: str | Path, **options: Any) -> list[dict[str, Any]]:
-    """Segment NIfTI files, folders of them or DICOM series; one result per case."""
+    """Segment NIfTI files, folders of them or DICOM series; one result per case.
+
+    Several runs or checkpoints (a list, or a folder of runs) predict as an ensemble: their
+    class probabilities are averaged before the argmax."""
     from ichseg.inference.predict import predict_cases
 
     if isinstance(inputs, (str, Path)):
@@ -64,6 +69,17 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path,
     from ichseg.evaluation.evaluate import evaluate_folders
 
     return evaluate_folders(pred_dir, gt_dir, out_dir, nsd_tolerance_mm)
+
+
+def crossval(runs: Sequence[str | Path] | str | Path, out_dir: str | Path,
+             **options: Any) -> dict[str, Any]:
+    """The cross-validation table: each fold run's model on its own validation cases, per case
+    and summarised across folds (options: tta, checkpoint, device, quiet)."""
+    from ichseg.evaluation.crossval import cross_validate
+
+    if isinstance(runs, (str, Path)):
+        runs = [runs]
+    return cross_validate(list(runs), out_dir, **options)
 
 
 def plot(run_dir: str | Path) -> Path:

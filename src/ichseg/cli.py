@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_positive_int, help="0 never stops early")
     p.add_argument("--resume-from", metavar="CHECKPOINT",
                    help="start from a checkpoint made elsewhere (legacy format included)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start a new run from a checkpoint's weights alone (fine-tuning): own "
+                        "optimizer and schedule; layers that do not fit start fresh")
+    p.add_argument("--fold", type=_positive_int, metavar="K",
+                   help="train cross-validation fold K (0 to data.folds - 1): validate on part "
+                        "K of the cases, train on the rest")
     p.add_argument("--mirror-dir", metavar="DIR",
                    help="copy each checkpoint here too (e.g. Google Drive)")
     p.add_argument("--strict-resume", action="store_true",
@@ -78,12 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment scans (NIfTI files or folders, DICOM series)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run folder (its best model by default)")
-    source.add_argument("--checkpoint", help="a checkpoint file")
+    source.add_argument("--run", action="append",
+                        help="run folder (its best model by default), or a folder of runs; "
+                             "repeat it to predict with the ensemble of several")
+    source.add_argument("--checkpoint", action="append",
+                        help="a checkpoint file (repeatable, like --run)")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true",
                    help="mirror test-time augmentation (default: the run's inference.tta)")
+
+    p = sub.add_parser("crossval", help="the cross-validation table of trained fold runs")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="fold run folders, or a folder holding them")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which model of each run predicts (default: best)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("evaluate", help="compare predictions with ground-truth label maps")
     p.add_argument("--pred", required=True)
@@ -121,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         options = {k: getattr(args, k) for k in (
             "preset", "epochs", "additional_epochs", "config_file", "sets", "seed", "device",
             "save_every_steps", "save_every_minutes", "time_limit", "patience", "resume_from",
-            "mirror_dir", "strict_resume", "quiet")}
+            "mirror_dir", "strict_resume", "quiet", "fold", "init_from")}
         api.train(args.data, args.run_dir, mode=args.mode, **options)
         return 0
     if args.command == "status":
@@ -132,6 +150,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "predict":
         api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta or None)
+        return 0
+    if args.command == "crossval":
+        from ichseg.evaluation.crossval import format_crossval
+
+        report = api.crossval(args.runs, args.out, tta=args.tta, checkpoint=args.checkpoint)
+        print(json.dumps(report, indent=2) if args.json else format_crossval(report))
         return 0
     if args.command == "evaluate":
         from ichseg.evaluation.evaluate import format_summary

@@ -48,6 +48,12 @@ class DataConfig:
     foreground_fraction: float = _opt(0.33, "share of patches centred on hemorrhage", 0.0)
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
+    folds: int = _opt(5, "cross-validation folds that `--fold K` divides the cases into", 2)
+    fold: int = _opt(-1, "the fold this run validates on (0 to folds - 1, `--fold K`); -1: no "
+                     "folds, hold out validation_fraction instead", -1)
+    group_by: str = _opt("", "regular expression finding the patient in a case id (its first "
+                         "group, else the whole match): a patient's scans stay on one side of "
+                         "the split; empty: the layout's or the files' patient, else the case")
     augment: bool = _opt(True, "random flips, rotations, scaling and intensity changes")
     num_workers: int = _opt(-1, "processes preparing training batches ahead of the steps; -1: "
                             "auto (one per CPU but one, up to 8, on CUDA; 0 on a CPU, where "
@@ -107,6 +113,9 @@ class TrainingConfig:
     time_limit: str = _opt("", "stop cleanly before this duration, like 90s, 45m, 11h30m "
                            "(this command only: a continue does not inherit it)")
     mirror_dir: str = _opt("", "folder (e.g. on Google Drive) that receives a copy of each checkpoint")
+    init_from: str = _opt("", "checkpoint whose weights a new run started from (`--init-from`, "
+                          "fine-tuning); layers that do not fit start fresh")
+    init_from_sha256: str = _opt("", "SHA-256 of the init_from file when the run started")
     quiet: bool = _opt(False, "no progress bars")
 
 
@@ -301,6 +310,9 @@ def _validate(cfg: Config) -> None:
         raise UsageError("setting data.foreground_fraction must lie between 0 and 1")
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         raise UsageError("setting data.validation_fraction must lie in [0, 1)")
+    if cfg.data.fold >= cfg.data.folds:
+        raise UsageError(f"setting data.fold {cfg.data.fold} must lie between 0 and "
+                         f"{cfg.data.folds - 1} (data.folds is {cfg.data.folds})")
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise UsageError("setting inference.overlap must lie in [0, 1)")
     if cfg.training.time_limit:

@@ -74,6 +74,11 @@ class Predictor:
             return {code: name for code, name in CODES.items() if code > 0}
         return {1: "hemorrhage"}
 
+    @property
+    def members(self) -> list[Predictor]:
+        """The models that vote: this one (an `ensemble.Ensemble` has several)."""
+        return [self]
+
 
 def _checkpoint_file(run_or_checkpoint: Path, which: str | None,
                      ) -> tuple[dict[str, Any], Path]:
@@ -145,20 +150,26 @@ def load_predictor(run_or_checkpoint: str | Path, checkpoint: str | None = None,
 def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = False,
                         overlap: float | None = None) -> np.ndarray:
     """Softmax (K, x, y, z) on the network grid; with `tta`, the mean over the volume as it is
-    and mirrored along each spatial axis in turn (each copy flipped back before averaging)."""
+    and mirrored along each spatial axis in turn (each copy flipped back before averaging).
+    An ensemble (`predictor.members`) averages its models' means: one model's mean per model
+    first, so an ensemble of identical models gives exactly one model's probabilities."""
     image = torch.from_numpy(np.ascontiguousarray(channels))[None].to(predictor.device)
     spatial = (2, 3, 4)
     mirrors: Sequence[tuple[int, ...]] = [()]
     if tta:
         mirrors = [(), *itertools.combinations(spatial, 1)]
-    total = None
-    for axes in mirrors:
-        flipped = torch.flip(image, axes) if axes else image
-        logits = window_logits(predictor.model, flipped, predictor.cfg, overlap)
-        probs = torch.softmax(logits.float(), dim=1)
-        probs = torch.flip(probs, axes) if axes else probs
-        total = probs if total is None else total + probs
-    return (total / len(mirrors))[0].cpu().numpy()
+    voted = None
+    for member in predictor.members:
+        total = None
+        for axes in mirrors:
+            flipped = torch.flip(image, axes) if axes else image
+            logits = window_logits(member.model, flipped, member.cfg, overlap)
+            probs = torch.softmax(logits.float(), dim=1)
+            probs = torch.flip(probs, axes) if axes else probs
+            total = probs if total is None else total + probs
+        mean = total / len(mirrors)
+        voted = mean if voted is None else voted + mean
+    return (voted / len(predictor.members))[0].cpu().numpy()
 
 
 def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: float | None = None,
@@ -260,7 +271,8 @@ def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict
             writer.writerow({**row, "empty": "yes" if row["empty"] else "no"})
 
 
-def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
+def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
+                  inputs: Sequence[str | Path], out_dir: str | Path,
                   tta: bool | None = None, checkpoint: str | None = None,
                   overlap: float | None = None,
                   save_probabilities: bool | None = None, device: str = "auto",
@@ -269,8 +281,10 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
 
     `checkpoint` picks a run folder's `best` or `last` model (default: the run's config.yaml
     `inference.checkpoint`); `tta`, `overlap` and `save_probabilities` default to the inference
-    settings in the model's config.
+    settings in the model's config. Several runs or checkpoints (or a folder of runs) predict as
+    an ensemble; `models.json` lists the models that voted.
     """
+    from ichseg.inference.ensemble import load_models, write_models_json
     from ichseg.viz.overlay import draw_overlay
 
     out_dir = Path(out_dir)
@@ -295,7 +309,7 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
     writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ichseg-write")
     try:
         reading = reader.submit(_read_input, cases[0][1]) if cases else None
-        predictor = load_predictor(run_or_checkpoint, checkpoint, device)
+        predictor = load_models(run_or_checkpoint, checkpoint, device)
         if save_probabilities is None:
             save_probabilities = predictor.cfg.inference.save_probabilities
         if tta is None:
@@ -310,6 +324,7 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
             say(note)
         say(f"predicting {len(cases)} case(s) with {predictor.source} on {predictor.device}")
         out_dir.mkdir(parents=True, exist_ok=True)
+        write_models_json(out_dir, predictor, tta)
         results: list[dict[str, Any]] = []
 
         def write_files(case_id: str, path: Path | DicomSeries, volume: Volume,

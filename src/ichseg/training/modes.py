@@ -70,6 +70,7 @@ class Plan:
     restart_patience: bool = False   # a stopped run whose target was raised
     done_message: str | None = None  # set when there is nothing to train
     from_mirror: Any = None  # the LoadedCheckpoint to copy home from the mirror, under the lock
+    init_weights: Any = None  # `--init-from`: weights applied once, to a run that starts new
     mode: str = "continue"
     split: dict[str, list[str]] = field(default_factory=dict)
     cases: dict[str, Any] = field(default_factory=dict)  # case id -> Case
@@ -121,8 +122,10 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
              save_every_steps: int | None = None, save_every_minutes: float | None = None,
              time_limit: str | None = None, patience: int | None = None,
              resume_from: str | Path | None = None, mirror_dir: str | Path | None = None,
-             strict_resume: bool = False, quiet: bool = False) -> Plan:
+             strict_resume: bool = False, quiet: bool = False, fold: int | None = None,
+             init_from: str | Path | None = None) -> Plan:
     from ichseg.training.checkpoint import CheckpointManager, is_legacy, load_checkpoint_file
+    from ichseg.training.init_from import plan_init_weights
     from ichseg.training.loop import fits_network
 
     if mode not in ("continue", "new"):
@@ -134,13 +137,20 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
         raise UsageError(f"--run-dir {run_dir} is a file, not a folder")
     if time_limit:
         parse_duration(time_limit)
+    if init_from and resume_from:
+        raise UsageError("give either --resume-from (a run's whole state) or --init-from (its "
+                         "weights alone, for a new run), not both")
 
     training = {key: value for key, value in {
         "epochs": epochs, "seed": seed, "device": device, "save_every_steps": save_every_steps,
         "save_every_minutes": save_every_minutes, "time_limit": time_limit,
         "patience": patience, "mirror_dir": str(mirror_dir) if mirror_dir else None,
-        "quiet": True if quiet else None}.items() if value is not None}
-    overrides = {"training": training, "data": {"path": str(Path(data).resolve())} if data else {}}
+        "quiet": True if quiet else None,
+        "init_from": str(Path(init_from).absolute()) if init_from else None}.items()
+        if value is not None}
+    data_keys = {"path": str(Path(data).resolve()) if data else None, "fold": fold}
+    overrides = {"training": training,
+                 "data": {key: value for key, value in data_keys.items() if value is not None}}
     config_path = run_dir / CONFIG_FILE
 
     # 1. The state to start from, and the config it was trained with.
@@ -204,6 +214,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
         _check_changes(saved, cfg, checkpoint_path)
     elif legacy:
         fits_network(cfg, checkpoint["model_state"], checkpoint_path)
+    init_weights = plan_init_weights(cfg, resuming=checkpoint is not None)
 
     # 3. The target, and whether anything is left to do.
     done_epochs = int(checkpoint["epoch"]) if checkpoint is not None else 0
@@ -211,7 +222,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     cfg.training.epochs = target
     plan = Plan(cfg, run_dir, target, checkpoint, checkpoint_path, legacy, archive_first,
                 from_mirror=loaded if loaded is not None and loaded.source == "mirror" else None,
-                mode=mode)
+                mode=mode, init_weights=init_weights)
     if checkpoint is not None:
         stopped_early = bool((checkpoint.get("early_stopping") or {}).get("early_stopped"))
         previous_target = saved.training.epochs if saved is not None else None
@@ -254,7 +265,7 @@ def _check_changes(saved: Config, cfg: Config, origin: Path | None) -> None:
 
 def _plan_data(plan: Plan, resuming: bool) -> None:
     from ichseg.data.layouts import find_cases
-    from ichseg.data.split import make_split
+    from ichseg.data.split import split_for
     from ichseg.device import pick_device
     from ichseg.models import check_input_shape
     from ichseg.models.ssm import resolve_backend
@@ -276,15 +287,15 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
         except UsageError as exc:
             # The split is a function of the dataset's cases, the fraction and the seed, all
             # known; it is rebuilt as the run's start made it, and written again.
-            log.warning("%s; it is rebuilt from the dataset, data.validation_fraction and "
-                        "training.seed as the run made it at its start", exc)
+            log.warning("%s; it is rebuilt from the dataset, its data settings (fraction, "
+                        "fold, patient grouping) and training.seed as the run made it at its start", exc)
     if split is not None:
         missing = sorted(set(split["train"] + split["validation"]) - set(labelled))
         if missing:
             raise UsageError(f"cases {', '.join(missing[:5])} of {split_path} are not in the "
                              f"dataset {cfg.data.path}")
     else:
-        split = make_split(labelled, cfg.data.validation_fraction, cfg.training.seed)
+        split = split_for(list(labelled.values()), index.layout, cfg.data, cfg.training.seed)
     check_input_shape(cfg, cfg.data.patch_size)
     resolve_backend(cfg.model.scan_backend, pick_device(cfg.training.device))
     plan.split = split
@@ -298,6 +309,7 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
            ranks: distributed.Ranks) -> TrainResult:
     from ichseg.data.cache import load_cases
     from ichseg.training.checkpoint import CheckpointManager
+    from ichseg.training.init_from import apply_init_weights
     from ichseg.training.lock import RunLock
     from ichseg.training.loop import Trainer, show_bars
     from ichseg.training.signals import StopRequest
@@ -335,6 +347,8 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
         trainer = Trainer(cfg, [prepared[i] for i in plan.split["train"]],
                           [prepared[i] for i in plan.split["validation"]], run_dir, plan.target,
                           rank=ranks.rank, world_size=ranks.world_size)
+        if plan.init_weights is not None:
+            apply_init_weights(trainer.model, plan.init_weights)
         if plan.checkpoint is not None:
             if plan.legacy:
                 trainer.load_legacy(plan.checkpoint, plan.checkpoint_path)
@@ -367,9 +381,10 @@ def _log_start(trainer: Any, plan: Plan) -> None:
     if cfg.training.time_limit:
         log.info("time limit %s (training.time_limit): the run saves and stops before it",
                  cfg.training.time_limit)
-    log.info("device %s, scan backend %s, %d training and %d validation cases", trainer.device,
+    fold = f" (fold {cfg.data.fold} of {cfg.data.folds})" if cfg.data.fold >= 0 else ""
+    log.info("device %s, scan backend %s, %d training and %d validation cases%s", trainer.device,
              resolve_backend(cfg.model.scan_backend, trainer.device), len(plan.split["train"]),
-             len(plan.split["validation"]))
+             len(plan.split["validation"]), fold)
 
 
 def _log_end(trainer: Any, state: str) -> None:

@@ -44,6 +44,7 @@ def missing_keys(raw: dict[str, Any], stored: dict[str, Any]) -> str | None:
 def read_split(path: Path) -> dict[str, list[str]]:
     try:
         split = json.loads(path.read_text())
-        return {"train": list(split["train"]), "validation": list(split["validation"])}
+        # A fold run's split also says which fold it is (`fold`, `folds`).
+        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"split file {path} cannot be read: {exc}") from None
