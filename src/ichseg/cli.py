@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    p.add_argument("--dicom-seg", action="store_true", default=None,
+                   help="also write a DICOM SEG for each DICOM series input")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_false", default=None,
+                   help="do not apply the run's chosen postprocessing")
+    p.add_argument("--uncertainty", dest="save_uncertainty", action="store_true", default=None,
+                   help="also write the per-voxel uncertainty map")
+
+    p = sub.add_parser("postprocess", help="choose a run's postprocessing on its validation cases")
+    p.add_argument("run", help="run folder")
 
     p = sub.add_parser("evaluate", help="compare predictions with ground-truth label maps")
     p.add_argument("--pred", required=True)
@@ -128,7 +137,14 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2) if args.json else format_status(status))
         return 0
     if args.command == "predict":
-        api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta)
+        api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta,
+                    dicom_seg=args.dicom_seg, postprocess=args.postprocess,
+                    save_uncertainty=args.save_uncertainty)
+        return 0
+    if args.command == "postprocess":
+        from ichseg.inference.postprocess import format_choice
+
+        print(format_choice(api.postprocess(args.run)))
         return 0
     if args.command == "evaluate":
         from ichseg.evaluation.evaluate import format_summary

@@ -19,7 +19,7 @@ import csv
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,9 @@ from ichseg.data.ct import preprocess_case, restore_argmax, restore_to_native
 from ichseg.data.io import Volume, list_inputs, read_scan, write_nifti
 from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
+from ichseg.evaluation.abc2 import ABC2_COLUMNS, abc2_columns
 from ichseg.evaluation.metrics import label_volumes_ml
+from ichseg.inference import confidence as case_confidence
 from ichseg.inference.window import window_logits
 
 log = logging.getLogger("ichseg.predict")
@@ -43,6 +45,7 @@ log = logging.getLogger("ichseg.predict")
 VOLUMES_CSV = "volumes.csv"
 OVERLAYS = "overlays"
 PROBABILITIES = "probabilities"
+UNCERTAINTY = "uncertainty"
 # A scan this thin along any axis is a 2D image (or a scout), not a head CT volume.
 MIN_SLICES = 2
 
@@ -130,9 +133,11 @@ def load_predictor(run_or_checkpoint: str | Path, checkpoint: str = "best",
 
 @torch.no_grad()
 def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = False,
-                        overlap: float | None = None) -> np.ndarray:
+                        overlap: float | None = None,
+                        on_pass: Callable[[torch.Tensor], None] | None = None) -> np.ndarray:
     """Softmax (K, x, y, z) on the network grid; with `tta`, the mean over the volume as it is
-    and mirrored along each spatial axis in turn (each copy flipped back before averaging)."""
+    and mirrored along each spatial axis in turn (each copy flipped back before averaging).
+    `on_pass` sees each pass's softmax (1, K, x, y, z), flipped back."""
     image = torch.from_numpy(np.ascontiguousarray(channels))[None].to(predictor.device)
     spatial = (2, 3, 4)
     mirrors: Sequence[tuple[int, ...]] = [()]
@@ -144,16 +149,22 @@ def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = 
         logits = window_logits(predictor.model, flipped, predictor.cfg, overlap)
         probs = torch.softmax(logits.float(), dim=1)
         probs = torch.flip(probs, axes) if axes else probs
+        if on_pass is not None:
+            on_pass(probs)
         total = probs if total is None else total + probs
     return (total / len(mirrors))[0].cpu().numpy()
 
 
 def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: float | None = None,
-            with_probability: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+            with_probability: bool = False,
+            confidence: case_confidence.CaseConfidence | None = None,
+            ) -> tuple[np.ndarray, np.ndarray | None]:
     """A scan -> (uint8 label map, float32 hemorrhage probability or None unless asked), both on
-    the scan's own voxel grid."""
+    the scan's own voxel grid. `confidence` is filled in from the passes (confidence.py)."""
     channels, _, info = preprocess_case(volume, None, predictor.cfg.data)
-    probs = class_probabilities(predictor, channels, tta, overlap)
+    probs = class_probabilities(predictor, channels, tta, overlap, confidence)
+    if confidence is not None:
+        confidence.measure(probs, info)
     labels = restore_argmax(probs, info)
     if not with_probability:
         return labels, None
@@ -171,26 +182,35 @@ def _read_input(path: Path) -> Volume:
 def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict[int, str]) -> None:
     """Rewrite volumes.csv atomically: the cases done so far."""
     per_class = [f"{name}_ml" for name in class_names.values()] if len(class_names) > 1 else []
-    columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty", "input"]
+    columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty",
+               *ABC2_COLUMNS, *case_confidence.COLUMNS, "postprocessing", "input", "dicom_seg"]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "empty": "yes" if row["empty"] else "no"})
+            writer.writerow({**row, "empty": "yes" if row["empty"] else "no",
+                             "unstable": {True: "yes", False: "no"}.get(row.get("unstable"))})
     os.replace(tmp, path)
 
 
 def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
                   tta: bool = False, checkpoint: str = "best", overlap: float | None = None,
                   save_probabilities: bool | None = None, device: str = "auto",
-                  quiet: bool = False) -> list[dict[str, Any]]:
-    """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv).
+                  quiet: bool = False, postprocess: bool | None = None,
+                  save_uncertainty: bool | None = None,
+                  dicom_seg: bool | None = None) -> list[dict[str, Any]]:
+    """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv,
+    and in the browsable index.html).
 
-    `checkpoint` picks a run folder's `best` (default) or `last` model; `overlap` and
-    `save_probabilities` default to the run's inference settings.
+    `checkpoint` picks a run folder's `best` (default) or `last` model; `overlap`,
+    `save_probabilities`, `save_uncertainty`, `postprocess` (apply the run's chosen
+    postprocessing) and `dicom_seg` (a DICOM SEG per DICOM series input) default to the run's
+    inference settings.
     """
+    from ichseg.inference.postprocess import for_predictor
     from ichseg.viz.overlay import draw_overlay
+    from ichseg.viz.report import write_report
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -218,26 +238,45 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
         if save_probabilities is None:
             save_probabilities = predictor.cfg.inference.save_probabilities
         names = predictor.class_names
+        settings = predictor.cfg.inference
+        save_uncertainty = settings.save_uncertainty if save_uncertainty is None else save_uncertainty
+        dicom_seg = settings.dicom_seg if dicom_seg is None else dicom_seg
+        cleanup, cleanup_origin = for_predictor(
+            predictor, settings.postprocess if postprocess is None else postprocess)
 
         def say(message: str) -> None:
             if not quiet:
                 tqdm.write(message)
 
         say(f"predicting {len(cases)} case(s) with {predictor.source} on {predictor.device}")
+        say(f"postprocessing: {cleanup.name} ({cleanup_origin})")
         out_dir.mkdir(parents=True, exist_ok=True)
         results: list[dict[str, Any]] = []
 
         def write_files(case_id: str, path: Path, volume: Volume, labels: np.ndarray,
-                        probability: np.ndarray | None) -> dict[str, Any]:
+                        probability: np.ndarray | None,
+                        confidence: case_confidence.CaseConfidence) -> dict[str, Any]:
             write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
             if probability is not None:
                 write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
                             probability.astype(np.float32), volume.affine, like=volume)
+            if confidence.uncertainty is not None:
+                write_nifti(out_dir / UNCERTAINTY / f"{case_id}.nii.gz", confidence.uncertainty,
+                            volume.affine, like=volume)
+            seg = None
+            if dicom_seg and path.is_dir():
+                from ichseg.inference.dicom_seg import write_dicom_seg
+
+                seg = write_dicom_seg(path, labels, volume.affine, names,
+                                      out_dir / f"{case_id}.seg.dcm")
             volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
             return {"case": case_id, "input": str(path),
                     "voxel_volume_mm3": volume.voxel_volume_mm3,
                     "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
                     **{f"{name}_ml": volumes[name] for name in names.values()},
+                    **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
+                    **confidence.row, "postprocessing": cleanup.name,
+                    "dicom_seg": str(seg) if seg else None,
                     "output": str(out_dir / f"{case_id}.nii.gz")}
 
         pending: tuple[Future, Future] | None = None
@@ -253,6 +292,7 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
             overlay.result()
             results.append(row)
             _write_volumes_csv(out_dir / VOLUMES_CSV, results, names)
+            write_report(out_dir, results, names)
             if row["empty"]:
                 log.warning("%s: no hemorrhage predicted (empty label map)", row["case"])
             else:
@@ -269,9 +309,13 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
                 raise UsageError(f"{exc}{done}") from None
             if index + 1 < len(cases):
                 reading = reader.submit(_read_input, cases[index + 1][1])
-            labels, probability = segment(predictor, volume, tta, overlap, save_probabilities)
+            confidence = case_confidence.CaseConfidence(settings, save_uncertainty)
+            labels, probability = segment(predictor, volume, tta, overlap, save_probabilities,
+                                          confidence)
+            labels = cleanup.apply(labels, volume.voxel_volume_mm3)
             finish_pending()
-            pending = (writer.submit(write_files, case_id, path, volume, labels, probability),
+            pending = (writer.submit(write_files, case_id, path, volume, labels, probability,
+                                     confidence),
                        writer.submit(draw_overlay, volume, labels,
                                      out_dir / OVERLAYS / f"{case_id}.png", case_id, names))
         finish_pending()
@@ -279,5 +323,5 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
         # On an error, the read ahead is not wanted; the writes already started are finished.
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
-    say(f"wrote {len(results)} label map(s), overlays and {VOLUMES_CSV} to {out_dir}")
+    say(f"wrote {len(results)} label map(s), overlays, {VOLUMES_CSV} and index.html to {out_dir}")
     return results
