@@ -72,8 +72,8 @@ class CaseConfidence:
             s = self.settings
             row.update(tta_agreement=agreement, volume_spread_ml=spread, confidence=agreement,
                        confidence_basis=f"agreement of {len(self.pass_masks)} TTA passes",
-                       unstable=agreement < s.unstable_agreement or spread > (
-                           s.unstable_volume_spread * max(volumes.mean(), _SPREAD_FLOOR_ML)))
+                       unstable=bool(agreement < s.unstable_agreement or spread > (
+                           s.unstable_volume_spread * max(volumes.mean(), _SPREAD_FLOOR_ML))))
         self.row = row
         if self.with_map:
             # 1 - the winning class's probability, interpolated onto the scan's voxels.
