@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from ichseg.data.ct import prepare_hu, window_channels
 from ichseg.data.inspect import check_case
 from ichseg.data.layouts import LABEL_MAPPINGS, Case, LabelMapping
 from ichseg.errors import UsageError
+from ichseg.fileio import atomic_open
 
 # Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype...).
 FORMAT_VERSION = 1
@@ -123,14 +123,9 @@ class PreprocessedCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             arrays = {"hu": hu} if label is None else {"hu": hu, "label": label}
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=f".{entry.stem[:16]}.",
-                                             suffix=".tmp", delete=False) as tmp:
-                try:
-                    np.savez(tmp, **arrays)
-                except BaseException:
-                    os.unlink(tmp.name)
-                    raise
-            os.replace(tmp.name, entry)
+            # Not fsynced: an entry lost to a power cut is decoded again.
+            with atomic_open(entry, "wb", durable=False) as handle:
+                np.savez(handle, **arrays)
         except OSError as exc:
             raise UsageError(f"cache folder {self.root} is not writable ({exc.strerror}); set "
                              f"data.cache_dir or ${CACHE_ENV} to another folder") from None

@@ -8,7 +8,6 @@ folder holding several series) raises `UsageError` with one sentence naming the 
 from __future__ import annotations
 
 import gzip
-import os
 import warnings
 import zlib
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from ichseg.errors import UsageError
+from ichseg.fileio import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -212,7 +212,7 @@ def label_values(array: np.ndarray) -> list[int]:
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
                 like: Volume | str | Path | None = None) -> Path:
-    """Write `array` with `affine` to `path` atomically (a temp file beside it, then a rename).
+    """Write `array` with `affine` to `path` atomically (`ichseg.fileio`).
 
     With `like` (a Volume or a NIfTI file), its header is the template: its qform and sform codes
     are kept. Without one, or when `like` has neither code set, both codes are 1 (scanner), as
@@ -245,14 +245,9 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
 
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    # nibabel picks gzip from the suffix, so the temp name keeps it; same folder, so the rename
-    # is atomic and a reader never sees half a file.
-    tmp = path.with_name(f".{nifti_stem(path.name)}.{os.getpid()}.tmp{suffix}")
-    try:
+    # nibabel picks gzip from the suffix, so the temp name keeps it.
+    with atomic_path(path, suffix=suffix) as tmp:
         img.to_filename(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ichseg import __version__
 from ichseg.data.io import dicom_files
-from ichseg.viz.figure import _replace_atomically
+from ichseg.fileio import atomic_path
 
 # DICOM's patient space is LPS, the affines are RAS.
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -124,4 +124,6 @@ def write_dicom_seg(series: str | Path, labels: np.ndarray, affine: np.ndarray,
         manufacturer=MANUFACTURER, manufacturer_model_name="ichseg",
         software_versions=__version__, device_serial_number="0",
         series_description="ichseg hemorrhage segmentation")
-    return _replace_atomically(out_path, seg.save_as)
+    with atomic_path(out_path) as tmp:
+        seg.save_as(tmp)
+    return Path(out_path)

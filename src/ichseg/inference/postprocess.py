@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ichseg.errors import UsageError
 from ichseg.evaluation.lesions import label_lesions, largest_lesion, lesion_box
 from ichseg.evaluation.metrics import dice, lesion_f1
-from ichseg.viz.figure import _replace_atomically
+from ichseg.fileio import atomic_write_text
 
 log = logging.getLogger("ichseg.postprocess")
 
@@ -170,8 +170,7 @@ def choose_postprocessing(run_dir: str | Path, quiet: bool = False) -> dict[str,
         "candidates": [{**asdict(c), "name": c.name, **s}
                        for c, s in zip(CANDIDATES, summaries, strict=True)],
     }
-    text = json.dumps(record, indent=2) + "\n"
-    _replace_atomically(run_dir / POSTPROCESSING_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write_text(run_dir / POSTPROCESSING_FILE, json.dumps(record, indent=2) + "\n")
     base = summaries[0]
     mine = summaries[CANDIDATES.index(chosen)]
     log.info("postprocessing chosen on %d validation case(s): %s (Dice %.4f -> %.4f, lesion F1 "

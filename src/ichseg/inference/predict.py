@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from ichseg.data.layouts import CODES
 from ichseg.errors import UsageError
 from ichseg.evaluation.abc2 import ABC2_COLUMNS, abc2_columns
 from ichseg.evaluation.metrics import label_volumes_ml
+from ichseg.fileio import atomic_open
 from ichseg.inference import confidence as case_confidence
 from ichseg.inference.window import window_logits
 
@@ -184,14 +184,12 @@ def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict
     per_class = [f"{name}_ml" for name in class_names.values()] if len(class_names) > 1 else []
     columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty",
                *ABC2_COLUMNS, *case_confidence.COLUMNS, "postprocessing", "input", "dicom_seg"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "empty": "yes" if row["empty"] else "no",
                              "unstable": {True: "yes", False: "no"}.get(row.get("unstable"))})
-    os.replace(tmp, path)
 
 
 def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,

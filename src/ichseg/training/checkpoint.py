@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ichseg.errors import UsageError
+from ichseg.fileio import atomic_open, atomic_path, fsync_dir, is_temp, own_temp
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ LEGACY_KEYS = frozenset({"model_state", "epoch", "history", "best_val", "no_impr
                          "optimizer_state", "scheduler_state", "scaler_state"})
 
 _NUMBERED = re.compile(r"^(ckpt|best)-(\d+)\.pt$")
-_TEMP_SUFFIX = ".tmp"
 _CHUNK = 1 << 22
 
 # Verdicts of one file, as `generations()` and `ichseg status` report them.
@@ -101,43 +101,14 @@ def sha256_file(path: str | Path) -> str:
     return sha.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable. Some file systems (and Windows) cannot open a folder: skip there."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_path(final: Path) -> Path:
-    # Same folder as the final name (a rename across file systems would be a copy); a leading dot
-    # and a suffix other than .pt so no scan for checkpoints ever picks it up.
-    return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}{_TEMP_SUFFIX}")
-
-
 def _write_atomic(final: Path, write: Callable[[BinaryIO], None]) -> tuple[str, int]:
-    """Write `final` via a temporary file, fsync, rename, fsync the folder; return (sha256, size).
+    """Write `final` atomically (`ichseg.fileio`); return (sha256, size).
 
     `write` receives a file object that hashes what passes through it.
     """
-    tmp = _temp_path(final)
-    try:
-        with open(tmp, "wb") as f:
-            writer = _HashingWriter(f)
-            write(writer)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+    with atomic_open(final, "wb") as f:
+        writer = _HashingWriter(f)
+        write(writer)  # type: ignore[arg-type]
     return writer.sha.hexdigest(), writer.size
 
 
@@ -151,16 +122,13 @@ def _point_alias(directory: Path, alias: str, target: str) -> None:
     """Make `alias` (last.pt, best.pt) refer to `target` atomically: a relative symlink replaced via
     a temporary link, or an atomic copy where the file system has no links (e.g. Google Drive)."""
     final = directory / alias
-    tmp = _temp_path(final)
     try:
-        tmp.unlink(missing_ok=True)
-        os.symlink(target, tmp)
-        os.replace(tmp, final)
+        with atomic_path(final, durable=False) as tmp:
+            os.symlink(target, tmp)
+        fsync_dir(directory)
     except OSError:
-        tmp.unlink(missing_ok=True)
         with open(directory / target, "rb") as src:
             _write_atomic(final, lambda f: _copy_file(src, f))
-    _fsync_dir(directory)
 
 
 def _numpy_data_globals() -> list[Any]:
@@ -320,9 +288,9 @@ class _Folder:
                 except OSError as exc:
                     log.warning("could not delete old checkpoint %s: %s", self.directory / name,
                                 exc)
-        for tmp in self.directory.glob(f".*{_TEMP_SUFFIX}"):
-            if f".{os.getpid()}." not in tmp.name:
-                tmp.unlink(missing_ok=True)
+        for name in os.listdir(self.directory):
+            if is_temp(name) and not own_temp(name):
+                (self.directory / name).unlink(missing_ok=True)
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:

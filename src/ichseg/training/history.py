@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ichseg.fileio import atomic_write_text
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "epoch_seconds", "session")
 
@@ -65,10 +66,7 @@ class History:
 
     def write_csv(self, path: str | Path) -> None:
         """Replace `path` atomically, so a reader (or a kill) never sees half a file."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_csv())
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_csv())
 
 
 def _plain(value: Any) -> Any:

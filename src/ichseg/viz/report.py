@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ichseg.viz.figure import _replace_atomically
+from ichseg.fileio import atomic_write_text
 
 REPORT = "index.html"
 
@@ -142,5 +142,4 @@ def report_html(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str
 def write_report(out_dir: str | Path, rows: Sequence[Mapping[str, Any]],
                  class_names: Mapping[int, str]) -> Path:
     """Write (atomically) OUT/index.html for the cases done so far; return its path."""
-    page = report_html(rows, class_names)
-    return _replace_atomically(Path(out_dir) / REPORT, lambda tmp: tmp.write_text(page))
+    return atomic_write_text(Path(out_dir) / REPORT, report_html(rows, class_names))
