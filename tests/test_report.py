@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from test_predict import _checkpoint, _phantom_ras, one_thread  # noqa: F401 (autouse)
@@ -30,7 +31,8 @@ def predictions(tmp_path_factory) -> Path:
     hu, affine = _phantom_ras()
     for name, scale in (("head_b", 0.8), ("head_c", 1.2), ("head_a", 1.0)):
         write_nifti(root / "in" / f"{name}.nii.gz", hu, affine @ np.diag([scale] * 3 + [1.0]))
-    predict_cases(checkpoint, [root / "in"], root / "pred", tta=True, quiet=True)
+    predict_cases(checkpoint, [root / "in"], root / "pred", tta=True, quiet=True,
+                  save_uncertainty=True)
     return root / "pred"
 
 
@@ -54,6 +56,9 @@ def test_report_lists_every_case_with_its_figures(predictions):
         assert (predictions / overlay).is_file()
         assert f"{float(row['hemorrhage_ml']):.2f}" in page
         assert row["tta_agreement"] == "1.0" and row["unstable"] == "no"
+        uncertainty = nib.load(predictions / "uncertainty" / f"{row['case']}.nii.gz")
+        assert uncertainty.shape == nib.load(row["input"]).shape
+        assert 0 < float(np.asarray(uncertainty.dataobj).max()) < 0.5  # logits 5 and -5
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no chromium binary on this machine (apt-get install "

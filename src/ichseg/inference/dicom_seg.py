@@ -29,7 +29,7 @@ slice the scanner acquired, matching what the label map says at that place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,24 +82,25 @@ def labels_on_slice(labels: np.ndarray, affine: np.ndarray, dataset) -> np.ndarr
     return result
 
 
-def series_datasets(folder: Path) -> list:
-    """The image instances of the series in `folder` (headers only), as read_dicom_series took
-    them: every DICOM image file directly inside it."""
+def series_datasets(series: str | Path | Sequence[Path]) -> list:
+    """The image instances (headers only) of a series: its files, or a series folder's DICOM
+    files as read_dicom_series takes them (every DICOM image file directly inside it)."""
     import pydicom
 
-    datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in dicom_files(folder)]
+    files = dicom_files(Path(series)) if isinstance(series, (str, Path)) else list(series)
+    datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
     return [ds for ds in datasets if "Rows" in ds]
 
 
-def write_dicom_seg(series: str | Path, labels: np.ndarray, affine: np.ndarray,
+def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, affine: np.ndarray,
                     class_names: Mapping[int, str], out_path: str | Path) -> Path:
-    """Write the SEG of `labels` (on the grid of `affine`, RAS) over the DICOM series folder
-    `series`, atomically, to `out_path`; return it."""
+    """Write the SEG of `labels` (on the grid of `affine`, RAS) over a DICOM series (its
+    folder, or its files), atomically, to `out_path`; return it."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    sources = series_datasets(Path(series))
+    sources = series_datasets(series)
     frames = np.stack([labels_on_slice(labels, affine, ds) for ds in sources])
     known = _codes()
     algorithm = hd.AlgorithmIdentificationSequence(
