@@ -9,8 +9,11 @@ are interpolated linearly onto the input's voxels before the argmax, so outlines
 
 Outputs in OUT, each written as soon as its case is done (so a bad input later in the list leaves
 the earlier cases complete): `<case>.nii.gz` (uint8 labels), `overlays/<case>.png`,
-`volumes.csv` (rewritten after every case), and with `save_probabilities`
-`probabilities/<case>.nii.gz` (the hemorrhage probability, float32).
+`volumes.csv` and `index.html` (rewritten after every case), and with `save_probabilities`
+`probabilities/<case>.nii.gz` (the hemorrhage probability, float32). The run's chosen
+postprocessing (postprocess.py) is applied to the label map; volumes.csv also carries ABC/2
+(evaluation/abc2.py) and the confidence (confidence.py; `save_uncertainty` writes
+`uncertainty/<case>.nii.gz`); `dicom_seg` writes `<case>.seg.dcm` for DICOM series (dicom_seg.py).
 """
 
 from __future__ import annotations
