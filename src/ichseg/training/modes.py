@@ -312,7 +312,8 @@ def _train(plan: Plan, deadline: float | None, train_log: _TrainLog,
         finally:
             trainer.checkpoints.close()
         _log_end(trainer, state)
-        if state != "stopped" and ranks.is_main and cfg.inference.postprocess:
+        if (state != "stopped" and ranks.is_main and cfg.inference.postprocess
+                and plan.split["validation"]):
             from ichseg.inference.postprocess import choose_postprocessing
 
             choose_postprocessing(run_dir, quiet=not show_bars(cfg))
