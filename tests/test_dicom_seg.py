@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import highdicom as hd
 import nibabel as nib
@@ -15,7 +16,7 @@ from pydicom.uid import generate_uid
 from test_predict import _checkpoint, one_thread  # noqa: F401 (autouse)
 
 from ichseg.cli import main
-from ichseg.inference.dicom_seg import write_dicom_seg
+from ichseg.inference.dicom_seg import dicom_source, write_dicom_seg
 
 SUBTYPES = {1: "EDH", 2: "IPH", 3: "IVH", 4: "SAH", 5: "SDH"}
 
@@ -73,6 +74,11 @@ def test_predicted_series_seg_matches_the_label_map_slice_by_slice(tmp_path):
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "1386000"
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
     assert "series.seg.dcm" in (out / "volumes.csv").read_text()
+    # A series given as its files (a study split into series) is written over those files.
+    files = sorted((tmp_path / "series").iterdir())
+    assert dicom_source(SimpleNamespace(files=files)) == files
+    assert dicom_source(tmp_path / "series") == tmp_path / "series"
+    assert dicom_source(out / "series.nii.gz") is None
 
 
 def test_tilted_series_with_uneven_gaps_gets_the_labels_where_its_slices_lie(tmp_path):

@@ -32,7 +32,7 @@ def predictions(tmp_path_factory) -> Path:
     for name, scale in (("head_b", 0.8), ("head_c", 1.2), ("head_a", 1.0)):
         write_nifti(root / "in" / f"{name}.nii.gz", hu, affine @ np.diag([scale] * 3 + [1.0]))
     predict_cases(checkpoint, [root / "in"], root / "pred", tta=True, quiet=True,
-                  save_uncertainty=True)
+                  save_uncertainty=True, dicom_seg=True)  # NIfTI inputs: no SEG to write
     return root / "pred"
 
 
@@ -56,6 +56,7 @@ def test_report_lists_every_case_with_its_figures(predictions):
         assert (predictions / overlay).is_file()
         assert f"{float(row['hemorrhage_ml']):.2f}" in page
         assert row["tta_agreement"] == "1.0" and row["unstable"] == "no"
+        assert row["dicom_seg"] == "" and not list(predictions.glob("*.dcm"))
         uncertainty = nib.load(predictions / "uncertainty" / f"{row['case']}.nii.gz")
         assert uncertainty.shape == nib.load(row["input"]).shape
         assert 0 < float(np.asarray(uncertainty.dataobj).max()) < 0.5  # logits 5 and -5

@@ -82,6 +82,15 @@ def labels_on_slice(labels: np.ndarray, affine: np.ndarray, dataset) -> np.ndarr
     return result
 
 
+def dicom_source(case_input) -> Path | list[Path] | None:
+    """What a predict input's SEG is written over: the files of a DICOM series object (one with
+    `files`, as a study is split into series), a series folder, or None (a NIfTI file)."""
+    files = getattr(case_input, "files", None)
+    if files:
+        return list(files)
+    return case_input if isinstance(case_input, Path) and case_input.is_dir() else None
+
+
 def series_datasets(series: str | Path | Sequence[Path]) -> list:
     """The image instances (headers only) of a series: its files, or a series folder's DICOM
     files as read_dicom_series takes them (every DICOM image file directly inside it)."""

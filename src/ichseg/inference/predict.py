@@ -265,11 +265,12 @@ def predict_cases(run_or_checkpoint: str | Path, inputs: Sequence[str | Path], o
                 write_nifti(out_dir / UNCERTAINTY / f"{case_id}.nii.gz", confidence.uncertainty,
                             volume.affine, like=volume)
             seg = None
-            if dicom_seg and path.is_dir():
-                from ichseg.inference.dicom_seg import write_dicom_seg
+            if dicom_seg:
+                from ichseg.inference.dicom_seg import dicom_source, write_dicom_seg
 
-                seg = write_dicom_seg(path, labels, volume.affine, names,
-                                      out_dir / f"{case_id}.seg.dcm")
+                if (series := dicom_source(path)) is not None:
+                    seg = write_dicom_seg(series, labels, volume.affine, names,
+                                          out_dir / f"{case_id}.seg.dcm")
             volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
             return {"case": case_id, "input": str(path),
                     "voxel_volume_mm3": volume.voxel_volume_mm3,
