@@ -35,7 +35,8 @@ def five_epochs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """Scenario 1 of the seed: a new run of 5 epochs (kept read-only; copy it to change it)."""
     run = tmp_path_factory.mktemp("five") / "run"
     # Every epoch's generation is kept, for the comparison in the same-command test.
-    result = train(tiny_dataset, run, mode="new", epochs=5, sets=["training.keep_checkpoints=5"])
+    result = train(tiny_dataset, run, mode="new", epochs=5,
+                   sets=["training.keep_checkpoints=5", "inference.postprocess=true"])
     assert (result.state, result.epochs_completed, result.target_epochs) == ("finished", 5, 5)
     return run
 
@@ -49,7 +50,7 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 def test_new_run_writes_the_run_folder(five_epochs):
     for name in ("config.yaml", "split.json", "history.csv", "train.log", "progress.png",
-                 "checkpoints/last.pt", "checkpoints/best.pt"):
+                 "checkpoints/last.pt", "checkpoints/best.pt", "postprocessing.json"):
         assert (five_epochs / name).exists(), name
     state = load_last(five_epochs)
     assert state["epoch"] == 5 and state["epoch_step"] == 0 and state["step"] == 10

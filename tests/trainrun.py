@@ -24,8 +24,9 @@ import torch
 
 # The tiny preset with a smaller patch (the fewest voxels the strides allow, doubled in z), one
 # validation window per position, and short epochs: an epoch takes about a second on 2 cores.
+# No postprocessing chosen at the end (test_training's `five_epochs` checks that it is).
 FAST = ["--preset", "tiny", "--set", "data.patch_size=[16,16,8]", "--set", "inference.overlap=0",
-        "--set", "inference.sw_batch_size=8", "--quiet"]
+        "--set", "inference.sw_batch_size=8", "--set", "inference.postprocess=false", "--quiet"]
 
 
 def fast_args(data: Path, run: Path, *extra: str, steps: int = 2) -> list[str]:

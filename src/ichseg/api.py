@@ -61,6 +61,13 @@ def predict(run_or_checkpoint: str | Path | Sequence[str | Path],
     return predict_cases(run_or_checkpoint, list(inputs), out_dir, **options)
 
 
+def postprocess(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Choose a run's postprocessing on its validation cases (RUN/postprocessing.json)."""
+    from ichseg.inference.postprocess import choose_postprocessing
+
+    return choose_postprocessing(run_dir, quiet=quiet)
+
+
 def evaluate(pred_dir: str | Path, gt_dir: str | Path,
              out_dir: str | Path | None = None, nsd_tolerance_mm: float = 0.42) -> dict[str, Any]:
     """Compare predicted label maps with ground truth: per-case metrics, mean and median.

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("predict", help="segment scans (NIfTI files or folders, DICOM series)")
+    p = sub.add_parser("predict", help="segment scans (NIfTI files or folders, DICOM series or studies)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", action="append",
                         help="run folder (its best model by default), or a folder of runs; "
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tta", action="store_true",
                    help="mirror test-time augmentation (default: the run's inference.tta)")
+    p.add_argument("--dicom-seg", action="store_true", default=None,
+                   help="also write a DICOM SEG for each DICOM series input")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_false", default=None,
+                   help="do not apply the run's chosen postprocessing")
+    p.add_argument("--uncertainty", dest="save_uncertainty", action="store_true", default=None,
+                   help="also write the per-voxel uncertainty map")
 
     p = sub.add_parser("crossval", help="the cross-validation table of trained fold runs")
     p.add_argument("runs", nargs="+", metavar="RUN",
@@ -102,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which model of each run predicts (default: best)")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("postprocess", help="choose a run's postprocessing on its validation cases")
+    p.add_argument("run", help="run folder")
 
     p = sub.add_parser("evaluate", help="compare predictions with ground-truth label maps")
     p.add_argument("--pred", required=True)
@@ -149,7 +158,14 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2) if args.json else format_status(status))
         return 0
     if args.command == "predict":
-        api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta or None)
+        api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta or None,
+                    dicom_seg=args.dicom_seg, postprocess=args.postprocess,
+                    save_uncertainty=args.save_uncertainty)
+        return 0
+    if args.command == "postprocess":
+        from ichseg.inference.postprocess import format_choice
+
+        print(format_choice(api.postprocess(args.run)))
         return 0
     if args.command == "crossval":
         from ichseg.evaluation.crossval import format_crossval

@@ -127,6 +127,16 @@ class InferenceConfig:
     tta: bool = _opt(False, "mirror test-time augmentation")
     checkpoint: str = _choice("best", "last", doc="which model of a run predicts")
     save_probabilities: bool = _opt(False, "also write the hemorrhage probability map")
+    save_uncertainty: bool = _opt(False, "also write the per-voxel uncertainty map "
+                                  "(1 - the winning class's probability)")
+    unstable_agreement: float = _opt(0.8, "flag a case unstable when its TTA passes agree less "
+                                     "(mean Dice of each pass with the prediction)", 0.0)
+    unstable_volume_spread: float = _opt(0.25, "flag a case unstable when its TTA passes' volumes "
+                                         "spread more than this share of their mean (at least "
+                                         "1 mL)", 0.0)
+    postprocess: bool = _opt(True, "choose connected-component postprocessing on the validation "
+                             "cases when training ends, and apply the run's choice in predict")
+    dicom_seg: bool = _opt(False, "also write a DICOM SEG object for each DICOM series predicted")
 
 
 @dataclass

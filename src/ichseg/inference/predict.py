@@ -10,8 +10,11 @@ are interpolated linearly onto the input's voxels before the argmax, so outlines
 
 Outputs in OUT, each written as soon as its case is done (so a bad input later in the list leaves
 the earlier cases complete): `<case>.nii.gz` (uint8 labels), `overlays/<case>.png`,
-`volumes.csv` (rewritten after every case), and with `save_probabilities`
-`probabilities/<case>.nii.gz` (the hemorrhage probability, float32).
+`volumes.csv` and `index.html` (rewritten after every case), and with `save_probabilities`
+`probabilities/<case>.nii.gz` (the hemorrhage probability, float32). The run's chosen
+postprocessing (postprocess.py) is applied to the label map; volumes.csv also carries ABC/2
+(evaluation/abc2.py) and the confidence (confidence.py; `save_uncertainty` writes
+`uncertainty/<case>.nii.gz`); `dicom_seg` writes `<case>.seg.dcm` for DICOM series (dicom_seg.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +49,9 @@ from ichseg.data.layouts import CODES
 from ichseg.data.masks import label_volumes_ml
 from ichseg.device import pick_device
 from ichseg.errors import UsageError
+from ichseg.evaluation.abc2 import ABC2_COLUMNS, abc2_columns
 from ichseg.fileio import atomic_open
+from ichseg.inference import confidence as case_confidence
 from ichseg.inference.window import window_logits
 
 log = logging.getLogger("ichseg.predict")
@@ -54,6 +59,7 @@ log = logging.getLogger("ichseg.predict")
 VOLUMES_CSV = "volumes.csv"
 OVERLAYS = "overlays"
 PROBABILITIES = "probabilities"
+UNCERTAINTY = "uncertainty"
 # A scan this thin along any axis is a 2D image (or a scout), not a head CT volume.
 MIN_SLICES = 2
 
@@ -148,11 +154,13 @@ def load_predictor(run_or_checkpoint: str | Path, checkpoint: str | None = None,
 
 @torch.no_grad()
 def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = False,
-                        overlap: float | None = None) -> np.ndarray:
+                        overlap: float | None = None,
+                        on_pass: Callable[[torch.Tensor], None] | None = None) -> np.ndarray:
     """Softmax (K, x, y, z) on the network grid; with `tta`, the mean over the volume as it is
     and mirrored along each spatial axis in turn (each copy flipped back before averaging).
     An ensemble (`predictor.members`) averages its models' means: one model's mean per model
-    first, so an ensemble of identical models gives exactly one model's probabilities."""
+    first, so an ensemble of identical models gives exactly one model's probabilities.
+    `on_pass` sees each pass's softmax (1, K, x, y, z), flipped back."""
     image = torch.from_numpy(np.ascontiguousarray(channels))[None].to(predictor.device)
     spatial = (2, 3, 4)
     mirrors: Sequence[tuple[int, ...]] = [()]
@@ -166,6 +174,8 @@ def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = 
             logits = window_logits(member.model, flipped, member.cfg, overlap)
             probs = torch.softmax(logits.float(), dim=1)
             probs = torch.flip(probs, axes) if axes else probs
+            if on_pass is not None:
+                on_pass(probs)
             total = probs if total is None else total + probs
         mean = total / len(mirrors)
         voted = mean if voted is None else voted + mean
@@ -173,11 +183,15 @@ def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = 
 
 
 def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: float | None = None,
-            with_probability: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+            with_probability: bool = False,
+            confidence: case_confidence.CaseConfidence | None = None,
+            ) -> tuple[np.ndarray, np.ndarray | None]:
     """A scan -> (uint8 label map, float32 hemorrhage probability or None unless asked), both on
-    the scan's own voxel grid."""
+    the scan's own voxel grid. `confidence` is filled in from the passes (confidence.py)."""
     channels, _, info = preprocess_case(volume, None, predictor.cfg.data)
-    probs = class_probabilities(predictor, channels, tta, overlap)
+    probs = class_probabilities(predictor, channels, tta, overlap, confidence)
+    if confidence is not None:
+        confidence.measure(probs, info)
     labels = restore_argmax(probs, info)
     if not with_probability:
         return labels, None
@@ -263,12 +277,14 @@ def _read_input(source: Path | DicomSeries) -> Volume:
 def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict[int, str]) -> None:
     """Rewrite volumes.csv atomically: the cases done so far."""
     per_class = [f"{name}_ml" for name in class_names.values()] if len(class_names) > 1 else []
-    columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty", "input"]
+    columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty",
+               *ABC2_COLUMNS, *case_confidence.COLUMNS, "postprocessing", "input", "dicom_seg"]
     with atomic_open(path, "w", durable=False, newline="") as handle:  # rewritten per case
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "empty": "yes" if row["empty"] else "no"})
+            writer.writerow({**row, "empty": "yes" if row["empty"] else "no",
+                             "unstable": {True: "yes", False: "no"}.get(row.get("unstable"))})
 
 
 def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
@@ -276,16 +292,23 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                   tta: bool | None = None, checkpoint: str | None = None,
                   overlap: float | None = None,
                   save_probabilities: bool | None = None, device: str = "auto",
-                  quiet: bool = False) -> list[dict[str, Any]]:
-    """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv).
+                  quiet: bool = False, postprocess: bool | None = None,
+                  save_uncertainty: bool | None = None,
+                  dicom_seg: bool | None = None) -> list[dict[str, Any]]:
+    """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv,
+    and in the browsable index.html).
 
     `checkpoint` picks a run folder's `best` or `last` model (default: the run's config.yaml
-    `inference.checkpoint`); `tta`, `overlap` and `save_probabilities` default to the inference
-    settings in the model's config. Several runs or checkpoints (or a folder of runs) predict as
-    an ensemble; `models.json` lists the models that voted.
+    `inference.checkpoint`); `tta`, `overlap`, `save_probabilities`, `save_uncertainty`,
+    `postprocess` (apply the run's chosen postprocessing) and `dicom_seg` (a DICOM SEG per DICOM
+    series input) default to the inference settings in the model's config. Several runs or
+    checkpoints (or a folder of runs) predict as an ensemble; `models.json` lists the models
+    that voted.
     """
     from ichseg.inference.ensemble import load_models, write_models_json
+    from ichseg.inference.postprocess import for_predictor
     from ichseg.viz.overlay import draw_overlay
+    from ichseg.viz.report import write_report
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -315,6 +338,11 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
         if tta is None:
             tta = predictor.cfg.inference.tta
         names = predictor.class_names
+        settings = predictor.cfg.inference
+        save_uncertainty = settings.save_uncertainty if save_uncertainty is None else save_uncertainty
+        dicom_seg = settings.dicom_seg if dicom_seg is None else dicom_seg
+        cleanup, cleanup_origin = for_predictor(
+            predictor, settings.postprocess if postprocess is None else postprocess)
 
         def say(message: str) -> None:
             if not quiet:
@@ -323,21 +351,36 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
         for note in notes:
             say(note)
         say(f"predicting {len(cases)} case(s) with {predictor.source} on {predictor.device}")
+        say(f"postprocessing: {cleanup.name} ({cleanup_origin})")
         out_dir.mkdir(parents=True, exist_ok=True)
         write_models_json(out_dir, predictor, tta)
         results: list[dict[str, Any]] = []
 
         def write_files(case_id: str, path: Path | DicomSeries, volume: Volume,
-                        labels: np.ndarray, probability: np.ndarray | None) -> dict[str, Any]:
+                        labels: np.ndarray, probability: np.ndarray | None,
+                        confidence: case_confidence.CaseConfidence) -> dict[str, Any]:
             write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
             if probability is not None:
                 write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
                             probability.astype(np.float32), volume.affine, like=volume)
+            if confidence.uncertainty is not None:
+                write_nifti(out_dir / UNCERTAINTY / f"{case_id}.nii.gz", confidence.uncertainty,
+                            volume.affine, like=volume)
+            seg = None
+            if dicom_seg:
+                from ichseg.inference.dicom_seg import dicom_source, write_dicom_seg
+
+                if (series := dicom_source(path)) is not None:
+                    seg = write_dicom_seg(series, labels, volume.affine, names,
+                                          out_dir / f"{case_id}.seg.dcm")
             volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
             return {"case": case_id, "input": str(path),
                     "voxel_volume_mm3": volume.voxel_volume_mm3,
                     "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
                     **{f"{name}_ml": volumes[name] for name in names.values()},
+                    **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
+                    **confidence.row, "postprocessing": cleanup.name,
+                    "dicom_seg": str(seg) if seg else None,
                     "output": str(out_dir / f"{case_id}.nii.gz")}
 
         pending: tuple[Future, Future] | None = None
@@ -353,6 +396,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
             overlay.result()
             results.append(row)
             _write_volumes_csv(out_dir / VOLUMES_CSV, results, names)
+            write_report(out_dir, results, names)
             if row["empty"]:
                 log.warning("%s: no hemorrhage predicted (empty label map)", row["case"])
             else:
@@ -369,9 +413,13 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                 raise UsageError(f"{exc}{done}") from None
             if index + 1 < len(cases):
                 reading = reader.submit(_read_input, cases[index + 1][1])
-            labels, probability = segment(predictor, volume, tta, overlap, save_probabilities)
+            confidence = case_confidence.CaseConfidence(settings, save_uncertainty)
+            labels, probability = segment(predictor, volume, tta, overlap, save_probabilities,
+                                          confidence)
+            labels = cleanup.apply(labels, volume.voxel_volume_mm3)
             finish_pending()
-            pending = (writer.submit(write_files, case_id, path, volume, labels, probability),
+            pending = (writer.submit(write_files, case_id, path, volume, labels, probability,
+                                     confidence),
                        writer.submit(draw_overlay, volume, labels,
                                      out_dir / OVERLAYS / f"{case_id}.png", case_id, names))
         finish_pending()
@@ -379,5 +427,5 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
         # On an error, the read ahead is not wanted; the writes already started are finished.
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
-    say(f"wrote {len(results)} label map(s), overlays and {VOLUMES_CSV} to {out_dir}")
+    say(f"wrote {len(results)} label map(s), overlays, {VOLUMES_CSV} and index.html to {out_dir}")
     return results

@@ -364,6 +364,11 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
         finally:
             trainer.checkpoints.close()
         _log_end(trainer, state)
+        if (state != "stopped" and ranks.is_main and cfg.inference.postprocess
+                and plan.split["validation"]):
+            from ichseg.inference.postprocess import choose_postprocessing
+
+            choose_postprocessing(run_dir, quiet=not show_bars(cfg))
     return _result(plan, state, trainer.state_dict(), trainer.last_checkpoint)
 
 

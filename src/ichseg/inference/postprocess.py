@@ -1,0 +1,206 @@
+"""Postprocessing chosen on the validation cases, as nnU-Net chooses it.
+
+Small specks far from any bleed are counted as lesions (lesion F1 falls) and stretch the
+Hausdorff distance; removing connected components below a volume, or keeping only the largest,
+cleans them up, but can also delete a small real bleed. So the choice is measured, not assumed:
+the run's model (`best`, as predict uses it) segments each validation case on its own voxel grid,
+each candidate is applied, and the candidate kept is the one with the highest mean Dice (then
+lesion F1) among those whose mean Dice and mean lesion F1 are both at least those of no
+postprocessing. Ties go to the candidate listed first (the mildest), so "none" stays unless
+something is better.
+
+Candidates, on the hemorrhage mask (any label > 0; a removed component loses all its labels),
+with lesions as lesion F1 counts them (26-connected): none; remove components below 0.1, 0.25,
+0.5, 1 and 2 mL; keep the largest component. The choice is written to RUN/postprocessing.json
+(atomically), with every candidate's scores, and `predict` applies it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ichseg.errors import UsageError
+from ichseg.evaluation.lesions import label_lesions, largest_lesion, lesion_box
+from ichseg.evaluation.metrics import dice, lesion_f1
+from ichseg.fileio import atomic_write_text
+
+log = logging.getLogger("ichseg.postprocess")
+
+POSTPROCESSING_FILE = "postprocessing.json"
+MIN_LESION_ML = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """Remove hemorrhage components below `min_lesion_ml` mL and/or keep only the largest."""
+
+    min_lesion_ml: float = 0.0
+    keep_largest: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.keep_largest:
+            return "keep the largest lesion"
+        if self.min_lesion_ml > 0:
+            return f"remove lesions below {self.min_lesion_ml:g} mL"
+        return "none"
+
+    def apply(self, labels: np.ndarray, voxel_volume_mm3: float) -> np.ndarray:
+        """The label map with the removed components set to 0 (a new array when anything is
+        removed, `labels` itself otherwise)."""
+        if self.name == "none" or not labels.any():
+            return labels
+        box = lesion_box(labels > 0)
+        inside = labels[box]
+        if self.keep_largest:
+            removed = (inside > 0) & ~largest_lesion(inside > 0)
+        else:
+            components, sizes = label_lesions(inside > 0)
+            small = np.flatnonzero(sizes * voxel_volume_mm3 / 1000.0 < self.min_lesion_ml) + 1
+            if small.size == 0:
+                return labels
+            removed = np.isin(components, small)
+        if not removed.any():
+            return labels
+        result = labels.copy()
+        result[box][removed] = 0
+        return result
+
+
+NONE = Postprocessing()
+CANDIDATES = (NONE, *(Postprocessing(min_lesion_ml=v) for v in MIN_LESION_ML),
+              Postprocessing(keep_largest=True))
+
+
+def run_of_checkpoint(checkpoint: Path) -> Path:
+    """The run folder a checkpoint file belongs to (RUN/checkpoints/<file>), else its folder."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent
+    return checkpoint.parent
+
+
+def read_postprocessing(run_dir: str | Path) -> tuple[Postprocessing, str] | None:
+    """(the run's chosen postprocessing, where it is recorded), or None when it has no choice."""
+    path = Path(run_dir) / POSTPROCESSING_FILE
+    if not path.is_file():
+        return None
+    try:
+        chosen = json.loads(path.read_text())["chosen"]
+        return Postprocessing(min_lesion_ml=float(chosen["min_lesion_ml"]),
+                              keep_largest=bool(chosen["keep_largest"])), str(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"postprocessing file {path} cannot be read ({exc}); run "
+                         f"`ichseg postprocess {run_dir}` again") from None
+
+
+def _mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("dice", "lesion_f1")}
+
+
+def pick(summaries: Sequence[dict[str, float]]) -> int:
+    """Index of the chosen candidate, given each one's mean `dice` and `lesion_f1` (the first is
+    no postprocessing): see the module docstring."""
+    base = summaries[0]
+    best = 0
+    for i, s in enumerate(summaries):
+        if s["dice"] >= base["dice"] and s["lesion_f1"] >= base["lesion_f1"] and (
+                (s["dice"], s["lesion_f1"]) > (summaries[best]["dice"],
+                                               summaries[best]["lesion_f1"])):
+            best = i
+    return best
+
+
+def choose_postprocessing(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Choose the run's postprocessing on its validation cases and write RUN/postprocessing.json.
+
+    Reads the run's config (dataset, layout), split.json and best model; returns the record
+    written. UsageError when the run has no validation case or its files cannot be read.
+    """
+    from ichseg.config import read_run_config
+    from ichseg.data.ct import label_codes
+    from ichseg.data.io import read_label, read_scan
+    from ichseg.data.layouts import find_cases
+    from ichseg.inference.predict import load_predictor, segment
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() \
+        else None
+    split_path = run_dir / "split.json"
+    if cfg is None or not split_path.is_file():
+        raise UsageError(f"{run_dir} is not a run folder (config.yaml and split.json are needed)")
+    try:
+        validation = list(json.loads(split_path.read_text())["validation"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"split file {split_path} cannot be read: {exc}") from None
+    if not validation:
+        raise UsageError(f"run {run_dir} has no validation cases to choose postprocessing on")
+    index = find_cases(cfg.data.path, cfg.data.layout)
+    cases = {case.case_id: case for case in index.cases}
+    missing = [c for c in validation if c not in cases or cases[c].label is None]
+    if missing:
+        raise UsageError(f"validation cases {', '.join(missing[:5])} of {split_path} have no "
+                         f"labelled scan in {cfg.data.path}")
+    predictor = load_predictor(run_dir, "best", cfg.training.device)
+    scores: list[list[dict[str, float]]] = [[] for _ in CANDIDATES]
+    for case_id in tqdm(validation, desc="postprocessing", unit="case", disable=quiet or None):
+        case = cases[case_id]
+        volume = read_scan(case.image)
+        labels, _ = segment(predictor, volume, predictor.cfg.inference.tta)
+        truth = label_codes(read_label(case.label), index.label_mapping, False) > 0
+        for i, candidate in enumerate(CANDIDATES):
+            kept = candidate.apply(labels, volume.voxel_volume_mm3) > 0
+            scores[i].append({"dice": dice(kept, truth), "lesion_f1": lesion_f1(kept, truth)})
+    summaries = [_mean_scores(s) for s in scores]
+    chosen = CANDIDATES[pick(summaries)]
+    record = {
+        "chosen": {**asdict(chosen), "name": chosen.name},
+        "rule": "highest mean Dice (then lesion F1) among the candidates whose mean Dice and "
+                "mean lesion F1 are both at least those of no postprocessing",
+        "checkpoint": str(predictor.source),
+        "validation_cases": validation,
+        "candidates": [{**asdict(c), "name": c.name, **s}
+                       for c, s in zip(CANDIDATES, summaries, strict=True)],
+    }
+    atomic_write_text(run_dir / POSTPROCESSING_FILE, json.dumps(record, indent=2) + "\n")
+    base = summaries[0]
+    mine = summaries[CANDIDATES.index(chosen)]
+    log.info("postprocessing chosen on %d validation case(s): %s (Dice %.4f -> %.4f, lesion F1 "
+             "%.4f -> %.4f); recorded in %s", len(validation), chosen.name, base["dice"],
+             mine["dice"], base["lesion_f1"], mine["lesion_f1"], run_dir / POSTPROCESSING_FILE)
+    return record
+
+
+def for_predictor(predictor: Any, enabled: bool) -> tuple[Postprocessing, str]:
+    """(the postprocessing predict applies, where it comes from): the choice recorded in the
+    predictor's run folder, or none (turned off, or never chosen)."""
+    if not enabled:
+        return NONE, "turned off"
+    if len(predictor.members) > 1:
+        # Each member chose on its own validation cases; no single choice fits their average.
+        return NONE, "not applied to an ensemble"
+    run_dir = run_of_checkpoint(predictor.source)
+    recorded = read_postprocessing(run_dir)
+    if recorded is None:
+        return NONE, f"none chosen for {run_dir}: `ichseg postprocess {run_dir}` chooses one"
+    chosen, origin = recorded
+    return chosen, f"chosen on the validation cases, {origin}"
+
+
+def format_choice(record: dict[str, Any]) -> str:
+    """The choice and every candidate's validation scores, as a console table."""
+    lines = [f"{'candidate':<28}{'Dice':>9}{'lesion F1':>11}"]
+    for c in record["candidates"]:
+        mark = "  <- chosen" if c["name"] == record["chosen"]["name"] else ""
+        lines.append(f"{c['name']:<28}{c['dice']:>9.4f}{c['lesion_f1']:>11.4f}{mark}")
+    lines.append(f"on {len(record['validation_cases'])} validation case(s) with "
+                 f"{record['checkpoint']}; rule: {record['rule']}")
+    return "\n".join(lines)

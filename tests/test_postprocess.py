@@ -1,0 +1,110 @@
+"""Postprocessing chosen on the validation cases: the candidates, the rule, the run's record, and
+predict applying it (the network's output replaced by the truth plus a far speck)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_predict import _checkpoint, one_thread  # noqa: F401 (autouse)
+
+from ichseg.cli import main
+from ichseg.config import preset_config
+from ichseg.data.io import read_label
+from ichseg.inference import predict
+from ichseg.inference.postprocess import (
+    CANDIDATES,
+    NONE,
+    POSTPROCESSING_FILE,
+    Postprocessing,
+    pick,
+    read_postprocessing,
+)
+
+VOXEL_MM3 = 80.0  # 4 x 4 x 5 mm: one voxel is 0.08 mL
+
+
+def test_candidates_remove_small_components_by_volume_or_keep_the_largest():
+    labels = np.zeros((20, 20, 6), np.uint8)
+    labels[2:5, 2:5, 1:3] = 2      # 18 voxels, 1.44 mL
+    labels[2:5, 5:6, 1:3] = 4      # touching it: the same lesion, 0.48 mL more
+    labels[10:12, 10:12, 4] = 1    # 4 voxels, 0.32 mL
+    labels[18, 18, 0] = 5          # one voxel, 0.08 mL
+    kept = Postprocessing(min_lesion_ml=0.1).apply(labels, VOXEL_MM3)
+    assert kept[18, 18, 0] == 0 and kept[10, 10, 4] == 1
+    assert np.array_equal(kept[:10, :10], labels[:10, :10])  # codes of kept lesions unchanged
+    assert not Postprocessing(min_lesion_ml=0.5).apply(labels, VOXEL_MM3)[10:12, 10:12].any()
+    largest = Postprocessing(keep_largest=True).apply(labels, VOXEL_MM3)
+    assert np.array_equal(largest > 0, np.isin(np.arange(6), [2, 4])[labels])
+    assert NONE.apply(labels, VOXEL_MM3) is labels
+    assert labels[18, 18, 0] == 5  # the input is never changed in place
+    assert [c.name for c in CANDIDATES][:2] == ["none", "remove lesions below 0.1 mL"]
+
+
+def test_the_rule_keeps_dice_and_lesion_f1_from_falling():
+    scores = [{"dice": 0.80, "lesion_f1": 0.50},   # none
+              {"dice": 0.81, "lesion_f1": 0.70},   # better on both
+              {"dice": 0.81, "lesion_f1": 0.70},   # a tie: the first listed wins
+              {"dice": 0.85, "lesion_f1": 0.40}]   # better Dice, but loses lesions
+    assert pick(scores) == 1
+    assert pick([scores[0], scores[3]]) == 0
+    assert pick([scores[0], {"dice": 0.79, "lesion_f1": 0.9}]) == 0
+
+
+@pytest.fixture
+def run_with_specks(tmp_path, write_small_case, monkeypatch) -> Path:
+    """A run folder on two validation cases whose "network" returns the truth plus a speck."""
+    data = tmp_path / "data"
+    affine = np.diag([4.0, 4.0, 5.0, 1.0])
+    for case in ("a", "b"):
+        write_small_case(data / "images" / f"{case}.nii.gz", data / "labels" / f"{case}.nii.gz",
+                         label_value=2, affine=affine)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    _checkpoint(run / "checkpoints" / "best.pt", 5.0, -5.0)
+    cfg = preset_config("tiny")
+    cfg.data.path = str(data)
+    cfg.save(run / "config.yaml")
+    (run / "split.json").write_text(json.dumps({"train": [], "validation": ["a", "b"]}))
+
+    def truth_and_speck(predictor, volume, *args, **kwargs):
+        labels = read_label(Path(str(volume.path).replace("images", "labels"))).array.copy()
+        labels[14, 14, 0] = 2  # 0.08 mL, far from the lesion
+        return labels, None
+
+    monkeypatch.setattr(predict, "segment", truth_and_speck)
+    return run
+
+
+def test_postprocess_command_records_the_choice_and_predict_applies_it(run_with_specks, capsys):
+    run = run_with_specks
+    assert main(["postprocess", str(run)]) == 0
+    assert "remove lesions below 0.1 mL" in capsys.readouterr().out
+    record = json.loads((run / POSTPROCESSING_FILE).read_text())
+    assert record["chosen"]["name"] == "remove lesions below 0.1 mL"
+    assert record["validation_cases"] == ["a", "b"]
+    scores = {c["name"]: c for c in record["candidates"]}
+    assert scores["none"]["lesion_f1"] == pytest.approx(2 / 3)
+    assert scores["remove lesions below 0.1 mL"]["lesion_f1"] == 1.0
+    assert scores["remove lesions below 2 mL"]["dice"] == 0.0  # the 1.44 mL bleed removed too
+    assert read_postprocessing(run)[0] == Postprocessing(min_lesion_ml=0.1)
+
+    scan = run.parent / "data" / "images" / "a.nii.gz"
+    (row,) = predict.predict_cases(run, [scan], run.parent / "pred", quiet=True)
+    assert row["postprocessing"] == "remove lesions below 0.1 mL"
+    assert read_label(run.parent / "pred" / "a.nii.gz").array[14, 14, 0] == 0
+    with (run.parent / "pred" / "volumes.csv").open() as handle:
+        assert next(csv.DictReader(handle))["postprocessing"] == "remove lesions below 0.1 mL"
+    (raw,) = predict.predict_cases(run, [scan], run.parent / "raw", quiet=True, postprocess=False)
+    assert raw["postprocessing"] == "none"
+    assert read_label(run.parent / "raw" / "a.nii.gz").array[14, 14, 0] == 2
+
+
+def test_a_run_without_validation_cases_exits_2(run_with_specks, capsys):
+    (run_with_specks / "split.json").write_text(json.dumps({"train": ["a"], "validation": []}))
+    assert main(["postprocess", str(run_with_specks)]) == 2
+    assert "no validation cases" in capsys.readouterr().err
+    assert not (run_with_specks / POSTPROCESSING_FILE).exists()
