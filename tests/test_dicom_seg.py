@@ -59,12 +59,26 @@ def test_predicted_series_seg_matches_the_label_map_slice_by_slice(tmp_path):
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "series"),
                  "--out", str(out), "--dicom-seg"]) == 0
-    labels = np.asarray(nib.load(out / "series.nii.gz").dataobj)
+    image = nib.load(out / "series.nii.gz")
+    labels = np.asarray(image.dataobj)
     assert labels.shape == (64, 64, 6) and 0 < labels.sum() < labels.size
     seg_path = out / "series.seg.dcm"
     frames = _frames(seg_path, uids, [1])
-    for k in range(6):  # array X runs along a row, Y down the columns, Z with the positions
-        assert np.array_equal(frames[k], labels[:, :, k].T), k
+    # Each acquired pixel's centre, placed by its file's header and looked up in the label map
+    # through the map's own affine: the SEG must agree whatever voxel order the map was written in.
+    to_voxel = np.linalg.inv(image.affine)
+    rows, columns = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    for k, path in enumerate(sorted((tmp_path / "series").iterdir(),
+                                    key=lambda p: int(p.stem.removeprefix("slice")))):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        row_step, column_step = (float(v) for v in ds.PixelSpacing)
+        cosines = np.array(ds.ImageOrientationPatient, dtype=float)
+        lps = (np.array(ds.ImagePositionPatient, dtype=float)
+               + columns[..., None] * column_step * cosines[:3]
+               + rows[..., None] * row_step * cosines[3:])
+        ras = np.concatenate([-lps[..., :2], lps[..., 2:], np.ones((64, 64, 1))], axis=-1)
+        ijk = np.rint(ras @ to_voxel.T)[..., :3].astype(int)
+        assert np.array_equal(frames[k], labels[ijk[..., 0], ijk[..., 1], ijk[..., 2]]), k
     seg = pydicom.dcmread(seg_path)
     assert seg.Modality == "SEG"
     referenced = {item.ReferencedSOPInstanceUID for item in

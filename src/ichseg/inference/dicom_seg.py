@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ichseg import __version__
-from ichseg.data.io import dicom_files
+from ichseg.data.dicom import dicom_files
 from ichseg.fileio import atomic_path
 
 # DICOM's patient space is LPS, the affines are RAS.
