@@ -120,7 +120,7 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
 
     from ichseg.config import preset_config
     from ichseg.data.ct import preprocess_case
-    from ichseg.data.io import read_scan
+    from ichseg.data.dicom import read_scan
     from ichseg.inference.predict import load_predictor, predict_cases, segment
     from ichseg.models import build_model
 

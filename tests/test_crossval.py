@@ -22,7 +22,8 @@ import ichseg
 from ichseg import api
 from ichseg.cli import main
 from ichseg.data.ct import preprocess_case
-from ichseg.data.io import read_label, read_scan
+from ichseg.data.dicom import read_scan
+from ichseg.data.io import read_label
 from ichseg.errors import UsageError
 from ichseg.inference.ensemble import load_models
 from ichseg.inference.predict import class_probabilities, load_predictor

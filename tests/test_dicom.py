@@ -25,8 +25,7 @@ from dicom_series import (
 )
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from ichseg.data.dicom import _check_forms, read_dicom_series, read_series, study_series
-from ichseg.data.io import read_scan
+from ichseg.data.dicom import _check_forms, read_dicom_series, read_scan, read_series, study_series
 from ichseg.errors import UsageError
 from ichseg.inference.predict import list_inputs
 

@@ -289,8 +289,8 @@ def test_the_runs_inference_settings_choose_the_model_and_tta(tmp_path, everywhe
     seen = []
     real = predict.class_probabilities
     monkeypatch.setattr(predict, "class_probabilities",
-                        lambda p, c, tta=False, overlap=None: seen.append(tta) or real(p, c, False,
-                                                                                       overlap))
+                        lambda p, c, tta=False, overlap=None, on_pass=None:
+                        seen.append(tta) or real(p, c, False, overlap, on_pass))
     hu, affine = _phantom_ras()
     scan = write_nifti(tmp_path / "head.nii.gz", hu, affine)
     (last,) = predict_cases(run, [scan], tmp_path / "out", quiet=True)

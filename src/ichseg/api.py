@@ -63,7 +63,7 @@ def predict(run_or_checkpoint: str | Path | Sequence[str | Path],
 
 def postprocess(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Choose a run's postprocessing on its validation cases (RUN/postprocessing.json)."""
-    from ichseg.inference.postprocess import choose_postprocessing
+    from ichseg.inference.postprocess_choice import choose_postprocessing
 
     return choose_postprocessing(run_dir, quiet=quiet)
 
@@ -82,7 +82,7 @@ def crossval(runs: Sequence[str | Path] | str | Path, out_dir: str | Path,
              **options: Any) -> dict[str, Any]:
     """The cross-validation table: each fold run's model on its own validation cases, per case
     and summarised across folds (options: tta, checkpoint, device, quiet)."""
-    from ichseg.evaluation.crossval import cross_validate
+    from ichseg.crossval import cross_validate
 
     if isinstance(runs, (str, Path)):
         runs = [runs]

@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_choice(api.postprocess(args.run)))
         return 0
     if args.command == "crossval":
-        from ichseg.evaluation.crossval import format_crossval
+        from ichseg.crossval import format_crossval
 
         report = api.crossval(args.runs, args.out, tta=args.tta, checkpoint=args.checkpoint)
         print(json.dumps(report, indent=2) if args.json else format_crossval(report))

@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ichseg.data.io import Volume, hu_warning
+from ichseg.data.io import Volume, hu_warning, is_nifti_name, read_nifti
 from ichseg.errors import UsageError
 
 # Fewer slices than this are no head CT volume (a scout has one, a dose screen one or two).
@@ -404,3 +404,14 @@ def read_dicom_series(folder: str | Path) -> Volume:
                          f"not one ({found})")
     return read_series(chosen[0])
 
+
+def read_scan(path: str | Path) -> Volume:
+    """A CT scan from a NIfTI file or a DICOM series folder."""
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist")
+    if not is_nifti_name(path.name):
+        raise UsageError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder")
+    return read_nifti(path)

@@ -271,19 +271,3 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray,
     with atomic_path(path, suffix=suffix, durable=False) as tmp:
         img.to_filename(tmp)
     return path
-
-
-# ----------------------------------------------------------------------------------------- inputs
-
-def read_scan(path: str | Path) -> Volume:
-    """A CT scan from a NIfTI file or a DICOM series folder."""
-    path = Path(path)
-    if path.is_dir():
-        from ichseg.data.dicom import read_dicom_series  # dicom.py builds on this module
-
-        return read_dicom_series(path)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    if not is_nifti_name(path.name):
-        raise UsageError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder")
-    return read_nifti(path)

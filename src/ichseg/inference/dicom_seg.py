@@ -34,9 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg import __version__
 from ichseg.data.dicom import dicom_files
 from ichseg.fileio import atomic_path
+
+
+def _ichseg_version() -> str:
+    # From the installed metadata, not `ichseg.__version__`: the package root is the API's
+    # entry point, and importing it from here would close an import cycle.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ichseg")
+    except PackageNotFoundError:
+        return "unknown"
 
 # DICOM's patient space is LPS, the affines are RAS.
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -113,7 +123,7 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
     frames = np.stack([labels_on_slice(labels, affine, ds) for ds in sources])
     known = _codes()
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="ichseg nnMamba U-Net", version=__version__,
+        name="ichseg nnMamba U-Net", version=_ichseg_version(),
         family=codes.cid7162.ArtificialIntelligence)
     descriptions = []
     # The segment number of a class is its label code (1, or 1-5 for the subtypes).
@@ -132,7 +142,7 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
         segment_descriptions=descriptions, series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name="ichseg",
-        software_versions=__version__, device_serial_number="0",
+        software_versions=_ichseg_version(), device_serial_number="0",
         series_description="ichseg hemorrhage segmentation")
     with atomic_path(out_path) as tmp:
         seg.save_as(tmp)

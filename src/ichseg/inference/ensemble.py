@@ -22,7 +22,7 @@ import torch
 from ichseg.config import Config
 from ichseg.errors import UsageError
 from ichseg.fileio import atomic_write_text
-from ichseg.inference.predict import Predictor, load_predictor
+from ichseg.inference.predictor import Predictor, load_predictor
 
 MODELS_JSON = "models.json"
 RUN_CONFIG = "config.yaml"

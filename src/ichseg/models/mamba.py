@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ichseg.models.optional import optional_attribute
 from ichseg.models.ssm import selective_scan
+from ichseg.models.ssm.optional import optional_attribute
 
 
 def mark_no_weight_decay(param: nn.Parameter) -> nn.Parameter:

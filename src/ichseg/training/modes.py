@@ -366,7 +366,7 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
         _log_end(trainer, state)
         if (state != "stopped" and ranks.is_main and cfg.inference.postprocess
                 and plan.split["validation"]):
-            from ichseg.inference.postprocess import choose_postprocessing
+            from ichseg.inference.postprocess_choice import choose_postprocessing
 
             choose_postprocessing(run_dir, quiet=not show_bars(cfg))
     return _result(plan, state, trainer.state_dict(), trainer.last_checkpoint)

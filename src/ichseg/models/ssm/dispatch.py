@@ -8,8 +8,8 @@ import warnings
 import torch
 
 from ichseg.errors import UsageError
-from ichseg.models.optional import optional_attribute
 from ichseg.models.ssm.cpu import CpuScan
+from ichseg.models.ssm.optional import optional_attribute
 from ichseg.models.ssm.reference import scan_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
