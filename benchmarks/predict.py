@@ -63,7 +63,7 @@ def _peak_rss_mib() -> float:
 
 
 # Where one whole predict's time goes: module, function and the name printed.
-STAGES = (("ichseg.inference.predict", "load_predictor", "load the checkpoint"),
+STAGES = (("ichseg.inference.ensemble", "load_predictor", "load the checkpoint"),
           ("ichseg.inference.predict", "_read_input", "read the scan (beside the load)"),
           ("ichseg.inference.predict", "segment", "segment"),
           ("ichseg.inference.predict", "write_nifti", "write the label map"),
@@ -121,7 +121,8 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
     from ichseg.config import preset_config
     from ichseg.data.ct import preprocess_case
     from ichseg.data.dicom import read_scan
-    from ichseg.inference.predict import load_predictor, predict_cases, segment
+    from ichseg.inference.predict import predict_cases, segment
+    from ichseg.inference.predictor import load_predictor
     from ichseg.models import build_model
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_predict_{preset}_"))

@@ -26,7 +26,8 @@ from ichseg.data.dicom import read_scan
 from ichseg.data.io import read_label
 from ichseg.errors import UsageError
 from ichseg.inference.ensemble import load_models
-from ichseg.inference.predict import class_probabilities, load_predictor
+from ichseg.inference.predict import class_probabilities
+from ichseg.inference.predictor import load_predictor
 from ichseg.training.modes import plan_run
 
 FOLDS = ["data.folds=3"]

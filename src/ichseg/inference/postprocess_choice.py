@@ -17,7 +17,8 @@ from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import dice, lesion_f1
 from ichseg.fileio import atomic_write_text
 from ichseg.inference.postprocess import CANDIDATES, POSTPROCESSING_FILE, _mean_scores, pick
-from ichseg.inference.predict import load_predictor, segment
+from ichseg.inference.predict import segment
+from ichseg.inference.predictor import load_predictor
 
 log = logging.getLogger("ichseg.postprocess")
 
