@@ -99,7 +99,8 @@ def read_postprocessing(run_dir: str | Path) -> tuple[Postprocessing, str] | Non
                          f"`ichseg postprocess {run_dir}` again") from None
 
 
-def _mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Mean Dice and lesion F1 of one candidate over the validation cases."""
     return {k: float(np.mean([s[k] for s in scores])) for k in ("dice", "lesion_f1")}
 
 

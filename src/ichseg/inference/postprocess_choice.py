@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import dice, lesion_f1
 from ichseg.fileio import atomic_write_text
-from ichseg.inference.postprocess import CANDIDATES, POSTPROCESSING_FILE, _mean_scores, pick
+from ichseg.inference.postprocess import CANDIDATES, POSTPROCESSING_FILE, mean_scores, pick
 from ichseg.inference.predict import segment
 from ichseg.inference.predictor import load_predictor
 
@@ -63,7 +63,7 @@ def choose_postprocessing(run_dir: str | Path, quiet: bool = False) -> dict[str,
         for i, candidate in enumerate(CANDIDATES):
             kept = candidate.apply(labels, volume.voxel_volume_mm3) > 0
             scores[i].append({"dice": dice(kept, truth), "lesion_f1": lesion_f1(kept, truth)})
-    summaries = [_mean_scores(s) for s in scores]
+    summaries = [mean_scores(s) for s in scores]
     chosen = CANDIDATES[pick(summaries)]
     record = {
         "chosen": {**asdict(chosen), "name": chosen.name},

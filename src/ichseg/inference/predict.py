@@ -47,7 +47,7 @@ from ichseg.evaluation.abc2 import ABC2_COLUMNS, abc2_columns
 from ichseg.fileio import atomic_open
 from ichseg.inference import confidence as case_confidence
 from ichseg.inference.predictor import Predictor
-from ichseg.inference.window import window_logits
+from ichseg.models.window import window_logits
 
 log = logging.getLogger("ichseg.predict")
 
