@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ichseg.data.masks import bounding_box, label_lesions, largest_lesion
 from ichseg.errors import UsageError
-from ichseg.evaluation.lesions import label_lesions, largest_lesion, lesion_box
 
 log = logging.getLogger("ichseg.postprocess")
 
@@ -62,7 +62,7 @@ class Postprocessing:
         removed, `labels` itself otherwise)."""
         if self.name == "none" or not labels.any():
             return labels
-        box = lesion_box(labels > 0)
+        box = bounding_box(labels > 0)
         inside = labels[box]
         if self.keep_largest:
             removed = (inside > 0) & ~largest_lesion(inside > 0)
