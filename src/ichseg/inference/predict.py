@@ -249,7 +249,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
         save_uncertainty = settings.save_uncertainty if save_uncertainty is None else save_uncertainty
         dicom_seg = settings.dicom_seg if dicom_seg is None else dicom_seg
         cleanup, cleanup_origin = for_predictor(
-            predictor, settings.postprocess if postprocess is None else postprocess)
+            predictor, settings.postprocess if postprocess is None else postprocess, tta)
 
         def say(message: str) -> None:
             if not quiet:
