@@ -24,8 +24,8 @@ import torch
 from ichseg.config import preset_config
 from ichseg.models import build_model
 from ichseg.training.checkpoint import FORMAT_VERSION, CheckpointManager, capture_rng_state
-from ichseg.training.loop import make_optimizer, make_scheduler
 from ichseg.training.losses import DeepSupervisionLoss
+from ichseg.training.optim import make_optimizer, make_scheduler
 
 
 def training_state(preset: str) -> dict:

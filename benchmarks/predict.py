@@ -124,6 +124,7 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
     from ichseg.inference.predict import predict_cases, segment
     from ichseg.inference.predictor import load_predictor
     from ichseg.models import build_model
+    from ichseg.models.window import windows_per_pass
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_predict_{preset}_"))
     if trained is not None:
@@ -139,10 +140,11 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
     volume = read_scan(scan)
     channels, _, info = preprocess_case(volume, None, cfg.data)
     image = torch.from_numpy(channels)[None]
+    windows = windows_per_pass(cfg.inference.sw_batch_size, image.device)
 
     def monai_direct() -> None:
         with torch.no_grad():
-            sliding_window_inference(image, cfg.data.patch_size, cfg.inference.sw_batch_size,
+            sliding_window_inference(image, cfg.data.patch_size, windows,
                                      predictor.model, overlap=cfg.inference.overlap,
                                      mode=cfg.inference.blend)
 
@@ -183,7 +185,7 @@ def worker(preset: str, scan: Path, repeats: int, trained: Path | None) -> dict:
     stages = stage_timeline(ichseg_predict, repeats) if preset != "default" else {}
     return {"preset": f"{cfg.preset} (trained)" if trained else preset, "network_grid": list(info.resampled_shape),
             "patch": list(cfg.data.patch_size), "overlap": cfg.inference.overlap,
-            "sw_batch_size": cfg.inference.sw_batch_size, "threads": torch.get_num_threads(),
+            "sw_batch_size": windows, "threads": torch.get_num_threads(),
             "repeats": repeats, "seconds": seconds, "peak_mib": peak, "stages": stages}
 
 

@@ -22,8 +22,10 @@ import ichseg
 from ichseg.errors import UsageError
 from ichseg.training.checkpoint import load_checkpoint_file
 from ichseg.training.history import COLUMNS, History
-from ichseg.training.loop import EarlyStopping, PolyLR, Trainer
+from ichseg.training.loop import Trainer
 from ichseg.training.losses import DeepSupervisionLoss, dice_ce
+from ichseg.training.optim import PolyLR
+from ichseg.training.progress import EarlyStopping
 
 
 def train(data, run, mode="continue", **options):

@@ -122,7 +122,8 @@ class TrainingConfig:
 @dataclass
 class InferenceConfig:
     overlap: float = _opt(0.5, "sliding-window overlap", 0.0)
-    sw_batch_size: int = _opt(2, "windows per forward pass", 1)
+    sw_batch_size: int = _opt(-1, "sliding windows per forward pass (validation and predict); -1: "
+                              "auto (4 on CUDA, 2 on a CPU); the logits do not depend on it", -1)
     blend: str = _choice("gaussian", "constant", doc="how overlapping windows are blended")
     tta: bool = _opt(False, "mirror test-time augmentation")
     checkpoint: str = _choice("best", "last", doc="which model of a run predicts")
@@ -325,6 +326,8 @@ def _validate(cfg: Config) -> None:
                          f"{cfg.data.folds - 1} (data.folds is {cfg.data.folds})")
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise UsageError("setting inference.overlap must lie in [0, 1)")
+    if cfg.inference.sw_batch_size == 0:
+        raise UsageError("setting inference.sw_batch_size must be at least 1, or -1 for auto")
     if cfg.training.time_limit:
         parse_duration(cfg.training.time_limit, "training.time_limit")
 

@@ -1,4 +1,5 @@
-"""Process-wide speed and exactness switches for training on a device."""
+"""Training on a device: the process-wide speed and exactness switches, and the precision
+(`training.amp`)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,12 @@ def configure_device(device: torch.device, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def amp_policy(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether fp16 needs a GradScaler). CPUs train in fp32."""
+    if device.type != "cuda" or setting == "off":
+        return None, False
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, True

@@ -2,9 +2,10 @@
 
 One `Trainer` holds everything a run is made of: the network, the optimizer and learning-rate
 schedule, the AMP scaler, the position in the data (epoch and batch), the running sums of the
-current epoch, early stopping and the history. Each piece has `state_dict()`/`load_state_dict()`,
-and `Trainer.state_dict()` gathers them into the checkpoint, so a run killed at any instant and
-continued from its last checkpoint ends bit-identical (on a CPU) to one never stopped:
+current epoch, early stopping and the history (the pieces: `optim.py`, `progress.py`,
+`history.py`). Each has `state_dict()`/`load_state_dict()`, and `Trainer.state_dict()` gathers
+them into the checkpoint, so a run killed at any instant and continued from its last checkpoint
+ends bit-identical (on a CPU) to one never stopped:
 
 - every batch is `sampler.batch(epoch, index)`, a pure function of (seed, epoch, index), so the
   position in the data is just two integers, whichever DataLoader workers made it ahead of time
@@ -28,10 +29,8 @@ import contextlib
 import logging
 import math
 import random
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ from tqdm import tqdm
 from ichseg.config import Config
 from ichseg.data.ct import window_channels
 from ichseg.device import pick_device
-from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import dice
 from ichseg.models.window import window_logits
 from ichseg.training import distributed
@@ -52,10 +50,14 @@ from ichseg.training.checkpoint import (
     CheckpointManager,
     capture_rng_state,
     restore_rng_state,
+    rng_untouched,
 )
-from ichseg.training.device_setup import configure_device
+from ichseg.training.device_setup import amp_policy, configure_device
 from ichseg.training.history import History
 from ichseg.training.losses import DeepSupervisionLoss
+from ichseg.training.optim import PolyLR, make_optimizer, make_scheduler
+from ichseg.training.progress import EarlyStopping, Progress
+from ichseg.training.train_log import show_bars
 
 log = logging.getLogger("ichseg.training")
 
@@ -67,148 +69,6 @@ RECENT_STEPS = 20
 AGREE_SECONDS = 1.0
 # Steps between progress-bar loss updates (each reads the loss from the device).
 BAR_EVERY = 10
-
-
-# --- the resumable pieces -------------------------------------------------------------------
-
-@dataclass
-class Progress:
-    """Where the run stands, and the sums of the epoch in progress (saved mid-epoch)."""
-
-    epoch: int = 0              # completed epochs
-    epoch_step: int = 0         # batches done inside epoch `epoch + 1`
-    step: int = 0               # optimizer steps done in all
-    loss_sum: float = 0.0       # sum of the batch losses of the epoch in progress
-    epoch_seconds: float = 0.0  # time spent in the epoch in progress, over every session
-    train_seconds: float = 0.0  # time spent training in all
-    session: int = 0            # processes that have trained this run, this one included
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, type(getattr(self, key))(value))
-
-
-class EarlyStopping:
-    """Stop after `patience` validations without a lower validation loss (epochs when every
-    epoch validates); patience 0 never stops."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.best = math.inf
-        self.best_epoch = 0
-        self.bad_validations = 0
-        self.stopped = False
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record the validation loss of epoch `epoch`; True when it is the best so far."""
-        if value < self.best:
-            self.best, self.best_epoch, self.bad_validations = value, epoch, 0
-            return True
-        self.bad_validations += 1
-        self.stopped = self.patience > 0 and self.bad_validations >= self.patience
-        return False
-
-    def restart(self) -> None:
-        """Begin a fresh patience count (a stopped run whose target was raised)."""
-        self.bad_validations, self.stopped = 0, False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_val": self.best, "best_epoch": self.best_epoch,
-                "no_improve": self.bad_validations, "early_stopped": self.stopped}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        best = state.get("best_val")
-        self.best = math.inf if best is None else float(best)
-        self.best_epoch = int(state.get("best_epoch") or 0)
-        self.bad_validations = int(state.get("no_improve") or 0)
-        self.stopped = bool(state.get("early_stopped", False))
-
-
-class PolyLR(torch.optim.lr_scheduler.LRScheduler):
-    """nnU-Net's poly decay, lr = base · (1 − step / total)^0.9, in closed form.
-
-    `total_steps` is a plain attribute so a continued run whose target was raised stretches the
-    curve from where it is (a chained torch scheduler would not).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9):
-        self.total_steps = max(total_steps, 1)
-        self.power = power
-        super().__init__(optimizer)
-
-    def get_lr(self) -> list[float]:
-        done = min(self.last_epoch, self.total_steps) / self.total_steps
-        return [base * (1.0 - done) ** self.power for base in self.base_lrs]
-
-
-def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; parameters flagged `_no_weight_decay` (Mamba's A_log, D) get none.
-
-    Everything else is decayed, norms and biases included, as nnU-Net and the nnMamba authors do.
-    """
-    t = cfg.training
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if not getattr(p, "_no_weight_decay", False)]},
-              {"params": [p for p in params if getattr(p, "_no_weight_decay", False)],
-               "weight_decay": 0.0}]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
-                           weight_decay=t.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config,
-                   target_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per optimizer step. Built before any optimizer state is loaded: CyclicLR's
-    constructor writes its base learning rate into the optimizer."""
-    t = cfg.training
-    if t.scheduler == "cyclic":
-        # No scale_fn: a custom one (a lambda) would not survive a weights-only checkpoint.
-        return torch.optim.lr_scheduler.CyclicLR(
-            optimizer, base_lr=t.min_lr, max_lr=t.lr, step_size_up=t.cycle_epochs * t.steps_per_epoch,
-            mode="triangular", cycle_momentum=False)
-    if t.scheduler == "poly":
-        return PolyLR(optimizer, target_epochs * t.steps_per_epoch)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-def amp_policy(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether fp16 needs a GradScaler). CPUs train in fp32."""
-    if device.type != "cuda" or setting == "off":
-        return None, False
-    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
-@contextlib.contextmanager
-def rng_untouched() -> Iterator[None]:
-    """Run a block (validation) without moving any global RNG the training could draw from."""
-    state = capture_rng_state()
-    try:
-        yield
-    finally:
-        restore_rng_state(state)
-
-
-def show_bars(cfg: Config) -> bool:
-    """Progress bars only on a terminal, and not with --quiet (a log file gets no bar junk)."""
-    return not cfg.training.quiet and sys.stderr.isatty()
-
-
-def fits_network(cfg: Config, model_state: dict[str, Any], origin: Path) -> None:
-    """UsageError, before anything is written, when weights from elsewhere (a legacy checkpoint)
-    do not fit the configured network."""
-    from ichseg.models import build_model
-
-    try:
-        build_model(cfg).load_state_dict(model_state)
-    except RuntimeError as exc:
-        raise UsageError(f"checkpoint {origin} does not fit the configured network: "
-                         f"{str(exc).splitlines()[0]}") from None
 
 
 # --- the trainer ------------------------------------------------------------------------------
@@ -293,7 +153,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint of this format. (Legacy ones: `load_legacy`.)"""
+        """Restore a checkpoint of this format. (Legacy ones: `legacy.load_legacy`.)"""
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
@@ -308,33 +168,6 @@ class Trainer:
                                     "no_improve": state["no_improve"]})
         self.history.load_state_dict(state["history"])
         restore_rng_state(state["rng"])
-
-    def load_legacy(self, state: dict[str, Any], origin: Path) -> None:
-        """The eight-key format of the original script: weights, optimizer, schedule, counters.
-
-        No sampler position, running sums or RNG exist in it, so training restarts at the epoch
-        boundary after `epoch`, not bit-exactly. An optimizer or schedule whose parameter groups
-        do not fit this network's starts fresh, with a warning.
-        """
-        self.model.load_state_dict(state["model_state"])  # `fits_network` checked it already
-        epoch = int(state["epoch"])
-        step = epoch * self.cfg.training.steps_per_epoch
-        try:
-            self.optimizer.load_state_dict(state["optimizer_state"])
-            self.scheduler.load_state_dict(state["scheduler_state"])
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("the optimizer or schedule state of %s does not fit (%s): they start "
-                        "fresh at step %d", origin, exc, step)
-            self.optimizer = make_optimizer(self.model, self.cfg)
-            self.scheduler = make_scheduler(self.optimizer, self.cfg, self.target_epochs)
-            # Every schedule here is in closed form: setting the count moves it to `step`.
-            self.scheduler.last_epoch = step - 1
-            self.scheduler.step()
-        if self.scaler is not None and state.get("scaler_state"):
-            self.scaler.load_state_dict(state["scaler_state"])
-        self.progress.load_state_dict({"epoch": epoch, "step": step, "epoch_step": 0})
-        self.early.load_state_dict(state)
-        self.history.load_state_dict(state.get("history") or {})
 
     # -- one step, one validation ------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -39,7 +39,7 @@ from ichseg.training.run_folder import (
     read_recorded_config,
     read_split,
 )
-from ichseg.training.train_log import TrainLog, collected_train_log, console_logging
+from ichseg.training.train_log import TrainLog, collected_train_log, console_logging, show_bars
 
 log = logging.getLogger("ichseg.training")
 
@@ -136,7 +136,7 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
              init_from: str | Path | None = None) -> Plan:
     from ichseg.training.checkpoint import CheckpointManager, is_legacy, load_checkpoint_file
     from ichseg.training.init_from import plan_init_weights
-    from ichseg.training.loop import fits_network
+    from ichseg.training.legacy import fits_network
 
     if mode not in ("continue", "new"):
         raise UsageError(f"--mode must be continue or new, got {mode!r}")
@@ -320,8 +320,9 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
     from ichseg.data.cache import load_cases
     from ichseg.training.checkpoint import CheckpointManager
     from ichseg.training.init_from import apply_init_weights
+    from ichseg.training.legacy import load_legacy
     from ichseg.training.lock import RunLock
-    from ichseg.training.loop import Trainer, show_bars
+    from ichseg.training.loop import Trainer
     from ichseg.training.signals import StopRequest
 
     cfg, run_dir = plan.cfg, plan.run_dir
@@ -361,7 +362,7 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
             apply_init_weights(trainer.model, plan.init_weights)
         if plan.checkpoint is not None:
             if plan.legacy:
-                trainer.load_legacy(plan.checkpoint, plan.checkpoint_path)
+                load_legacy(trainer, plan.checkpoint, plan.checkpoint_path)
             else:
                 trainer.load_state_dict(plan.checkpoint)
             if plan.restart_patience:

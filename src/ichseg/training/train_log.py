@@ -1,19 +1,25 @@
 """Where `ichseg train` says what it does: the console always (unless the caller set up logging),
-and RUN/train.log once the run folder may be written."""
+progress bars on a terminal, and RUN/train.log once the run folder may be written."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from ichseg.config import Config
+
+
+def show_bars(cfg: Config) -> bool:
+    """Progress bars only on a terminal, and not with --quiet (a log file gets no bar junk)."""
+    return not cfg.training.quiet and sys.stderr.isatty()
 
 
 @contextlib.contextmanager
 def console_logging() -> Iterator[None]:
     """Messages of ichseg.training on stderr, unless the caller configured logging already."""
-    import sys
-
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     logger = logging.getLogger("ichseg")

@@ -18,7 +18,8 @@ and always uses `weights_only=True`, so a checkpoint can never run code.
 
 The package, one file per job: `files` (hashed atomic writing), `safeload` (weights-only loading
 and its allow-list, one file from anywhere), `manifest` (a folder's commit record and retention),
-`manager` (CheckpointManager), `mirror` (the background copy), `rng` (generator states).
+`manager` (CheckpointManager), `mirror` (the background copy), `rng` (generator states, and
+`rng_untouched` for a block that must not move them).
 """
 
 from ichseg.training.checkpoint.files import sha256_file
@@ -35,11 +36,12 @@ from ichseg.training.checkpoint.manifest import (
     UNREADABLE,
     UNVERIFIED,
 )
-from ichseg.training.checkpoint.rng import capture_rng_state, restore_rng_state
+from ichseg.training.checkpoint.rng import capture_rng_state, restore_rng_state, rng_untouched
 from ichseg.training.checkpoint.safeload import is_legacy, load_checkpoint_file, model_state_from
 
 __all__ = [
     "BEST", "FORMAT_VERSION", "LAST", "LEGACY_KEYS", "MANIFEST", "MISMATCH", "MISSING", "OK",
     "UNREADABLE", "UNVERIFIED", "CheckpointManager", "LoadedCheckpoint", "capture_rng_state",
-    "is_legacy", "load_checkpoint_file", "model_state_from", "restore_rng_state", "sha256_file",
+    "is_legacy", "load_checkpoint_file", "model_state_from", "restore_rng_state", "rng_untouched",
+    "sha256_file",
 ]

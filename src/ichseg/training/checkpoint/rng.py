@@ -3,7 +3,9 @@ and plain numbers (so a weights-only load needs no allow-list for them)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -41,3 +43,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         devices = min(len(cuda), torch.cuda.device_count())
         for device in range(devices):
             torch.cuda.set_rng_state(cuda[device], device)
+
+
+@contextlib.contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Run a block (validation) without moving any global RNG the training could draw from."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
