@@ -54,7 +54,7 @@ MANUFACTURER = "ichseg"
 SERIES_NUMBER = 9016
 
 
-def _codes() -> dict[str, tuple]:
+def segment_codes() -> dict[str, tuple]:
     """Class name -> (property type, anatomic region or None) as highdicom codes."""
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -121,7 +121,7 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
 
     sources = series_datasets(series)
     frames = np.stack([labels_on_slice(labels, affine, ds) for ds in sources])
-    known = _codes()
+    known = segment_codes()
     algorithm = hd.AlgorithmIdentificationSequence(
         name="ichseg nnMamba U-Net", version=_ichseg_version(),
         family=codes.cid7162.ArtificialIntelligence)
