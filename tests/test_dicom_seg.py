@@ -1,7 +1,7 @@
 """DICOM SEG read back with highdicom and pydicom: a study predicted end to end
-(`ichseg predict --dicom-seg`) whose series are gantry-tilted, unevenly spaced or both, frame by
-frame against the label map on each acquired slice; the writer alone on a tilted, uneven series
-with known boxes; the SNOMED CT codes against pydicom's dictionary."""
+(`ichseg predict --dicom-seg`) whose series are plain, gantry-tilted, unevenly spaced or both,
+frame by frame against the label map on each acquired slice; the writer alone on a tilted,
+uneven series with known boxes; the SNOMED CT codes against pydicom's dictionary."""
 
 from __future__ import annotations
 
@@ -31,9 +31,8 @@ SUBTYPES = {1: "EDH", 2: "IPH", 3: "IVH", 4: "SAH", 5: "SDH"}
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 # The threshold network's bands: background below LOW_HU, SAH up to HIGH_HU, IPH above, read
-# from the subdural window (level 80, width 200: -20 to 180 HU, the tiny preset's 2nd channel).
-SUBDURAL_CHANNEL, SUBDURAL_LOW_HU, SUBDURAL_WIDTH_HU = 1, -20.0, 200.0
-LOW_HU, HIGH_HU = 20.0, 140.0
+# from the tiny preset's second channel, the subdural window (-20 to 180 HU).
+SUBDURAL_CHANNEL, LOW_HU, HIGH_HU = 1, 20.0, 140.0
 # Where the bands land is known to a few mm: the network sees the scan at 7.2 x 7.2 x 5 mm (its
 # strided stem samples every other voxel of the 3.6 mm grid) and interpolates back, and a voxel
 # of the predicted grid lies up to half a voxel (2 x 2 x 5 mm at most) from the pixel it is
@@ -79,7 +78,9 @@ def _threshold_checkpoint(path: Path) -> Path:
         merge.weight[(0, coarse_channels, *centre)] = 1.0
         refine.weight.zero_()
         refine.weight[(0, 0, *centre)] = 1.0
-        low, high = ((hu - SUBDURAL_LOW_HU) / SUBDURAL_WIDTH_HU for hu in (LOW_HU, HIGH_HU))
+        level, width = cfg.data.windows[SUBDURAL_CHANNEL]  # a channel is 0 to 1 across it
+        low, high = ((hu - level + width / 2) / width for hu in (LOW_HU, HIGH_HU))
+        assert 0 < low < high < 1
         head, steep = model.head.logits, 50.0
         head.weight.zero_()
         head.bias.fill_(-1e3)
@@ -124,6 +125,7 @@ def _check_references(seg_path: Path, sources: list[pydicom.Dataset]) -> None:
 
 
 SERIES = {  # number: (folder, slice distances along the table in mm, gantry tilt in degrees)
+    1: ("plain", [0, 5, 10, 15, 20, 25], 0.0),  # dcm2niix's own grid
     2: ("tilted", [0, 5, 10, 15, 20, 25], -20.0),
     3: ("uneven", [0, 4, 8, 12, 19, 26, 33], 0.0),  # 4 mm then 7 mm, as head protocols do
     4: ("both", [0, 4, 8, 12, 19, 26], 15.0),
@@ -141,8 +143,8 @@ def test_study_predicted_with_seg_matches_the_label_map_on_every_acquired_slice(
     with pytest.warns(UserWarning, match="regular grid") as caught:
         assert main(["predict", "--checkpoint", str(checkpoint), str(study), "--out", str(out),
                      "--dicom-seg"]) == 0
-    # Each series was predicted on a regular grid that is not the acquired one.
-    assert sum("regular grid" in str(w.message) for w in caught) == len(SERIES)
+    # Each series but the plain one was predicted on a regular grid that is not the acquired one.
+    assert sum("regular grid" in str(w.message) for w in caught) == len(SERIES) - 1
     with open(out / "volumes.csv", newline="") as f:
         listed = {row["case"]: row["dicom_seg"] for row in csv.DictReader(f)}
     seen = []

@@ -14,11 +14,16 @@ source slice and segment that holds any of it), each with SNOMED CT codes:
 | SAH | 21454007 Subarachnoid intracranial hemorrhage | - |
 | SDH | 35486000 Subdural intracranial hemorrhage | - |
 
-All in the category 49755003 Morphologically abnormal structure. 1386000, 50960005, 35764002 and
-49755003 are in the DICOM standard's code tables (PS3.16, as pydicom ships them); the other
-disorder codes are SNOMED CT's concepts for those findings. No pre-coordinated SNOMED concept for
-intraventricular hemorrhage could be confirmed without a terminology server, so IVH is the
-morphology with its site, as DICOM allows.
+All in the category 49755003 Morphologically abnormal structure. Where pydicom's dictionary
+(DICOM PS3.16's code tables) holds a concept it is taken from there (`codes.SCT`): 1386000
+(by name only: no context group lists it), 50960005 (CID 7151 Segmentation Property Types and
+7159 Lesion Segmentation Types), 35764002 (CIDs 7151, 7153, 7192) and 49755003 (CID 7150). The
+four disorder codes are not in it, nor in highdicom, and no SNOMED CT browser could be reached:
+they were checked against public terminology data, 21454007 and 274100004 in a FHIR stroke
+implementation guide's SNOMED CT value sets, 82999001 and 35486000 in OHDSI Athena's
+concept names (Epidural intracranial hemorrhage, Subdural hemorrhage). For intraventricular
+hemorrhage public code gives two different concept ids and neither could be confirmed, so IVH
+is the morphology with its site, as DICOM allows (docs/DOMAIN.md).
 
 The labels are carried back onto the acquired slices: every pixel of every source instance is
 placed in the patient's space (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) and
