@@ -69,15 +69,17 @@ def write_series(folder: Path, positions: Sequence[Sequence[float]], *,
                  description: str = "HEAD STD", modality: str = "CT",
                  sop_class: str = CT_IMAGE, image_type: Sequence[str] = ("ORIGINAL", "PRIMARY",
                                                                          "AXIAL"),
-                 syntax: str | None = None, tilt: float | None = None) -> str:
+                 syntax: str | None = None, tilt: float | None = None,
+                 pixel_spacing: Sequence[float] = (PIXEL_MM, PIXEL_MM)) -> str:
     """Write one series into `folder` (file names and instance numbers in neither position nor
-    any other order), each pixel holding `hu_at` its position; returns its SeriesInstanceUID."""
+    any other order), each pixel holding `hu_at` its position; returns its SeriesInstanceUID.
+    `pixel_spacing` is DICOM's PixelSpacing: between rows, then between columns (mm)."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = generate_uid()
     for k, position in enumerate(positions):
         ds = pydicom.dcmread(CT_SMALL)  # a fresh copy: Dataset.copy() would share elements
         ds.Rows = ds.Columns = size
-        ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+        ds.PixelSpacing = [float(v) for v in pixel_spacing]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleIntercept, ds.RescaleSlope = INTERCEPT, 1
         ds.ImagePositionPatient = [float(v) for v in position]

@@ -189,8 +189,10 @@ def test_study_predicted_with_seg_matches_the_label_map_on_every_acquired_slice(
 
 def test_tilted_series_with_uneven_gaps_gets_the_labels_where_its_slices_lie(tmp_path):
     slices, orientation = [0, 4, 8, 15, 22, 29], tilted(20.0)  # 4 mm gaps, then 7 mm
+    # Rectangular pixels (rows 2.4 mm apart, columns 1.6 mm), so that swapping PixelSpacing's two
+    # values misplaces them.
     write_series(tmp_path / "series", stack(slices, orientation), orientation=orientation,
-                 tilt=20.0)
+                 tilt=20.0, pixel_spacing=(2.4, 1.6))
     sources = [pydicom.dcmread(path) for path in sorted((tmp_path / "series").iterdir())]
     # The label map on a regular 1 mm grid (RAS), as a resampling reader would give it: a box
     # of IPH and a box of SAH, each a range of voxel centres in mm.
