@@ -6,6 +6,7 @@ uneven series with known boxes; the SNOMED CT codes against pydicom's dictionary
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -238,6 +239,18 @@ def test_tilted_series_with_uneven_gaps_gets_the_labels_where_its_slices_lie(tmp
         assert segment.SegmentAlgorithmType == "AUTOMATIC"
         regions = [item.CodeValue for item in segment.get("AnatomicRegionSequence", [])]
         assert regions == ([region.value] if region is not None else [])
+
+
+def test_a_series_with_nothing_predicted_gets_a_seg_of_empty_frames(tmp_path, caplog):
+    write_series(tmp_path / "series", stack([0, 5, 10]))
+    sources = [pydicom.dcmread(path) for path in sorted((tmp_path / "series").iterdir())]
+    with caplog.at_level(logging.WARNING):
+        seg_path = write_dicom_seg(tmp_path / "series", np.zeros((40, 40, 20), np.uint8),
+                                   np.eye(4), {1: "hemorrhage"}, tmp_path / "empty.seg.dcm")
+    assert caplog.records == []
+    frames = _frames(seg_path, [ds.SOPInstanceUID for ds in sources], [1])
+    assert frames.shape == (3, 32, 32) and not frames.any()
+    _check_references(seg_path, sources)
 
 
 # The codes checked (the module's docstring and docs/DOMAIN.md say where): class -> (segmented

@@ -146,6 +146,9 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        # Frames without any segment are left out, unless all are (nothing predicted): then
+        # highdicom keeps them all anyway, and says so in a warning this avoids.
+        omit_empty_frames=bool(frames.any()),
         manufacturer=MANUFACTURER, manufacturer_model_name="ichseg",
         software_versions=_ichseg_version(), device_serial_number="0",
         series_description="ichseg hemorrhage segmentation")
