@@ -186,6 +186,13 @@ def test_nnunet_labels_that_cannot_say_subtypes_make_a_binary_dataset(tmp_path, 
     assert mapping.to_codes(np.array([0, 1, 2])).tolist() == [0, 1, 1]  # any label is blood
 
 
+def test_nnunet_ignore_label_is_refused_rather_than_read_as_blood(tmp_path, write_small_case):
+    # nnU-Net v2 dataset.json with sparse annotation: "ignore" is the highest value, unlabelled
+    _nnunet(tmp_path, write_small_case, {"background": 0, "hemorrhage": 1, "ignore": 2})
+    with pytest.raises(UsageError, match=r"dataset.json has an \"ignore\" label \(value 2"):
+        find_cases(tmp_path)
+
+
 def test_unreadable_dataset_json_names_the_file(tmp_path, write_small_case):
     _nnunet(tmp_path, write_small_case, '{"name": "no labels here"}')
     with pytest.raises(UsageError, match=r"dataset.json has no \"labels\" table"):

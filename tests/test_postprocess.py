@@ -44,14 +44,17 @@ def test_candidates_remove_small_components_by_volume_or_keep_the_largest():
     assert [c.name for c in CANDIDATES][:2] == ["none", "remove lesions below 0.1 mL"]
 
 
-def test_the_rule_keeps_dice_and_lesion_f1_from_falling():
-    scores = [{"dice": 0.80, "lesion_f1": 0.50},   # none
-              {"dice": 0.81, "lesion_f1": 0.70},   # better on both
-              {"dice": 0.81, "lesion_f1": 0.70},   # a tie: the first listed wins
-              {"dice": 0.85, "lesion_f1": 0.40}]   # better Dice, but loses lesions
+def test_the_rule_keeps_dice_lesion_f1_and_max_hd_from_getting_worse():
+    scores = [{"dice": 0.80, "lesion_f1": 0.50, "hd_max": 20.0},   # none
+              {"dice": 0.81, "lesion_f1": 0.70, "hd_max": 15.0},   # better on all three
+              {"dice": 0.81, "lesion_f1": 0.70, "hd_max": 15.0},   # a tie: the first listed wins
+              {"dice": 0.85, "lesion_f1": 0.40, "hd_max": 10.0},   # better Dice, loses lesions
+              {"dice": 0.82, "lesion_f1": 0.80, "hd_max": 25.0}]   # a real fragment removed
     assert pick(scores) == 1
     assert pick([scores[0], scores[3]]) == 0
-    assert pick([scores[0], {"dice": 0.79, "lesion_f1": 0.9}]) == 0
+    assert pick([scores[0], scores[4]]) == 0
+    assert pick([scores[0], {"dice": 0.79, "lesion_f1": 0.9, "hd_max": 5.0}]) == 0
+    assert pick([scores[0], {"dice": 0.81, "lesion_f1": 0.70, "hd_max": 16.0}, scores[1]]) == 2
 
 
 @pytest.fixture
@@ -101,6 +104,13 @@ def test_postprocess_command_records_the_choice_and_predict_applies_it(run_with_
     (raw,) = predict.predict_cases(run, [scan], run.parent / "raw", quiet=True, postprocess=False)
     assert raw["postprocessing"] == "none"
     assert read_label(run.parent / "raw" / "a.nii.gz").array[14, 14, 0] == 2
+
+    # Chosen on single-pass predictions (the tiny preset's inference.tta is off): predict with
+    # TTA applies the choice and says it was made otherwise.
+    assert record["tta"] is False and read_postprocessing(run)[2] is False
+    capsys.readouterr()
+    predict.predict_cases(run, [scan], run.parent / "tta", tta=True)
+    assert "chosen on predictions without TTA, these are with it" in capsys.readouterr().out
 
 
 def test_a_run_without_validation_cases_exits_2(run_with_specks, capsys):

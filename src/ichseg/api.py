@@ -33,11 +33,22 @@ def train(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
     Options: preset, epochs, additional_epochs, config_file, sets, seed, device,
     save_every_steps, save_every_minutes, time_limit, patience, resume_from, mirror_dir,
     strict_resume, quiet, fold (train cross-validation fold K of `data.folds`), init_from (a
-    checkpoint whose weights a new run starts from). Returns a `TrainResult`.
+    checkpoint whose weights a new run starts from). A run that ends (not a stopped sitting)
+    then chooses its postprocessing on its validation cases. Returns a `TrainResult`.
     """
     from ichseg.training.modes import run_training
 
-    return run_training(data, run_dir, mode=mode, **options)
+    return run_training(data, run_dir, mode=mode, after_training=_choose_postprocessing,
+                        **options)
+
+
+def _choose_postprocessing(run_dir: Path, cfg: Any, quiet: bool) -> None:
+    """At the end of training (not of a stopped sitting), as nnU-Net does: the run's
+    postprocessing chosen on its validation cases, unless `inference.postprocess` is off."""
+    from ichseg.inference.postprocess_choice import choose_postprocessing
+
+    if cfg.inference.postprocess:
+        choose_postprocessing(run_dir, quiet=quiet)
 
 
 def check_training_status(run_dir: str | Path) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def _pooled(rows: list[dict[str, Any]], per_fold: dict[str, Any], tta: bool,
             checkpoint: str) -> dict[str, Any]:
     """Mean and median over every validation case (nnU-Net's summary), and across the fold
     means their mean and standard deviation (what papers quote as mean ± sd over folds)."""
-    from ichseg.evaluation.evaluate import _json_safe, _summary
+    from ichseg.evaluation.evaluate import json_safe, mean_and_median
     from ichseg.evaluation.metrics import METRIC_NAMES
 
     numeric = [{**row, **{n: _nan(row[n]) for n in METRIC_NAMES}} for row in rows]
@@ -145,13 +145,13 @@ def _pooled(rows: list[dict[str, Any]], per_fold: dict[str, Any], tta: bool,
     if len(folds_given) == 1 and len(numbers) < folds_given[0]:
         note = (f"{len(numbers)} of {folds_given[0]} folds given (folds "
                 f"{', '.join(map(str, numbers))}): the table covers only their cases")
-    return _json_safe({"cases": numeric, **_summary(numeric), "folds": per_fold,
+    return json_safe({"cases": numeric, **mean_and_median(numeric), "folds": per_fold,
                        "across_folds": across, "tta": tta, "checkpoint": checkpoint,
                        "note": note})
 
 
 def _write_table(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    from ichseg.evaluation.evaluate import ANY, _draw_boxplots
+    from ichseg.evaluation.evaluate import ANY, draw_boxplots
     from ichseg.evaluation.metrics import METRIC_NAMES
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def _write_table(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                                     for r in report["cases"]],
                 "mean": {n: _nan(v) for n, v in report["mean"].items()},
                 "median": {n: _nan(v) for n, v in report["median"].items()}}
-    _draw_boxplots(drawable, files["png"])
+    draw_boxplots(drawable, files["png"])
     return written
 
 

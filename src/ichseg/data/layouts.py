@@ -139,6 +139,12 @@ def nnunet_label_mapping(folder: Path) -> LabelMapping:
                             "hemorrhage", why_binary=f"{folder} has no {NNUNET_JSON} naming its "
                             "labels")
     labels = _json_labels(path)
+    if "ignore" in labels:
+        # nnU-Net v2's sparse annotation: voxels nobody labelled. Read as a class they would
+        # train as blood or as background; both are wrong, and the loss has no mask for them.
+        raise UsageError(f'{path} has an "ignore" label (value {labels["ignore"]}: unannotated '
+                         f"voxels, nnU-Net v2's sparse annotation), which ichseg cannot train "
+                         f"or evaluate on; give fully annotated label maps")
     foreground = {name: value for name, value in labels.items() if value != 0}
     if any(value < 0 or value > 255 for value in labels.values()):
         raise UsageError(f"{path} gives a label value outside 0-255")

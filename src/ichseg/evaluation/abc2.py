@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ichseg.evaluation.lesions import largest_lesion, lesion_box
+from ichseg.data.masks import bounding_box, largest_lesion
 
 # The contract's code of intraparenchymal hemorrhage.
 IPH = 2
@@ -89,7 +89,7 @@ def abc2(labels: np.ndarray, affine: np.ndarray, subtypes: bool,
     mask = np.asarray(labels) == IPH if subtypes else np.asarray(labels) > 0
     if not mask.any():
         return None
-    lesion = largest_lesion(mask[lesion_box(mask)])
+    lesion = largest_lesion(mask[bounding_box(mask)])
     columns = np.asarray(affine, float)[:3, :3]
     axis = slice_axis(affine)
     plane_axes = [a for a in range(3) if a != axis]

@@ -102,7 +102,8 @@ def _predicted_subtypes(pred_dir: Path) -> bool:
     return f"{SUBTYPE_NAMES[-1]}_ml" in header
 
 
-def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def mean_and_median(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """{"mean": ..., "median": ...} of each metric over the rows, undefined (NaN) values left out."""
     mean, median = {}, {}
     for name in METRIC_NAMES:
         values = np.array([r[name] for r in rows], dtype=float)
@@ -143,7 +144,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
         "nsd_tolerance_mm": tolerance,
         "definitions": {**DEFINITIONS, "nsd": DEFINITIONS["nsd"].replace(
             "the tolerance named in nsd_tolerance_mm", f"{tolerance:g} mm")},
-        "cases": rows, **_summary(rows), "classes": {}, "note": None}
+        "cases": rows, **mean_and_median(rows), "classes": {}, "note": None}
     # A subtype dataset's labels (BHSD, a named nnU-Net set) are subtypes even where every case
     # holds only EDH (code 1); a plain or generic folder has subtypes when it shows a code > 1.
     gt_subtyped = not mapping.binary and (gt_max > 1 or layout not in (None, "generic"))
@@ -156,7 +157,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
         for name in SUBTYPE_NAMES:
             present = [r["classes"][name] for r in rows
                        if r["classes"][name]["gt_ml"] > 0 or r["classes"][name]["pred_ml"] > 0]
-            report["classes"][name] = {"cases": len(present), **_summary(present)}
+            report["classes"][name] = {"cases": len(present), **mean_and_median(present)}
     elif gt_subtyped or pred_subtyped:
         # A binary model against subtype labels (or the reverse): code 1 means different things
         # on the two sides, so only "any hemorrhage" is comparable.
@@ -165,7 +166,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path,
                           f"without per-subtype rows")
     if out_dir is not None:
         report["files"] = _write_outputs(report, Path(out_dir))
-    return _json_safe(report)
+    return json_safe(report)
 
 
 def _write_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
@@ -180,23 +181,24 @@ def _write_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
             for name, values in r.get("classes", {}).items():
                 writer.writerow([r["case"], name, *(values[k] for k in METRIC_NAMES)])
     report = {**report, "files": {k: str(v) for k, v in files.items()}}
-    atomic_write_text(files["json"], json.dumps(_json_safe(report), indent=2) + "\n")
-    _draw_boxplots(report, files["png"])
+    atomic_write_text(files["json"], json.dumps(json_safe(report), indent=2) + "\n")
+    draw_boxplots(report, files["png"])
     return {k: str(v) for k, v in files.items()}
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN is not JSON: undefined values become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def _draw_boxplots(report: dict[str, Any], path: Path) -> None:
+def draw_boxplots(report: dict[str, Any], path: Path) -> None:
+    """Box plots of the report's per-case metrics (overlap, boundary distance, volume error)."""
     from ichseg.viz.figure import new_figure, save_figure
 
     rows = report["cases"]

@@ -34,7 +34,7 @@ import torch
 from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 
-from ichseg.data.masks import bounding_box
+from ichseg.data.masks import CONNECTIVITY_26, bounding_box
 
 # INSTANCE 2022's NSD tolerance (its evaluation code calls the surface Dice at 0.42 mm).
 DEFAULT_NSD_TOLERANCE_MM = 0.42
@@ -65,8 +65,6 @@ DEFINITIONS = {
                    "lesion F1 0, HD the image's diagonal in mm; RVD against an empty ground "
                    "truth is undefined (null, skipped by the summaries)",
 }
-# 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion.
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -151,8 +149,8 @@ def lesion_f1(pred: np.ndarray, gt: np.ndarray) -> float:
     if not pred.any() and not gt.any():
         return 1.0
     pred, gt = _crop_to_union(pred, gt)
-    gt_labels, gt_count = ndimage.label(gt, structure=_CONNECTIVITY_26)
-    pred_labels, pred_count = ndimage.label(pred, structure=_CONNECTIVITY_26)
+    gt_labels, gt_count = ndimage.label(gt, structure=CONNECTIVITY_26)
+    pred_labels, pred_count = ndimage.label(pred, structure=CONNECTIVITY_26)
     if gt_count == 0 or pred_count == 0:
         return 0.0
     overlap = np.logical_and(pred, gt)

@@ -3,11 +3,18 @@
 Small specks far from any bleed are counted as lesions (lesion F1 falls) and stretch the
 Hausdorff distance; removing connected components below a volume, or keeping only the largest,
 cleans them up, but can also delete a small real bleed. So the choice is measured, not assumed:
-the run's model (`best`, as predict uses it) segments each validation case on its own voxel grid,
-each candidate is applied, and the candidate kept is the one with the highest mean Dice (then
-lesion F1) among those whose mean Dice and mean lesion F1 are both at least those of no
+the run's model (`best`, as predict uses it, with the run's `inference.tta`) segments each
+validation case on its own voxel grid, each candidate is applied, and the candidate kept is the
+one with the highest mean Dice (then lesion F1, then the lowest maximum Hausdorff distance) among
+those whose mean Dice and mean lesion F1 are at least, and mean maximum HD at most, those of no
 postprocessing. Ties go to the candidate listed first (the mildest), so "none" stays unless
-something is better.
+something is better. The guard on HD matters: removing a small component that is real (a
+fragment of a subarachnoid bleed) leaves that fragment of the ground truth far from any
+prediction, which Dice hardly sees but the maximum HD does.
+
+The choice is measured on predictions made as predict will make them: mirror TTA removes most
+single-pass specks by itself, so a choice made without it over-cleans predictions made with it.
+The record says which (`tta`), and predict says so when it predicts otherwise.
 
 Candidates, on the hemorrhage mask (any label > 0; a removed component loses all its labels),
 with lesions as lesion F1 counts them (26-connected): none; remove components below 0.1, 0.25,
@@ -26,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ichseg.data.masks import bounding_box, label_lesions, largest_lesion
 from ichseg.errors import UsageError
-from ichseg.evaluation.lesions import label_lesions, largest_lesion, lesion_box
 
 log = logging.getLogger("ichseg.postprocess")
 
@@ -55,7 +62,7 @@ class Postprocessing:
         removed, `labels` itself otherwise)."""
         if self.name == "none" or not labels.any():
             return labels
-        box = lesion_box(labels > 0)
+        box = bounding_box(labels > 0)
         inside = labels[box]
         if self.keep_largest:
             removed = (inside > 0) & ~largest_lesion(inside > 0)
@@ -85,40 +92,51 @@ def run_of_checkpoint(checkpoint: Path) -> Path:
     return checkpoint.parent
 
 
-def read_postprocessing(run_dir: str | Path) -> tuple[Postprocessing, str] | None:
-    """(the run's chosen postprocessing, where it is recorded), or None when it has no choice."""
+def read_postprocessing(run_dir: str | Path) -> tuple[Postprocessing, str, bool | None] | None:
+    """(the run's chosen postprocessing, where it is recorded, whether it was chosen on TTA
+    predictions: None in a record older than that field), or None when it has no choice."""
     path = Path(run_dir) / POSTPROCESSING_FILE
     if not path.is_file():
         return None
     try:
-        chosen = json.loads(path.read_text())["chosen"]
+        record = json.loads(path.read_text())
+        chosen = record["chosen"]
         return Postprocessing(min_lesion_ml=float(chosen["min_lesion_ml"]),
-                              keep_largest=bool(chosen["keep_largest"])), str(path)
+                              keep_largest=bool(chosen["keep_largest"])), str(path), \
+            record.get("tta")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"postprocessing file {path} cannot be read ({exc}); run "
                          f"`ichseg postprocess {run_dir}` again") from None
 
 
-def _mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([s[k] for s in scores])) for k in ("dice", "lesion_f1")}
+SCORES = ("dice", "lesion_f1", "hd_max")
+
+
+def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Mean Dice, lesion F1 and maximum HD of one candidate over the validation cases."""
+    return {k: float(np.mean([s[k] for s in scores])) for k in SCORES}
 
 
 def pick(summaries: Sequence[dict[str, float]]) -> int:
-    """Index of the chosen candidate, given each one's mean `dice` and `lesion_f1` (the first is
-    no postprocessing): see the module docstring."""
+    """Index of the chosen candidate, given each one's mean `dice`, `lesion_f1` and `hd_max`
+    (the first is no postprocessing): see the module docstring."""
     base = summaries[0]
+
+    def rank(s: dict[str, float]) -> tuple[float, float, float]:
+        return s["dice"], s["lesion_f1"], -s["hd_max"]
+
     best = 0
     for i, s in enumerate(summaries):
-        if s["dice"] >= base["dice"] and s["lesion_f1"] >= base["lesion_f1"] and (
-                (s["dice"], s["lesion_f1"]) > (summaries[best]["dice"],
-                                               summaries[best]["lesion_f1"])):
+        if s["dice"] >= base["dice"] and s["lesion_f1"] >= base["lesion_f1"] and \
+                s["hd_max"] <= base["hd_max"] and rank(s) > rank(summaries[best]):
             best = i
     return best
 
 
-def for_predictor(predictor: Any, enabled: bool) -> tuple[Postprocessing, str]:
+def for_predictor(predictor: Any, enabled: bool, tta: bool) -> tuple[Postprocessing, str]:
     """(the postprocessing predict applies, where it comes from): the choice recorded in the
-    predictor's run folder, or none (turned off, or never chosen)."""
+    predictor's run folder, or none (turned off, or never chosen). The origin warns when the
+    choice was made on predictions with(out) TTA and predict runs without (with) it."""
     if not enabled:
         return NONE, "turned off"
     if len(predictor.members) > 1:
@@ -128,16 +146,22 @@ def for_predictor(predictor: Any, enabled: bool) -> tuple[Postprocessing, str]:
     recorded = read_postprocessing(run_dir)
     if recorded is None:
         return NONE, f"none chosen for {run_dir}: `ichseg postprocess {run_dir}` chooses one"
-    chosen, origin = recorded
-    return chosen, f"chosen on the validation cases, {origin}"
+    chosen, origin, chosen_with_tta = recorded
+    caution = ""
+    if chosen_with_tta is not None and chosen_with_tta != tta:
+        caution = (f"; note: chosen on predictions {'with' if chosen_with_tta else 'without'} "
+                   f"TTA, these are {'with' if tta else 'without'} it")
+    return chosen, f"chosen on the validation cases, {origin}{caution}"
 
 
 def format_choice(record: dict[str, Any]) -> str:
     """The choice and every candidate's validation scores, as a console table."""
-    lines = [f"{'candidate':<28}{'Dice':>9}{'lesion F1':>11}"]
+    lines = [f"{'candidate':<28}{'Dice':>9}{'lesion F1':>11}{'max HD mm':>11}"]
     for c in record["candidates"]:
         mark = "  <- chosen" if c["name"] == record["chosen"]["name"] else ""
-        lines.append(f"{c['name']:<28}{c['dice']:>9.4f}{c['lesion_f1']:>11.4f}{mark}")
+        lines.append(f"{c['name']:<28}{c['dice']:>9.4f}{c['lesion_f1']:>11.4f}"
+                     f"{c.get('hd_max', float('nan')):>11.2f}{mark}")
+    tta = {True: ", mirror TTA", False: ", no TTA"}.get(record.get("tta"), "")
     lines.append(f"on {len(record['validation_cases'])} validation case(s) with "
-                 f"{record['checkpoint']}; rule: {record['rule']}")
+                 f"{record['checkpoint']}{tta}; rule: {record['rule']}")
     return "\n".join(lines)

@@ -14,9 +14,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ichseg.errors import UsageError
-from ichseg.evaluation.metrics import dice, lesion_f1
+from ichseg.evaluation.metrics import dice, lesion_f1, surface_metrics
 from ichseg.fileio import atomic_write_text
-from ichseg.inference.postprocess import CANDIDATES, POSTPROCESSING_FILE, _mean_scores, pick
+from ichseg.inference.postprocess import CANDIDATES, POSTPROCESSING_FILE, mean_scores, pick
 from ichseg.inference.predict import segment
 from ichseg.inference.predictor import load_predictor
 
@@ -54,21 +54,25 @@ def choose_postprocessing(run_dir: str | Path, quiet: bool = False) -> dict[str,
         raise UsageError(f"validation cases {', '.join(missing[:5])} of {split_path} have no "
                          f"labelled scan in {cfg.data.path}")
     predictor = load_predictor(run_dir, "best", cfg.training.device)
+    tta = predictor.cfg.inference.tta  # as predict will segment: see postprocess's docstring
     scores: list[list[dict[str, float]]] = [[] for _ in CANDIDATES]
     for case_id in tqdm(validation, desc="postprocessing", unit="case", disable=quiet or None):
         case = cases[case_id]
         volume = read_scan(case.image)
-        labels, _ = segment(predictor, volume, predictor.cfg.inference.tta)
+        labels, _ = segment(predictor, volume, tta)
         truth = label_codes(read_label(case.label), index.label_mapping, False) > 0
         for i, candidate in enumerate(CANDIDATES):
             kept = candidate.apply(labels, volume.voxel_volume_mm3) > 0
-            scores[i].append({"dice": dice(kept, truth), "lesion_f1": lesion_f1(kept, truth)})
-    summaries = [_mean_scores(s) for s in scores]
+            scores[i].append({"dice": dice(kept, truth), "lesion_f1": lesion_f1(kept, truth),
+                              "hd_max": surface_metrics(kept, truth, volume.spacing)["hd_max"]})
+    summaries = [mean_scores(s) for s in scores]
     chosen = CANDIDATES[pick(summaries)]
     record = {
         "chosen": {**asdict(chosen), "name": chosen.name},
-        "rule": "highest mean Dice (then lesion F1) among the candidates whose mean Dice and "
-                "mean lesion F1 are both at least those of no postprocessing",
+        "rule": "highest mean Dice (then lesion F1, then lowest max HD) among the candidates "
+                "whose mean Dice and lesion F1 are at least, and mean max HD at most, those of "
+                "no postprocessing",
+        "tta": tta,
         "checkpoint": str(predictor.source),
         "validation_cases": validation,
         "candidates": [{**asdict(c), "name": c.name, **s}
@@ -78,6 +82,7 @@ def choose_postprocessing(run_dir: str | Path, quiet: bool = False) -> dict[str,
     base = summaries[0]
     mine = summaries[CANDIDATES.index(chosen)]
     log.info("postprocessing chosen on %d validation case(s): %s (Dice %.4f -> %.4f, lesion F1 "
-             "%.4f -> %.4f); recorded in %s", len(validation), chosen.name, base["dice"],
-             mine["dice"], base["lesion_f1"], mine["lesion_f1"], run_dir / POSTPROCESSING_FILE)
+             "%.4f -> %.4f, max HD %.1f -> %.1f mm); recorded in %s", len(validation),
+             chosen.name, base["dice"], mine["dice"], base["lesion_f1"], mine["lesion_f1"],
+             base["hd_max"], mine["hd_max"], run_dir / POSTPROCESSING_FILE)
     return record

@@ -47,7 +47,7 @@ from ichseg.evaluation.abc2 import ABC2_COLUMNS, abc2_columns
 from ichseg.fileio import atomic_open
 from ichseg.inference import confidence as case_confidence
 from ichseg.inference.predictor import Predictor
-from ichseg.inference.window import window_logits
+from ichseg.models.window import window_logits
 
 log = logging.getLogger("ichseg.predict")
 
@@ -249,7 +249,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
         save_uncertainty = settings.save_uncertainty if save_uncertainty is None else save_uncertainty
         dicom_seg = settings.dicom_seg if dicom_seg is None else dicom_seg
         cleanup, cleanup_origin = for_predictor(
-            predictor, settings.postprocess if postprocess is None else postprocess)
+            predictor, settings.postprocess if postprocess is None else postprocess, tta)
 
         def say(message: str) -> None:
             if not quiet:

@@ -45,7 +45,7 @@ from ichseg.data.ct import window_channels
 from ichseg.device import pick_device
 from ichseg.errors import UsageError
 from ichseg.evaluation.metrics import dice
-from ichseg.inference.window import window_logits
+from ichseg.models.window import window_logits
 from ichseg.training import distributed
 from ichseg.training.checkpoint import (
     FORMAT_VERSION,

@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ from ichseg.training.train_log import TrainLog, collected_train_log, console_log
 
 log = logging.getLogger("ichseg.training")
 
+
+
+# Called with (run folder, resolved config, quiet) at the end of a run that was not stopped.
+AfterTraining = Callable[[Path, Config, bool], None]
 
 
 @dataclass
@@ -78,12 +82,17 @@ class Plan:
 
 
 def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "continue",
-                 **options: Any) -> TrainResult:
-    """Train in `run_dir` as the contract's "Training modes" say."""
+                 after_training: AfterTraining | None = None, **options: Any) -> TrainResult:
+    """Train in `run_dir` as the contract's "Training modes" say.
+
+    `after_training(run_dir, cfg, quiet)` runs on the main rank when a run with validation cases
+    finished or stopped early, while its lock is still held and its log still collects: `api.train` chooses the
+    run's postprocessing there (a step of the inference package, which builds on this one).
+    """
     started = time.monotonic()  # the time limit counts from here, data preparation included
     ranks = distributed.ranks_from_environment()  # torchrun's; a single process is rank 0 of 1
     try:
-        return _run_training(data, Path(run_dir), mode, started, ranks, options)
+        return _run_training(data, Path(run_dir), mode, started, ranks, after_training, options)
     except OSError as exc:
         # Checkpoints say so themselves (with the size they needed); this covers the run's
         # other files (history.csv, config.yaml, the cache).
@@ -96,7 +105,8 @@ def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "cont
 
 
 def _run_training(data: str | Path | None, run_dir: Path, mode: str, started: float,
-                  ranks: distributed.Ranks, options: dict[str, Any]) -> TrainResult:
+                  ranks: distributed.Ranks, after_training: AfterTraining | None,
+                  options: dict[str, Any]) -> TrainResult:
     with console_logging(), distributed.main_rank_logs(ranks), collected_train_log() as train_log:
         # Every rank plans (reading only); nothing is written until they all have.
         plan = plan_run(data, run_dir, distributed.mode_after_restart(mode), **options)
@@ -108,7 +118,7 @@ def _run_training(data: str | Path | None, run_dir: Path, mode: str, started: fl
         deadline = started + parse_duration(limit) if limit else None
         distributed.start(plan.cfg, ranks)
         try:
-            return _train(plan, deadline, train_log, ranks)
+            return _train(plan, deadline, train_log, ranks, after_training)
         finally:
             distributed.stop()
 
@@ -306,7 +316,7 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
 # --- doing it ---------------------------------------------------------------------------------
 
 def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
-           ranks: distributed.Ranks) -> TrainResult:
+           ranks: distributed.Ranks, after_training: AfterTraining | None) -> TrainResult:
     from ichseg.data.cache import load_cases
     from ichseg.training.checkpoint import CheckpointManager
     from ichseg.training.init_from import apply_init_weights
@@ -364,11 +374,9 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
         finally:
             trainer.checkpoints.close()
         _log_end(trainer, state)
-        if (state != "stopped" and ranks.is_main and cfg.inference.postprocess
+        if (state != "stopped" and ranks.is_main and after_training is not None
                 and plan.split["validation"]):
-            from ichseg.inference.postprocess_choice import choose_postprocessing
-
-            choose_postprocessing(run_dir, quiet=not show_bars(cfg))
+            after_training(run_dir, cfg, not show_bars(cfg))
     return _result(plan, state, trainer.state_dict(), trainer.last_checkpoint)
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
-from scipy import ndimage
 
 from ichseg.data.ct import reorient_to_ras
 from ichseg.data.io import Volume
-from ichseg.data.masks import bounding_box, label_volumes_ml
+from ichseg.data.masks import bounding_box, label_volumes_ml, largest_lesion
 from ichseg.viz.figure import save_png
 
 BRAIN_WINDOW_HU = (0.0, 80.0)  # level 40, width 80
@@ -63,12 +62,8 @@ def _ink(colour: str) -> int:
 
 
 def _largest_component_areas(mask: np.ndarray) -> np.ndarray:
-    """Voxels on each slice (last axis) of the largest 26-connected component of a 3D mask."""
-    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return np.zeros(mask.shape[2], dtype=np.int64)
-    largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
-    return np.count_nonzero(components == largest, axis=(0, 1))
+    """Voxels on each slice (last axis) of the largest lesion of a 3D mask."""
+    return np.count_nonzero(largest_lesion(mask), axis=(0, 1))
 
 
 def _pick_slices(labels: np.ndarray, hu: np.ndarray, count: int) -> list[int]:
