@@ -69,17 +69,17 @@ def write_series(folder: Path, positions: Sequence[Sequence[float]], *,
                  description: str = "HEAD STD", modality: str = "CT",
                  sop_class: str = CT_IMAGE, image_type: Sequence[str] = ("ORIGINAL", "PRIMARY",
                                                                          "AXIAL"),
-                 syntax: str | None = None, tilt: float | None = None) -> str:
+                 syntax: str | None = None, tilt: float | None = None,
+                 pixel_spacing: Sequence[float] = (PIXEL_MM, PIXEL_MM)) -> str:
     """Write one series into `folder` (file names and instance numbers in neither position nor
-    any other order), each pixel holding `hu_at` its position; returns its SeriesInstanceUID."""
+    any other order), each pixel holding `hu_at` its position; returns its SeriesInstanceUID.
+    `pixel_spacing` is DICOM's PixelSpacing: between rows, then between columns (mm)."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = generate_uid()
-    row_cosine, column_cosine = np.array(orientation[:3]), np.array(orientation[3:])
-    rows, columns = np.mgrid[0:size, 0:size]
     for k, position in enumerate(positions):
         ds = pydicom.dcmread(CT_SMALL)  # a fresh copy: Dataset.copy() would share elements
         ds.Rows = ds.Columns = size
-        ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+        ds.PixelSpacing = [float(v) for v in pixel_spacing]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleIntercept, ds.RescaleSlope = INTERCEPT, 1
         ds.ImagePositionPatient = [float(v) for v in position]
@@ -91,12 +91,23 @@ def write_series(folder: Path, positions: Sequence[Sequence[float]], *,
         ds.InstanceNumber = (5 * k + 2) % (len(positions) + 3)
         if tilt is not None:
             ds.GantryDetectorTilt = tilt
-        lps = (np.asarray(position, float) + columns[..., None] * PIXEL_MM * row_cosine
-               + rows[..., None] * PIXEL_MM * column_cosine)
-        stored = np.rint(hu_at(lps) - INTERCEPT).astype(np.uint16)
+        stored = np.rint(hu_at(pixel_positions(ds)) - INTERCEPT).astype(np.uint16)
         _encode(ds, stored, syntax)
         ds.save_as(folder / f"IM{(7 * k + 3) % 101:04d}", enforce_file_format=True)
     return uid
+
+
+def pixel_positions(ds: pydicom.Dataset) -> np.ndarray:
+    """(rows, columns, 3): where a DICOM image's headers put each pixel's centre, LPS mm.
+    Along a row (the column index grows) a pixel moves by the row cosine times the spacing
+    between columns (PixelSpacing's second value); down a column, by the column cosine times the
+    spacing between rows (its first)."""
+    orientation = np.array(ds.ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+    rows, columns = np.mgrid[0:int(ds.Rows), 0:int(ds.Columns)]
+    return (np.array(ds.ImagePositionPatient, dtype=float)
+            + columns[..., None] * column_spacing * orientation[:3]
+            + rows[..., None] * row_spacing * orientation[3:])
 
 
 def stack(slices: Sequence[float], orientation: Sequence[float] = AXIAL,

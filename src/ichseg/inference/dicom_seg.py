@@ -14,11 +14,16 @@ source slice and segment that holds any of it), each with SNOMED CT codes:
 | SAH | 21454007 Subarachnoid intracranial hemorrhage | - |
 | SDH | 35486000 Subdural intracranial hemorrhage | - |
 
-All in the category 49755003 Morphologically abnormal structure. 1386000, 50960005, 35764002 and
-49755003 are in the DICOM standard's code tables (PS3.16, as pydicom ships them); the other
-disorder codes are SNOMED CT's concepts for those findings. No pre-coordinated SNOMED concept for
-intraventricular hemorrhage could be confirmed without a terminology server, so IVH is the
-morphology with its site, as DICOM allows.
+All in the category 49755003 Morphologically abnormal structure. Where pydicom's dictionary
+(DICOM PS3.16's code tables) holds a concept it is taken from there (`codes.SCT`): 1386000
+(by name only: no context group lists it), 50960005 (CID 7151 Segmentation Property Types and
+7159 Lesion Segmentation Types), 35764002 (CIDs 7151, 7153, 7192) and 49755003 (CID 7150). The
+four disorder codes are not in it, nor in highdicom, and no SNOMED CT browser could be reached:
+they were checked against public terminology data, 21454007 and 274100004 in a FHIR stroke
+implementation guide's SNOMED CT value sets, 82999001 and 35486000 in OHDSI Athena's
+concept names (Epidural intracranial hemorrhage, Subdural hemorrhage). For intraventricular
+hemorrhage public code gives two different concept ids and neither could be confirmed, so IVH
+is the morphology with its site, as DICOM allows (docs/DOMAIN.md).
 
 The labels are carried back onto the acquired slices: every pixel of every source instance is
 placed in the patient's space (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) and
@@ -54,7 +59,7 @@ MANUFACTURER = "ichseg"
 SERIES_NUMBER = 9016
 
 
-def _codes() -> dict[str, tuple]:
+def segment_codes() -> dict[str, tuple]:
     """Class name -> (property type, anatomic region or None) as highdicom codes."""
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -121,7 +126,7 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
 
     sources = series_datasets(series)
     frames = np.stack([labels_on_slice(labels, affine, ds) for ds in sources])
-    known = _codes()
+    known = segment_codes()
     algorithm = hd.AlgorithmIdentificationSequence(
         name="ichseg nnMamba U-Net", version=_ichseg_version(),
         family=codes.cid7162.ArtificialIntelligence)
@@ -141,6 +146,9 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        # Frames without any segment are left out, unless all are (nothing predicted): then
+        # highdicom keeps them all anyway, and says so in a warning this avoids.
+        omit_empty_frames=bool(frames.any()),
         manufacturer=MANUFACTURER, manufacturer_model_name="ichseg",
         software_versions=_ichseg_version(), device_serial_number="0",
         series_description="ichseg hemorrhage segmentation")
