@@ -14,7 +14,7 @@ from test_predict import _checkpoint, one_thread  # noqa: F401 (autouse)
 from ichseg.cli import main
 from ichseg.config import preset_config
 from ichseg.data.io import read_label
-from ichseg.inference import predict
+from ichseg.inference import postprocess_choice, predict
 from ichseg.inference.postprocess import (
     CANDIDATES,
     NONE,
@@ -78,7 +78,9 @@ def run_with_specks(tmp_path, write_small_case, monkeypatch) -> Path:
         labels[14, 14, 0] = 2  # 0.08 mL, far from the lesion
         return labels, None
 
+    # Both users of `segment`: predict's own, and the name the choice imported from it.
     monkeypatch.setattr(predict, "segment", truth_and_speck)
+    monkeypatch.setattr(postprocess_choice, "segment", truth_and_speck)
     return run
 
 
