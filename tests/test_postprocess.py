@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,42 @@ def test_postprocess_command_records_the_choice_and_predict_applies_it(run_with_
     capsys.readouterr()
     predict.predict_cases(run, [scan], run.parent / "tta", tta=True)
     assert "chosen on predictions without TTA, these are with it" in capsys.readouterr().out
+
+
+def test_fold_runs_choose_together_and_their_ensemble_applies_the_choice(run_with_specks,
+                                                                         capsys):
+    first = run_with_specks
+    second = first.parent / "fold1"
+    shutil.copytree(first, second)
+    (first / "split.json").write_text(json.dumps({"train": ["b"], "validation": ["a"]}))
+    (second / "split.json").write_text(json.dumps({"train": ["a"], "validation": ["b"]}))
+    scan = first.parent / "data" / "images" / "a.nii.gz"
+
+    # Chosen apart, each fold alone: an ensemble of the two applies neither.
+    assert main(["postprocess", str(first)]) == 0
+    assert main(["postprocess", str(second)]) == 0
+    (row,) = predict.predict_cases([first, second], [scan], first.parent / "apart", quiet=True)
+    assert row["postprocessing"] == "none"
+
+    assert main(["postprocess", str(first), str(second)]) == 0
+    records = [json.loads((r / POSTPROCESSING_FILE).read_text()) for r in (first, second)]
+    assert records[0]["runs"] == records[1]["runs"] == [str(first), str(second)]
+    assert [r["validation_cases"] for r in records] == [["a"], ["b"]]
+    assert records[0]["candidates"] == records[1]["candidates"]
+    assert records[0]["chosen"]["name"] == "remove lesions below 0.1 mL"
+    # The pooled means are those of both cases: the single-run choice on ["a", "b"] gave them.
+    scores = {c["name"]: c for c in records[0]["candidates"]}
+    assert scores["none"]["lesion_f1"] == pytest.approx(2 / 3)
+    assert scores["remove lesions below 2 mL"]["dice"] == 0.0
+
+    capsys.readouterr()
+    (row,) = predict.predict_cases([first, second], [scan], first.parent / "together")
+    assert row["postprocessing"] == "remove lesions below 0.1 mL"
+    assert "chosen on the pooled validation cases of 2 runs" in capsys.readouterr().out
+    assert read_label(first.parent / "together" / "a.nii.gz").array[14, 14, 0] == 0
+
+    assert main(["postprocess", str(first), str(first)]) == 2
+    assert "named twice" in capsys.readouterr().err
 
 
 def test_a_run_without_validation_cases_exits_2(run_with_specks, capsys):

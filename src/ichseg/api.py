@@ -72,8 +72,10 @@ def predict(run_or_checkpoint: str | Path | Sequence[str | Path],
     return predict_cases(run_or_checkpoint, list(inputs), out_dir, **options)
 
 
-def postprocess(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
-    """Choose a run's postprocessing on its validation cases (RUN/postprocessing.json)."""
+def postprocess(run_dir: str | Path | Sequence[str | Path],
+                quiet: bool = False) -> dict[str, Any]:
+    """Choose a run's postprocessing on its validation cases (RUN/postprocessing.json); several
+    runs (a cross-validation's folds) choose one together on all their validation cases."""
     from ichseg.inference.postprocess_choice import choose_postprocessing
 
     return choose_postprocessing(run_dir, quiet=quiet)

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("postprocess", help="choose a run's postprocessing on its validation cases")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", nargs="+", help="run folder; several (the fold runs of a "
+                   "cross-validation) choose together on all their validation cases")
 
     p = sub.add_parser("evaluate", help="compare predictions with ground-truth label maps")
     p.add_argument("--pred", required=True)

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -92,18 +92,26 @@ def run_of_checkpoint(checkpoint: Path) -> Path:
     return checkpoint.parent
 
 
-def read_postprocessing(run_dir: str | Path) -> tuple[Postprocessing, str, bool | None] | None:
-    """(the run's chosen postprocessing, where it is recorded, whether it was chosen on TTA
-    predictions: None in a record older than that field), or None when it has no choice."""
+class RecordedChoice(NamedTuple):
+    """A run's RUN/postprocessing.json as predict needs it."""
+
+    postprocessing: Postprocessing
+    path: str
+    tta: bool | None  # whether it was chosen on TTA predictions (None: a record before the key)
+    runs: tuple[str, ...]  # the runs that chose together (empty: this run alone)
+
+
+def read_postprocessing(run_dir: str | Path) -> RecordedChoice | None:
+    """The run's recorded choice, or None when it has none."""
     path = Path(run_dir) / POSTPROCESSING_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
         chosen = record["chosen"]
-        return Postprocessing(min_lesion_ml=float(chosen["min_lesion_ml"]),
-                              keep_largest=bool(chosen["keep_largest"])), str(path), \
-            record.get("tta")
+        return RecordedChoice(Postprocessing(min_lesion_ml=float(chosen["min_lesion_ml"]),
+                                             keep_largest=bool(chosen["keep_largest"])),
+                              str(path), record.get("tta"), tuple(record.get("runs", ())))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"postprocessing file {path} cannot be read ({exc}); run "
                          f"`ichseg postprocess {run_dir}` again") from None
@@ -135,23 +143,30 @@ def pick(summaries: Sequence[dict[str, float]]) -> int:
 
 def for_predictor(predictor: Any, enabled: bool, tta: bool) -> tuple[Postprocessing, str]:
     """(the postprocessing predict applies, where it comes from): the choice recorded in the
-    predictor's run folder, or none (turned off, or never chosen). The origin warns when the
-    choice was made on predictions with(out) TTA and predict runs without (with) it."""
+    predictor's run folder, or none (turned off, or never chosen). An ensemble applies one only
+    when its members' runs chose it together (`ichseg postprocess RUN...`). The origin warns
+    when the choice was made on predictions with(out) TTA and predict runs without (with) it."""
     if not enabled:
         return NONE, "turned off"
-    if len(predictor.members) > 1:
-        # Each member chose on its own validation cases; no single choice fits their average.
-        return NONE, "not applied to an ensemble"
-    run_dir = run_of_checkpoint(predictor.source)
-    recorded = read_postprocessing(run_dir)
-    if recorded is None:
-        return NONE, f"none chosen for {run_dir}: `ichseg postprocess {run_dir}` chooses one"
-    chosen, origin, chosen_with_tta = recorded
+    runs = [run_of_checkpoint(member.source) for member in predictor.members]
+    recorded = [read_postprocessing(run_dir) for run_dir in runs]
+    if len(runs) > 1:
+        together = all(r is not None and {str(d.resolve()) for d in runs} <= set(r.runs)
+                       for r in recorded)
+        if not together or len({(r.postprocessing, r.tta) for r in recorded}) != 1:
+            # Each member chose on its own validation cases; no single choice fits their average.
+            return NONE, ("not applied to an ensemble whose runs did not choose together: "
+                          f"`ichseg postprocess {' '.join(str(r) for r in runs)}` chooses one")
+    choice = recorded[0]
+    if choice is None:
+        return NONE, f"none chosen for {runs[0]}: `ichseg postprocess {runs[0]}` chooses one"
     caution = ""
-    if chosen_with_tta is not None and chosen_with_tta != tta:
-        caution = (f"; note: chosen on predictions {'with' if chosen_with_tta else 'without'} "
+    if choice.tta is not None and choice.tta != tta:
+        caution = (f"; note: chosen on predictions {'with' if choice.tta else 'without'} "
                    f"TTA, these are {'with' if tta else 'without'} it")
-    return chosen, f"chosen on the validation cases, {origin}{caution}"
+    where = f"the pooled validation cases of {len(choice.runs)} runs" if choice.runs else \
+        "the validation cases"
+    return choice.postprocessing, f"chosen on {where}, {choice.path}{caution}"
 
 
 def format_choice(record: dict[str, Any]) -> str:
