@@ -5,6 +5,8 @@ candidate is applied to those label maps and evaluated, the chosen one marked.
 
     python benchmarks/postprocess.py [OUT]    (default: demo)
     python benchmarks/postprocess.py OUT --more-cases 30   (and 30 more held-out cases, seed 2)
+    python benchmarks/postprocess.py OUT --runs F0 F1 F2 F3 F4   (fold runs on OUT's data: they
+        choose together on all their validation cases, and their ensemble predicts)
 
 Prints the candidates' validation scores, then each candidate's held-out mean (and the median of
 none and the chosen one) of each metric, and the time each step took. The demo holds out 6
@@ -39,10 +41,12 @@ def apply_to_folder(candidate, raw: Path, out: Path) -> None:
                  out / path.name)
 
 
-def held_out(run: Path, test: Path, work: Path, chosen: str, seconds: dict[str, float]) -> None:
-    """Predict the held-out cases of `test` once, apply every candidate, print the table."""
+def held_out(runs: list[Path], test: Path, work: Path, chosen: str,
+             seconds: dict[str, float]) -> None:
+    """Predict the held-out cases of `test` once (the runs' ensemble when several), apply every
+    candidate, print the table."""
     tick = time.monotonic()
-    api.predict(run, [test / "images"], work / "raw", postprocess=False, quiet=True)
+    api.predict(runs, [test / "images"], work / "raw", postprocess=False, quiet=True)
     seconds[f"predict {test.name}"] = time.monotonic() - tick
     tick = time.monotonic()
     reports = {}
@@ -66,14 +70,17 @@ def held_out(run: Path, test: Path, work: Path, chosen: str, seconds: dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", nargs="?", default="demo", help="the demo's output folder")
+    parser.add_argument("--runs", type=Path, nargs="+",
+                        help="fold runs that choose together (default: OUT/run alone)")
     parser.add_argument("--more-cases", type=int, default=0,
                         help="also held out: this many more synthetic cases (seed 2)")
     args = parser.parse_args()
     out = Path(args.out)
-    run, test, work = out / "run", out / "test", out / "benchmark_postprocess"
+    runs, test = args.runs or [out / "run"], out / "test"
+    work = out / ("benchmark_postprocess" + ("_folds" if args.runs else ""))
 
     tick = time.monotonic()
-    record = api.postprocess(run, quiet=True)
+    record = api.postprocess(runs, quiet=True)
     seconds = {"choose": time.monotonic() - tick}
     print(format_choice(record))
 
@@ -81,7 +88,7 @@ def main() -> None:
     for cases in [test, *more]:
         if not (cases / "dataset.json").exists():
             api.synthesize(cases, args.more_cases, seed=2, shape=SHAPE, spacing=SPACING)
-        held_out(run, cases, work / cases.name, record["chosen"]["name"], seconds)
+        held_out(runs, cases, work / cases.name, record["chosen"]["name"], seconds)
     print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
 
 
