@@ -131,7 +131,9 @@ def test_fold_runs_choose_together_and_their_ensemble_applies_the_choice(run_wit
     (row,) = predict.predict_cases([first, second], [scan], first.parent / "apart", quiet=True)
     assert row["postprocessing"] == "none"
 
+    capsys.readouterr()
     assert main(["postprocess", str(first), str(second)]) == 0
+    assert "on 2 validation case(s) of 2 runs" in capsys.readouterr().out
     records = [json.loads((r / POSTPROCESSING_FILE).read_text()) for r in (first, second)]
     assert records[0]["runs"] == records[1]["runs"] == [str(first), str(second)]
     assert [r["validation_cases"] for r in records] == [["a"], ["b"]]

@@ -177,6 +177,12 @@ def format_choice(record: dict[str, Any]) -> str:
         lines.append(f"{c['name']:<28}{c['dice']:>9.4f}{c['lesion_f1']:>11.4f}"
                      f"{c.get('hd_max', float('nan')):>11.2f}{mark}")
     tta = {True: ", mirror TTA", False: ", no TTA"}.get(record.get("tta"), "")
-    lines.append(f"on {len(record['validation_cases'])} validation case(s) with "
-                 f"{record['checkpoint']}{tta}; rule: {record['rule']}")
+    pooled = record.get("pooled_validation_cases")
+    if pooled:
+        where = (f"on {sum(len(v) for v in pooled.values())} validation case(s) of {len(pooled)} "
+                 f"runs, each with its own best model{tta}")
+    else:
+        where = (f"on {len(record['validation_cases'])} validation case(s) with "
+                 f"{record['checkpoint']}{tta}")
+    lines.append(f"{where}; rule: {record['rule']}")
     return "\n".join(lines)
