@@ -254,6 +254,27 @@ def test_a_damaged_split_is_rebuilt_as_the_run_made_it(tiny_dataset, damaged_cop
     assert plan.split == made
 
 
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_lost_split_comes_back_from_the_checkpoint_though_the_dataset_grew(
+        tiny_dataset, damaged_copy, tmp_path, damage, caplog):
+    # Rebuilding from the dataset would now give another split: the checkpoint's is the truth.
+    grown = tmp_path / "grown"
+    shutil.copytree(tiny_dataset, grown)
+    for kind in ("images", "labels"):
+        shutil.copy(grown / kind / "synth_000.nii.gz", grown / kind / "synth_new.nii.gz")
+    split = damaged_copy / "split.json"
+    made = json.loads(split.read_text())
+    if damage == "missing":
+        split.unlink()
+    else:
+        split.write_text("[1, 2")
+    with caplog.at_level(logging.WARNING):
+        plan = _plan(grown, damaged_copy)
+    assert "restored from the checkpoint" in caplog.text
+    assert plan.split == made
+    assert "synth_new" not in plan.split["train"] + plan.split["validation"]
+
+
 def test_a_damaged_config_without_a_checkpoint_exits_2(tiny_dataset, damaged_copy, capsys):
     shutil.rmtree(damaged_copy / "checkpoints")
     (damaged_copy / "config.yaml").write_text("data: {path: [")

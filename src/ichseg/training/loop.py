@@ -77,7 +77,8 @@ class Trainer:
     """Trains `cfg`'s network on prepared cases; see the module docstring."""
 
     def __init__(self, cfg: Config, train_cases: Sequence[Any], val_cases: Sequence[Any],
-                 run_dir: str | Path, target_epochs: int, rank: int = 0, world_size: int = 1):
+                 run_dir: str | Path, target_epochs: int, rank: int = 0, world_size: int = 1,
+                 split: dict[str, Any] | None = None):
         from ichseg.data.sampling import PatchSampler
         from ichseg.models import build_model
 
@@ -87,6 +88,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.val_cases = list(val_cases)
+        self.split = split  # saved with each checkpoint: split.json can be restored from it
         self.device = distributed.rank_device(pick_device(cfg.training.device))
         configure_device(self.device, cfg.training.deterministic)
 
@@ -150,6 +152,7 @@ class Trainer:
             "progress": progress,
             "early_stopping": early,
             "world_size": self.world_size,
+            **({"split": self.split} if self.split is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -291,14 +291,28 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
                          f"and validate, found {len(labelled)}")
     split_path = plan.run_dir / SPLIT_FILE
     split = None
-    if resuming and split_path.is_file():
-        try:
-            split = read_split(split_path)
-        except UsageError as exc:
-            # The split is a function of the dataset's cases, the fraction and the seed, all
-            # known; it is rebuilt as the run's start made it, and written again.
-            log.warning("%s; it is rebuilt from the dataset, its data settings (fraction, "
-                        "fold, patient grouping) and training.seed as the run made it at its start", exc)
+    if resuming:
+        problem = f"split file {split_path} is missing"
+        if split_path.is_file():
+            try:
+                split = read_split(split_path)
+            except UsageError as exc:
+                problem = str(exc)
+        saved = (plan.checkpoint or {}).get("split")
+        if split is None and saved is not None:
+            # Every checkpoint carries the split it trained on: restored exactly, even when the
+            # dataset gained or lost cases since.
+            split = {**saved, "train": list(saved["train"]),
+                     "validation": list(saved["validation"])}
+            log.warning("%s; restored from the checkpoint %s and written again", problem,
+                        plan.checkpoint_path)
+        elif split is None:
+            # A checkpoint from before it carried the split (or a legacy one): the split is a
+            # function of the dataset's cases, the fraction and the seed, all known, and is
+            # rebuilt as the run's start made it.
+            log.warning("%s; it is rebuilt from the dataset, its data settings (fraction, fold, "
+                        "patient grouping) and training.seed as the run made it at its start",
+                        problem)
     if split is not None:
         missing = sorted(set(split["train"] + split["validation"]) - set(labelled))
         if missing:
@@ -357,7 +371,7 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
         distributed.on_main(lambda: prepare_run_folder(held))
         trainer = Trainer(cfg, [prepared[i] for i in plan.split["train"]],
                           [prepared[i] for i in plan.split["validation"]], run_dir, plan.target,
-                          rank=ranks.rank, world_size=ranks.world_size)
+                          rank=ranks.rank, world_size=ranks.world_size, split=plan.split)
         if plan.init_weights is not None:
             apply_init_weights(trainer.model, plan.init_weights)
         if plan.checkpoint is not None:
