@@ -20,10 +20,8 @@ import argparse
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from ichseg import api
+from ichseg.data.io import read_label, write_nifti
 from ichseg.demo import SHAPE, SPACING
 from ichseg.inference.postprocess import CANDIDATES, format_choice
 
@@ -34,11 +32,9 @@ def apply_to_folder(candidate, raw: Path, out: Path) -> None:
     """The candidate applied to every label map of `raw`, written with the same header to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(raw.glob("*.nii.gz")):
-        image = nib.load(path)
-        labels = np.asarray(image.dataobj)
-        kept = candidate.apply(labels, float(abs(np.linalg.det(image.affine[:3, :3]))))
-        nib.save(nib.Nifti1Image(kept.astype(labels.dtype), image.affine, image.header),
-                 out / path.name)
+        labels = read_label(path)
+        write_nifti(out / path.name, candidate.apply(labels.array, labels.voxel_volume_mm3),
+                    labels.affine, like=labels)
 
 
 def held_out(runs: list[Path], test: Path, work: Path, chosen: str,

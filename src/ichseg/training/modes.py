@@ -38,6 +38,7 @@ from ichseg.training.run_folder import (
     missing_keys,
     read_recorded_config,
     read_split,
+    split_lists,
 )
 from ichseg.training.train_log import TrainLog, collected_train_log, console_logging, show_bars
 
@@ -302,8 +303,7 @@ def _plan_data(plan: Plan, resuming: bool) -> None:
         if split is None and saved is not None:
             # Every checkpoint carries the split it trained on: restored exactly, even when the
             # dataset gained or lost cases since.
-            split = {**saved, "train": list(saved["train"]),
-                     "validation": list(saved["validation"])}
+            split = split_lists(saved)
             log.warning("%s; restored from the checkpoint %s and written again", problem,
                         plan.checkpoint_path)
         elif split is None:

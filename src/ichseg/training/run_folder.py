@@ -41,10 +41,14 @@ def missing_keys(raw: dict[str, Any], stored: dict[str, Any]) -> str | None:
     return f"it lacks {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}"
 
 
+def split_lists(split: dict[str, Any]) -> dict[str, Any]:
+    """A split (from split.json or a checkpoint) with its case lists as lists; a fold run's
+    split also says which fold it is (`fold`, `folds`)."""
+    return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
+
+
 def read_split(path: Path) -> dict[str, list[str]]:
     try:
-        split = json.loads(path.read_text())
-        # A fold run's split also says which fold it is (`fold`, `folds`).
-        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
+        return split_lists(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"split file {path} cannot be read: {exc}") from None
