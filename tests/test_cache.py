@@ -39,9 +39,9 @@ def count_decodes(monkeypatch):
     calls = []
     real = ichseg.data.inspect.read_nifti
 
-    def counting(path):
+    def counting(path, *limit):
         calls.append(path)
-        return real(path)
+        return real(path, *limit)
 
     monkeypatch.setattr(ichseg.data.inspect, "read_nifti", counting)
     return calls

@@ -61,6 +61,9 @@ class DataConfig:
     prepare_workers: int = _opt(-1, "processes decoding uncached scans into the cache; -1: one "
                                 "per CPU, up to 4", -1)
     cache_dir: str = _opt("", "preprocessed-case cache; empty: $ICHSEG_CACHE or ~/.cache/ichseg")
+    max_voxels: int = _opt(1024 * 1024 * 2000, "scans (and label maps) with more voxels are refused "
+                           "from their headers before decoding, as too large to be a head CT "
+                           "(the default, 1024 x 1024 x 2000, is 8 GiB as float32)", 1)
 
 
 @dataclass

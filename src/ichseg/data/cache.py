@@ -175,7 +175,8 @@ class PreprocessedCache:
 
     def _prepare(self, case: Case, entry: Path) -> None:
         # The same checks as `ichseg inspect`: readable files, label on the image's grid.
-        check = check_case(case, self.label_mapping or LABEL_MAPPINGS["generic"])
+        check = check_case(case, self.label_mapping or LABEL_MAPPINGS["generic"],
+                           self.data_cfg.max_voxels)
         if check.problems:
             raise UsageError(check.problems[0])
         for message in check.warnings:

@@ -3,18 +3,22 @@
 A folder is searched recursively for DICOM files (the `DICM` marker); their headers are read
 with pydicom (`stop_before_pixels`) and grouped by SeriesInstanceUID. Each series is then
 - predicted: an axial CT volume (modality CT, one grey value per pixel, at least
-  `MIN_VOLUME_SLICES` slices, slice normal within 45 degrees of the patient's head-foot axis);
+  `MIN_VOLUME_SLICES` slices, slice normal within 45 degrees of the patient's head-foot axis),
+  either classic (a file per slice) or one multi-frame Enhanced CT or Legacy Converted Enhanced
+  CT object (a frame per slice, placed by its shared and per-frame functional groups: each frame
+  is handled as the slice a classic series would hold, `frame_planes`);
 - skipped, with a one-line note: objects without pixels (dose reports and other structured
   reports, presentation states), secondary captures by SOP class (screenshots, dose screens),
   localizers (ImageType LOCALIZER), and CT series of a single slice or not axial (scouts,
   reformats);
 - refused (`UsageError`, naming it): another modality (MR...), a colour (RGB) image, a series too
-  short to be a volume, or one whose files cannot be stacked (mixed orientations or sizes, a
-  repeated position).
+  short to be a volume, one whose slices cannot be stacked (mixed orientations or sizes, a
+  repeated position), a multi-frame object other than one Enhanced CT object, or one larger than
+  `data.max_voxels` (from its headers, before any pixel is decoded).
 
 The pixels are converted by dcm2niix (its PyPI wheel ships the binary), the converter most of
 the field runs: it decodes every compressed transfer syntax (JPEG 2000, JPEG lossless, JPEG-LS,
-RLE), and where the slices are unevenly spaced (a missing slice, 4 mm then 7 mm) or the gantry is
+RLE) and Enhanced CT (its frames sorted in space, as a classic series' files), and where the slices are unevenly spaced (a missing slice, 4 mm then 7 mm) or the gantry is
 tilted it writes the series on a regular grid covering it where the scanner put it (its `_Eq` and
 `_Tilt` conversions), which is the grid predicted and written. Those cases are warned about.
 """
@@ -27,13 +31,15 @@ import subprocess
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ichseg.data.io import Volume, hu_warning, is_nifti_name, read_nifti
+from ichseg.config import DataConfig
+from ichseg.data.io import Volume, hu_warning, is_nifti_name, read_nifti, refuse_oversized
 from ichseg.errors import UsageError
 
 # Fewer slices than this are no head CT volume (a scout has one, a dose screen one or two).
@@ -53,6 +59,14 @@ SECONDARY_CAPTURE = ("1.2.840.10008.5.1.4.1.1.7",)
 NO_IMAGE = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.",
             "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.481.")
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: the export's index, not a series
+# Multi-frame CT objects that hold a volume, a frame per slice: Enhanced CT Image Storage, and the
+# Legacy Converted Enhanced CT Image Storage that archives make of classic series.
+ENHANCED_CT = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+# What a frame's functional groups say about it, by the classic header keyword each fills in.
+_FRAME_GROUPS = {"PlanePositionSequence": ("ImagePositionPatient",),
+                 "PlaneOrientationSequence": ("ImageOrientationPatient",),
+                 "PixelMeasuresSequence": ("PixelSpacing",),
+                 "PixelValueTransformationSequence": ("RescaleIntercept", "RescaleSlope")}
 
 # dcm2niix's names for the regular-grid copies it writes beside a sheared or uneven conversion.
 _CORRECTED_SUFFIXES = ("_Tilt_Eq_1", "_Tilt_1", "_Eq_1")
@@ -72,13 +86,51 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def dicom_files(folder: Path) -> list[Path]:
-    """The DICOM files in `folder` and every folder below it, sorted; hidden ones skipped."""
+    """The DICOM files in `folder` and every folder below it, sorted; hidden ones skipped (a
+    DICOM file given itself: that file)."""
+    if folder.is_file():
+        return [folder] if is_dicom_file(folder) else []
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root) / name for name in sorted(files)
                      if not name.startswith(".") and is_dicom_file(Path(root) / name))
     return found
+
+
+def frame_count(ds) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def frame_planes(ds) -> list:
+    """One header per frame of a DICOM image, as a classic single-slice file would hold it: for
+    a multi-frame object, its top-level attributes overlaid with the frame's shared and then
+    per-frame functional groups (position, orientation, pixel spacing, rescale); for a
+    single-frame image, the image itself."""
+    if frame_count(ds) == 1:
+        return [ds]
+    from pydicom import Dataset
+
+    shared = ds.get("SharedFunctionalGroupsSequence") or [Dataset()]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != frame_count(ds):
+        raise UsageError(f"the multi-frame DICOM image {ds.filename} has {len(per_frame)} "
+                         f"per-frame functional groups for its {frame_count(ds)} frames")
+    planes = []
+    for frame in per_frame:
+        plane = Dataset()
+        for keyword in ("Rows", "Columns", "BitsStored", "PixelRepresentation",
+                        *(k for keys in _FRAME_GROUPS.values() for k in keys)):
+            if keyword in ds:
+                setattr(plane, keyword, ds[keyword].value)
+        for groups in (shared[0], frame):  # a per-frame value overrides the shared one
+            for sequence, keywords in _FRAME_GROUPS.items():
+                for item in groups.get(sequence) or []:
+                    for keyword in keywords:
+                        if keyword in item:
+                            setattr(plane, keyword, item[keyword].value)
+        planes.append(plane)
+    return planes
 
 
 @dataclass
@@ -107,11 +159,28 @@ class DicomSeries:
     def modality(self) -> str:
         return str(self.first.get("Modality", "")).upper()
 
+    @property
+    def multi_frame(self) -> bool:
+        return any(frame_count(ds) > 1 for ds in self.headers)
+
+    @cached_property
+    def slices(self) -> list[tuple[str, object]]:
+        """(what to call it, its header) for every slice: a classic series' files, or the
+        frames of a multi-frame object (`frame_planes`), in file and frame order."""
+        return [(f"DICOM file {path}" if frame_count(ds) == 1
+                 else f"frame {k + 1} of DICOM file {path}", plane)
+                for path, ds in zip(self.files, self.headers, strict=True)
+                for k, plane in enumerate(frame_planes(ds))]
+
     def __str__(self) -> str:
         number = "?" if self.number is None else self.number
         description = str(self.first.get("SeriesDescription", "")).strip()
         label = f" {description!r}" if description else ""
-        return f"series {number}{label} in {self.folder} ({len(self.files)} files)"
+        files = f"{len(self.files)} files"
+        if self.multi_frame:
+            files = f"{len(self.files)} file{'s' * (len(self.files) > 1)}, " \
+                    f"{sum(frame_count(ds) for ds in self.headers)} frames"
+        return f"series {number}{label} in {self.folder} ({files})"
 
 
 def find_series(folder: str | Path) -> list[DicomSeries]:
@@ -159,31 +228,32 @@ def skip_reason(series: DicomSeries) -> str | None:
             series.first.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONO"):
         raise UsageError(f"{series} is a colour ({series.first.PhotometricInterpretation}) "
                          f"image, not CT in Hounsfield units")
-    for path, ds in zip(series.files, series.headers, strict=True):
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise UsageError(f"DICOM file {path} is a multi-frame image; ichseg reads series "
-                             f"of single-slice files")
-    if len(series.files) == 1:
+    if series.multi_frame and (len(series.files) > 1 or sop not in ENHANCED_CT):
+        path = next(p for p, ds in zip(series.files, series.headers, strict=True)
+                    if frame_count(ds) > 1)
+        raise UsageError(f"DICOM file {path} is a multi-frame image but {series} is not one "
+                         f"Enhanced CT object; ichseg reads series of single-slice CT files and "
+                         f"Enhanced (or Legacy Converted Enhanced) CT objects")
+    if len(series.slices) == 1:
         return "a single slice (a scout or a key image, not a volume)"
     if not _is_axial(series):
         return "not axial (a scout or a coronal or sagittal reformat)"
-    if len(series.files) < MIN_VOLUME_SLICES:
-        raise UsageError(f"{series} has {len(series.files)} slices, too few to be a head CT "
+    if len(series.slices) < MIN_VOLUME_SLICES:
+        raise UsageError(f"{series} has {len(series.slices)} slices, too few to be a head CT "
                          f"volume (at least {MIN_VOLUME_SLICES})")
     return None
 
 
 def _orientation(series: DicomSeries) -> np.ndarray:
-    for path, ds in zip(series.files, series.headers, strict=True):
+    for name, ds in series.slices:
         for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if key not in ds:
-                raise UsageError(f"DICOM file {path} has no {key}, so its slice cannot be placed")
-    orientation = np.array(series.first.ImageOrientationPatient, dtype=np.float64)
-    for path, ds in zip(series.files, series.headers, strict=True):
+                raise UsageError(f"{name} has no {key}, so its slice cannot be placed")
+    orientation = np.array(series.slices[0][1].ImageOrientationPatient, dtype=np.float64)
+    for name, ds in series.slices:
         if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), orientation,
                            atol=1e-4):
-            raise UsageError(f"DICOM file {path} is oriented differently from the rest of "
-                             f"{series}")
+            raise UsageError(f"{name} is oriented differently from the rest of {series}")
     return orientation
 
 
@@ -223,21 +293,29 @@ def slice_geometry(series: DicomSeries) -> SliceGeometry:
             raise UsageError(f"DICOM file {path} is {ds.Rows} x {ds.Columns} pixels, unlike the "
                              f"{rows} x {columns} of the rest of {series}")
     normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in series.headers])
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient]
+                          for _, ds in series.slices])
     order = np.argsort(positions @ normal, kind="stable")
     steps = np.diff(positions[order] @ normal)
     if steps.size and steps.min() < 1e-3:
         i = int(np.argmin(steps))
+        if series.multi_frame:
+            first, second = (series.slices[order[k]][0] for k in (i, i + 1))
+            raise UsageError(f"{first} and {second} lie at the same position; the object "
+                             f"holds a repeated slice")
         first, second = (series.files[order[k]].name for k in (i, i + 1))
         raise UsageError(f"DICOM files {first} and {second} of {series} lie at the same "
                          f"position; the series holds a repeated slice")
     return SliceGeometry(normal, positions[order], steps)
 
 
-def read_series(series: DicomSeries) -> Volume:
+def read_series(series: DicomSeries, max_voxels: int = DataConfig.max_voxels) -> Volume:
     """One axial CT series as a HU volume on a regular grid, RAS affine: dcm2niix's conversion,
-    regridded by `regular_grid` where the gantry is tilted or the slice gaps are uneven."""
+    regridded by `regular_grid` where the gantry is tilted or the slice gaps are uneven.
+    Refuses, before converting, a series of more than `max_voxels` voxels (`data.max_voxels`)."""
     geometry = slice_geometry(series)
+    refuse_oversized(series, (int(series.first.Columns), int(series.first.Rows),
+                              len(series.slices)), max_voxels)
     corrections = []
     if geometry.tilt_deg > TILT_TOLERANCE_DEG:
         corrections.append(f"a gantry tilt of {geometry.tilt_deg:.1f} degrees")
@@ -249,10 +327,10 @@ def read_series(series: DicomSeries) -> Volume:
         array = np.asarray(image.dataobj, dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)
         header = image.header.copy()
-    if array.ndim != 3 or array.shape[2] != len(series.files):
+    if array.ndim != 3 or array.shape[2] != len(series.slices):
         raise UsageError(f"dcm2niix converted {series} to shape {array.shape}, not one volume "
-                         f"of its {len(series.files)} slices")
-    array = _rsna_corrected(array, series.first)
+                         f"of its {len(series.slices)} slices")
+    array = _rsna_corrected(array, series.slices[0][1])
     if corrections:
         array, affine = regular_grid(array, affine, geometry)
         header = None  # a new grid: both forms are written from its (orthogonal) affine
@@ -392,26 +470,28 @@ def study_series(folder: str | Path) -> tuple[list[DicomSeries], list[str]]:
     return chosen, notes
 
 
-def read_dicom_series(folder: str | Path) -> Volume:
-    """The one axial CT volume series of a DICOM folder (searched recursively)."""
+def read_dicom_series(folder: str | Path, max_voxels: int = DataConfig.max_voxels) -> Volume:
+    """The one axial CT volume series of a DICOM folder (searched recursively), or of one
+    multi-frame DICOM file."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not (folder.is_dir() or is_dicom_file(folder)):
         raise UsageError(f"{folder} is not a folder of DICOM files")
     chosen, notes = study_series(folder)
     if len(chosen) != 1:
         found = "; ".join(str(s) for s in chosen) or "; ".join(notes) or "no DICOM image files"
         raise UsageError(f"DICOM folder {folder} holds {len(chosen)} axial CT volume series, "
                          f"not one ({found})")
-    return read_series(chosen[0])
+    return read_series(chosen[0], max_voxels)
 
 
-def read_scan(path: str | Path) -> Volume:
-    """A CT scan from a NIfTI file or a DICOM series folder."""
+def read_scan(path: str | Path, max_voxels: int = DataConfig.max_voxels) -> Volume:
+    """A CT scan from a NIfTI file, a DICOM series folder or an Enhanced CT file; refused
+    before decoding when larger than `max_voxels` (`data.max_voxels`)."""
     path = Path(path)
-    if path.is_dir():
-        return read_dicom_series(path)
+    if path.is_dir() or is_dicom_file(path):
+        return read_dicom_series(path, max_voxels)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     if not is_nifti_name(path.name):
-        raise UsageError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder")
-    return read_nifti(path)
+        raise UsageError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor DICOM")
+    return read_nifti(path, max_voxels)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ichseg.config import DataConfig
 from ichseg.data.io import Volume, label_values, read_label, read_nifti
 from ichseg.data.layouts import CODES, LABEL_MAPPINGS, Case, LabelMapping, find_cases
 from ichseg.errors import UsageError
@@ -46,11 +47,11 @@ class CaseCheck:
         return self.image is not None and self.label is not None and not self.problems
 
 
-def _read(reader, path: Path, check: CaseCheck) -> Volume | None:
+def _read(reader, path: Path, check: CaseCheck, max_voxels: int) -> Volume | None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            volume = reader(path)
+            volume = reader(path, max_voxels)
         except UsageError as exc:
             check.problems.append(str(exc))
             volume = None
@@ -58,14 +59,16 @@ def _read(reader, path: Path, check: CaseCheck) -> Volume | None:
     return volume
 
 
-def check_case(case: Case, mapping: LabelMapping = LABEL_MAPPINGS["generic"]) -> CaseCheck:
-    """Read one case and check it: readable files, no NaNs, the label on the image's grid (same
-    shape and affine) and only the values `mapping` allows."""
+def check_case(case: Case, mapping: LabelMapping = LABEL_MAPPINGS["generic"],
+               max_voxels: int = DataConfig.max_voxels) -> CaseCheck:
+    """Read one case and check it: readable files of at most `max_voxels` voxels
+    (`data.max_voxels`), no NaNs, the label on the image's grid (same shape and affine) and only
+    the values `mapping` allows."""
     check = CaseCheck()
-    check.image = _read(read_nifti, case.image, check)
+    check.image = _read(read_nifti, case.image, check, max_voxels)
     if case.label is None:
         return check
-    check.label = _read(read_label, case.label, check)
+    check.label = _read(read_label, case.label, check, max_voxels)
     image, label = check.image, check.label
     if label is not None:
         check.label_values = label_values(label.array)

@@ -8,6 +8,7 @@ folder holding several series) raises `UsageError` with one sentence naming the 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import warnings
 import zlib
@@ -19,6 +20,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from ichseg.config import DataConfig
 from ichseg.errors import UsageError
 from ichseg.fileio import atomic_path, format_bytes
 
@@ -142,14 +144,47 @@ def _open_nifti(path: Path) -> nib.spatialimages.SpatialImage:
     return nib.load(path, mmap=False)
 
 
-def _refuse_claims_beyond_the_file(path: Path, img: nib.Nifti1Pair) -> None:
+def refuse_oversized(source: object, shape: tuple[int, ...], max_voxels: int) -> None:
+    """UsageError when a scan of `shape` (from its headers, before decoding) holds more voxels
+    than `max_voxels` (`data.max_voxels`): too large to be a head CT, and decoding it could
+    fill the memory."""
+    voxels = math.prod(int(n) for n in shape)
+    if voxels > max_voxels:
+        raise UsageError(f"{source} is {' x '.join(str(int(n)) for n in shape)} voxels "
+                         f"({format_bytes(voxels * np.dtype(np.float32).itemsize)} as float32), "
+                         f"more than data.max_voxels ({max_voxels}): too large to be a head CT; "
+                         f"raise data.max_voxels if it is real")
+
+
+def _stated_header(path: Path) -> nib.Nifti1Header | None:
+    """The header at the start of a NIfTI file, read alone (through gzip for a .nii.gz); None
+    where there is none to read (nibabel's full read then says why)."""
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == _GZIP_MAGIC
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            head = f.read(540)
+        for header_class, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
+            if len(head) >= size and head[:4] in {size.to_bytes(4, "little"),
+                                                  size.to_bytes(4, "big")}:
+                header = header_class.from_fileobj(io.BytesIO(head[:size]))
+                header.get_data_shape()  # raises on a damaged dim field
+                return header
+    except _NIFTI_READ_ERRORS:
+        pass
+    return None
+
+
+def _refuse_claims_beyond_the_file(path: Path, img: nib.Nifti1Pair | None,
+                                   header: nib.Nifti1Header) -> None:
     """UsageError when the header claims more voxel bytes than the file holds, before anything
     is allocated: nibabel allocates what the header claims (a damaged header of a few kB asked
-    for 128 GiB) and only then finds the file short."""
-    header = img.header
+    for 128 GiB) and only then finds the file short. Without `img` (before opening it) a .nii.gz
+    is held to the most its size can inflate to."""
     claimed = int(header.get_data_offset()) + math.prod(
         int(n) for n in header.get_data_shape()) * header.get_data_dtype().itemsize
-    held_in = img.file_map["image"].fileobj  # the decompressed bytes of a .nii.gz (_open_nifti)
+    # An opened .nii.gz holds its decompressed bytes (_open_nifti).
+    held_in = img.file_map["image"].fileobj if img is not None else None
     if held_in is not None and hasattr(held_in, "getbuffer"):
         held, bound = held_in.getbuffer().nbytes, ""
     elif path.name.lower().endswith(".gz"):
@@ -163,17 +198,24 @@ def _refuse_claims_beyond_the_file(path: Path, img: nib.Nifti1Pair) -> None:
                          f"{format_bytes(held)}")
 
 
-def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Load a NIfTI file and its voxels (unscaled dtype, scaling applied), refusing bad files."""
+def _load_nifti(path: str | Path, max_voxels: int = DataConfig.max_voxels,
+                ) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a NIfTI file and its voxels (unscaled dtype, scaling applied), refusing bad files:
+    a header that claims more than the file holds, or more than `max_voxels` voxels, before
+    the voxels are decompressed or read."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path} does not exist or is not a file")
+    stated = _stated_header(path)
+    if stated is not None:
+        _refuse_claims_beyond_the_file(path, None, stated)
+        refuse_oversized(path, stated.get_data_shape(), max_voxels)
     try:
         img = _open_nifti(path)
         if not isinstance(img, nib.Nifti1Pair):
             raise UsageError(f"{path} is not a NIfTI file (nibabel reads it as "
                              f"{type(img).__name__})")
-        _refuse_claims_beyond_the_file(path, img)
+        _refuse_claims_beyond_the_file(path, img, img.header)
         data = np.asanyarray(img.dataobj)
     except _NIFTI_READ_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -188,13 +230,14 @@ def _load_nifti(path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
-def read_nifti(path: str | Path) -> Volume:
+def read_nifti(path: str | Path, max_voxels: int = DataConfig.max_voxels) -> Volume:
     """Read a CT image: float32 voxels (the header's scaling applied) and the header's affine.
 
     The affine is nibabel's `img.affine`: the sform when its code is set, else the qform, as every
-    NIfTI reader does. Warns (does not refuse) when the values do not look like HU.
+    NIfTI reader does. Warns (does not refuse) when the values do not look like HU. Refuses a
+    file of more than `max_voxels` voxels (`data.max_voxels`) from its header.
     """
-    img, data = _load_nifti(path)
+    img, data = _load_nifti(path, max_voxels)
     array = np.asarray(data, dtype=np.float32)
     if not np.isfinite(array).all():
         raise UsageError(f"{path} holds NaN or infinite values")
@@ -203,12 +246,13 @@ def read_nifti(path: str | Path) -> Volume:
     return volume
 
 
-def read_label(path: str | Path) -> Volume:
-    """Read a label map: uint8 voxels, which must be whole numbers from 0 to 255 in the file.
+def read_label(path: str | Path, max_voxels: int = DataConfig.max_voxels) -> Volume:
+    """Read a label map: uint8 voxels, which must be whole numbers from 0 to 255 in the file
+    (and no more than `max_voxels` of them).
 
     Which of those values are allowed codes depends on the dataset (see `layouts.LabelMapping`).
     """
-    img, data = _load_nifti(path)
+    img, data = _load_nifti(path, max_voxels)
     if np.issubdtype(data.dtype, np.floating):
         if not np.isfinite(data).all():
             raise UsageError(f"{path} holds NaN or infinite values")

@@ -29,7 +29,9 @@ The labels are carried back onto the acquired slices: every pixel of every sourc
 placed in the patient's space (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) and
 takes the label of the nearest voxel of the label map (outside the map: background). So a
 series with uneven gaps or gantry tilt, predicted on a regular grid, still gets one frame per
-slice the scanner acquired, matching what the label map says at that place.
+slice the scanner acquired, matching what the label map says at that place. An Enhanced CT
+source is one object of many frames: each frame is placed by its functional groups
+(`data.dicom.frame_planes`), and the SEG references the object and, per frame, its frame number.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.data.dicom import dicom_files
+from ichseg.data.dicom import dicom_files, frame_planes
 from ichseg.fileio import atomic_path
 
 
@@ -125,7 +127,10 @@ def write_dicom_seg(series: str | Path | Sequence[Path], labels: np.ndarray, aff
     from pydicom.uid import generate_uid
 
     sources = series_datasets(series)
-    frames = np.stack([labels_on_slice(labels, affine, ds) for ds in sources])
+    # One frame per source slice, in the order highdicom takes them: the files, or the frames of
+    # a multi-frame source.
+    frames = np.stack([labels_on_slice(labels, affine, plane)
+                       for ds in sources for plane in frame_planes(ds)])
     known = segment_codes()
     algorithm = hd.AlgorithmIdentificationSequence(
         name="ichseg nnMamba U-Net", version=_ichseg_version(),

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ichseg.data.ct import preprocess_case, restore_argmax, restore_to_native
-from ichseg.data.dicom import DicomSeries, read_scan, read_series, study_series
+from ichseg.data.dicom import DicomSeries, is_dicom_file, read_scan, read_series, study_series
 from ichseg.data.io import (
     NNUNET_CHANNEL_SUFFIX,
     Volume,
@@ -106,10 +106,12 @@ def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: fl
 
 
 def input_case_id(path: Path) -> str:
-    """The case id of a predict input: a folder's name, or a NIfTI file's name without its
-    extension and without nnU-Net's `_0000` channel suffix."""
+    """The case id of a predict input: a folder's name, a DICOM file's name without `.dcm`, or
+    a NIfTI file's name without its extension and without nnU-Net's `_0000` channel suffix."""
     if path.is_dir():
         return path.resolve().name
+    if not is_nifti_name(path.name):
+        return path.name[:-len(".dcm")] if path.name.lower().endswith(".dcm") else path.name
     stem = nifti_stem(path.name)
     if stem.endswith(NNUNET_CHANNEL_SUFFIX) and len(stem) > len(NNUNET_CHANNEL_SUFFIX):
         stem = stem[: -len(NNUNET_CHANNEL_SUFFIX)]
@@ -133,9 +135,10 @@ def _series_cases(folder: Path, series: list[DicomSeries]) -> list[tuple[str, Di
 def list_inputs(paths: Iterable[str | Path] | str | Path,
                 ) -> tuple[list[tuple[str, Path | DicomSeries]], list[str]]:
     """([(case id, NIfTI file or DICOM series)], notes) for predict: NIfTI files, folders of
-    NIfTI files, and folders searched recursively for DICOM series, of which each axial CT volume
-    is a case and every other object is skipped with a one-line note (`data.dicom`). Refuses
-    anything else, and repeated case ids."""
+    NIfTI files, and folders searched recursively for DICOM series (and DICOM files: an
+    Enhanced CT object is a series), of which each axial CT volume is a case and every other
+    object is skipped with a one-line note (`data.dicom`). Refuses anything else, and repeated
+    case ids."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[tuple[str, Path | DicomSeries]] = []
@@ -148,7 +151,7 @@ def list_inputs(paths: Iterable[str | Path] | str | Path,
             found.extend((input_case_id(p), p) for p in files)
         elif not path.exists():
             raise UsageError(f"input {path} does not exist")
-        elif path.is_dir():
+        elif path.is_dir() or is_dicom_file(path):
             series, skipped = study_series(path)
             if not series:
                 why = f": {'; '.join(skipped)}" if skipped else ""
@@ -157,8 +160,8 @@ def list_inputs(paths: Iterable[str | Path] | str | Path,
             found.extend(_series_cases(path, series))
             notes.extend(skipped)
         else:
-            raise UsageError(f"input {path} is not a NIfTI file, a folder of NIfTI files or a "
-                             f"folder of DICOM series")
+            raise UsageError(f"input {path} is not a NIfTI file, a folder of NIfTI files, a "
+                             f"DICOM file or a folder of DICOM series")
     seen: dict[str, Path | DicomSeries] = {}
     for case_id, source in found:
         if case_id in seen:
