@@ -140,3 +140,27 @@ def check_against_headers(volume, positions: Sequence[Sequence[float]],
     values = volume.array.reshape(-1)
     assert np.abs(values[inside] - hu_at(lps[inside])).max() <= tolerance
     return int(inside.sum())
+
+
+def write_enhanced(series_folder: Path, path: Path, number: int = 12,
+                   sop_class: str | None = None, modality: str | None = None) -> pydicom.Dataset:
+    """Convert the classic series in `series_folder` into one Legacy Converted Enhanced CT object
+    (highdicom's converter, what archives do) written to `path`, with its own series UID and
+    `number`; `sop_class` and `modality` overwrite the object's own, to make what is refused.
+    Returns the object as written."""
+    import highdicom as hd
+
+    slices = [pydicom.dcmread(p) for p in sorted(series_folder.iterdir())]
+    for ds in slices:
+        # The template's padding value (-2000) was signed; the converter writes it unsigned.
+        del ds.PixelPaddingValue
+    converted = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=generate_uid(), series_number=number,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    if sop_class is not None:
+        converted.SOPClassUID = converted.file_meta.MediaStorageSOPClassUID = sop_class
+    if modality is not None:
+        converted.Modality = modality
+    path.parent.mkdir(parents=True, exist_ok=True)
+    converted.save_as(path, enforce_file_format=True)
+    return converted

@@ -15,16 +15,19 @@ import pydicom
 import pytest
 from dicom_series import (
     AXIAL,
+    CT_IMAGE,
     MR_IMAGE,
     SECONDARY_CAPTURE,
     XRAY_DOSE_REPORT,
     check_against_headers,
     stack,
     tilted,
+    write_enhanced,
     write_series,
 )
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
+import ichseg.data.dicom
 from ichseg.data.dicom import _check_forms, read_dicom_series, read_scan, read_series, study_series
 from ichseg.errors import UsageError
 from ichseg.inference.predict import list_inputs
@@ -206,3 +209,81 @@ def test_a_conversion_whose_qform_and_sform_disagree_is_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_forms(header, series)
+
+
+@pytest.mark.parametrize("slices, degrees", [
+    ([0, 5, 10, 15, 20, 25], 0.0),  # dcm2niix's own grid
+    ([0, 4, 8, 12, 19, 26, 33], -20.0),  # tilted with uneven gaps: regridded
+])
+def test_enhanced_ct_is_read_onto_the_grid_of_the_series_it_was_made_from(
+        tmp_path, slices, degrees):
+    orientation = tilted(degrees) if degrees else AXIAL
+    positions = stack(slices, orientation)
+    write_series(tmp_path / "classic", positions, orientation=orientation, tilt=degrees or None)
+    converted = write_enhanced(tmp_path / "classic", tmp_path / "enhanced" / "ct.dcm")
+    assert int(converted.NumberOfFrames) == len(slices)
+    assert "ImagePositionPatient" not in converted  # the frames are placed by their groups
+    with warnings.catch_warnings(record=True) as classic_said:
+        warnings.simplefilter("always")
+        classic = _read_one(tmp_path / "classic")
+    # The object given as a file, and found in a folder.
+    (series,), notes = study_series(tmp_path / "enhanced" / "ct.dcm")
+    assert notes == [] and str(series).endswith(f"(1 file, {len(slices)} frames)")
+    with warnings.catch_warnings(record=True) as enhanced_said:
+        warnings.simplefilter("always")
+        enhanced = read_series(series)
+        from_folder = read_scan(tmp_path / "enhanced")
+    # Regridded, and said so, exactly where the classic series is.
+    for said in (classic_said, enhanced_said):
+        assert any("regular grid" in str(w.message) for w in said) == bool(degrees)
+    for volume in (enhanced, from_folder):
+        assert volume.array.shape == classic.array.shape
+        np.testing.assert_allclose(volume.affine, classic.affine, atol=1e-6)
+        np.testing.assert_array_equal(volume.array, classic.array)
+    assert check_against_headers(enhanced, positions, orientation) > 0.6 * enhanced.array.size
+
+
+def test_a_study_lists_a_classic_series_and_its_enhanced_copy_as_two_cases(tmp_path):
+    write_series(tmp_path / "study" / "classic", stack([0, 5, 10, 15]), number=2)
+    write_enhanced(tmp_path / "study" / "classic", tmp_path / "study" / "enhanced" / "ct.dcm",
+                   number=12)
+    cases, notes = list_inputs([tmp_path / "study"])
+    assert [case_id for case_id, _ in cases] == ["study_s2", "study_s12"] and notes == []
+    assert [len(series.slices) for _, series in cases] == [4, 4]
+    # An Enhanced CT file given itself is a case named after the file.
+    (case,), _ = list_inputs([tmp_path / "study" / "enhanced" / "ct.dcm"])
+    assert case[0] == "ct" and case[1].files == [tmp_path / "study" / "enhanced" / "ct.dcm"]
+
+
+def test_other_multi_frame_objects_are_skipped_or_refused_as_before(tmp_path):
+    write_series(tmp_path / "classic", stack([0, 5, 10, 15]))
+    # A multi-frame secondary capture (a screenshot series) is skipped.
+    write_enhanced(tmp_path / "classic", tmp_path / "study" / "sc.dcm", number=20,
+                   sop_class="1.2.840.10008.5.1.4.1.1.7.3")
+    write_series(tmp_path / "study" / "ct", stack([0, 5, 10]), number=3)
+    (case,), (note,) = list_inputs([tmp_path / "study"])
+    assert case[0] == "study" and "series 20" in note and "secondary capture" in note
+    # Multi-frame objects of another modality, or of a class ichseg does not read, are refused.
+    write_enhanced(tmp_path / "classic", tmp_path / "mr" / "mr.dcm",
+                   sop_class="1.2.840.10008.5.1.4.1.1.4.1", modality="MR")
+    with pytest.raises(UsageError, match="series 12 .* is MR, not CT"):
+        list_inputs([tmp_path / "mr"])
+    write_enhanced(tmp_path / "classic", tmp_path / "old" / "ct.dcm", sop_class=CT_IMAGE)
+    with pytest.raises(UsageError, match="ct.dcm is a multi-frame image but series 12 .*is not "
+                                         "one Enhanced CT object"):
+        list_inputs([tmp_path / "old"])
+
+
+def test_a_series_larger_than_data_max_voxels_is_refused_before_conversion(tmp_path,
+                                                                           monkeypatch):
+    write_series(tmp_path / "classic", stack([0, 5, 10, 15]))
+    write_enhanced(tmp_path / "classic", tmp_path / "enhanced.dcm")
+
+    def converted(*args):
+        raise AssertionError("dcm2niix ran")
+
+    monkeypatch.setattr(ichseg.data.dicom, "_convert", converted)
+    for source in (tmp_path / "classic", tmp_path / "enhanced.dcm"):
+        with pytest.raises(UsageError, match=r"series .* is 32 x 32 x 4 voxels \(16.4 KB as "
+                                             r"float32\), more than data.max_voxels \(4095\)"):
+            read_scan(source, max_voxels=32 * 32 * 4 - 1)

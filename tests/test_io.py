@@ -180,6 +180,65 @@ def test_a_header_that_claims_more_than_the_file_holds_is_refused_without_alloca
     assert peak < 1 << 20  # the smaller claim is 18 MB, which nibabel would allocate first
 
 
+def _sparse_nifti(path: Path, shape: tuple[int, ...]) -> Path:
+    """An honest int16 NIfTI file of `shape`: its header and then every voxel's bytes, as a
+    sparse file (zeros the file system does not store), so 16 GiB cost no disk."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(shape)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    with open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4)
+        f.truncate(352 + 2 * int(np.prod(shape)))
+    return path
+
+
+def test_a_scan_larger_than_data_max_voxels_is_refused_from_its_header(tmp_path):
+    # 2,048 cubed: 16 GiB of int16 in the file, 32 GiB as float32.
+    huge = _sparse_nifti(tmp_path / "huge.nii", (2048, 2048, 2048))
+    tracemalloc.start()
+    try:
+        for reader in (read_nifti, read_label):
+            with pytest.raises(UsageError, match=r"huge.nii is 2048 x 2048 x 2048 voxels "
+                                                 r"\(34.4 GB as float32\), more than "
+                                                 r"data.max_voxels \(2097152000\)"):
+                reader(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # Below the limit it is read; a smaller limit refuses a .nii.gz before inflating it.
+    assert read_label(_sparse_nifti(tmp_path / "small.nii", (8, 8, 4))).array.shape == (8, 8, 4)
+    small = _save(tmp_path / "small.nii.gz", _ct_like())
+    with pytest.raises(UsageError, match=r"small.nii.gz is 12 x 10 x 6 voxels .* more than "
+                                         r"data.max_voxels \(719\)"):
+        read_nifti(small, max_voxels=719)
+    assert read_nifti(small, max_voxels=720).array.shape == (12, 10, 6)
+
+
+def test_inspect_and_training_refuse_a_scan_over_the_limit_naming_it(tmp_path, write_small_case,
+                                                                      capsys):
+    from ichseg.cli import main
+    from ichseg.config import preset_config
+    from ichseg.data.cache import load_cases
+    from ichseg.data.layouts import find_cases
+
+    root = tmp_path / "data"
+    write_small_case(root / "images" / "a.nii.gz", root / "labels" / "a.nii.gz")
+    data_cfg = preset_config("tiny").data
+    data_cfg.prepare_workers = 1  # in this process
+    shape = read_nifti(root / "images" / "a.nii.gz").array.shape
+    data_cfg.max_voxels = int(np.prod(shape)) - 1
+    with pytest.raises(UsageError, match=f"a.nii.gz is {shape[0]} x .* more than "
+                                         f"data.max_voxels \\({data_cfg.max_voxels}\\)"):
+        load_cases(data_cfg, find_cases(root).cases, progress=False)
+    _sparse_nifti(root / "images" / "b.nii", (2048, 2048, 2048))
+    (root / "labels" / "b.nii").symlink_to(root / "images" / "b.nii")
+    assert main(["inspect", str(root)]) == 2
+    assert "b.nii is 2048 x 2048 x 2048 voxels" in capsys.readouterr().err
+
+
 def test_values_that_are_not_hu_warn_but_are_read(tmp_path):
     path = _save(tmp_path / "mr.nii.gz", np.linspace(0, 100, 720).reshape(12, 10, 6))
     with pytest.warns(UserWarning, match="mr.nii.gz does not look like CT"):
