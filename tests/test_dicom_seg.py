@@ -1,6 +1,7 @@
 """DICOM SEG read back with highdicom and pydicom: a study predicted end to end
 (`ichseg predict --dicom-seg`) whose series are plain, gantry-tilted, unevenly spaced or both,
-frame by frame against the label map on each acquired slice; the writer alone on a tilted,
+frame by frame against the label map on each acquired slice; an Enhanced CT copy of a series
+beside it, predicted alike, its SEG over the object's frames; the writer alone on a tilted,
 uneven series with known boxes; the SNOMED CT codes against pydicom's dictionary."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from dicom_series import AXIAL, pixel_positions, stack, tilted, write_series
+from dicom_series import AXIAL, pixel_positions, stack, tilted, write_enhanced, write_series
 from pydicom.sr.codedict import CONCEPTS, codes
 from test_predict import one_thread  # noqa: F401 (autouse)
 
@@ -191,6 +192,65 @@ def test_study_predicted_with_seg_matches_the_label_map_on_every_acquired_slice(
     assert dicom_source(SimpleNamespace(files=files)) == files
     assert dicom_source(study / "tilted") == study / "tilted"
     assert dicom_source(out / "study_s2.nii.gz") is None
+
+
+def test_enhanced_ct_copy_predicts_like_its_series_and_its_seg_references_its_frames(
+        tmp_path):
+    """A study holding a tilted, unevenly spaced series and its Legacy Converted Enhanced CT
+    copy: both predicted (`ichseg predict --dicom-seg`) to the same label map on the same grid,
+    and the copy's SEG references the one object and, frame by frame, the frame it lies on."""
+    _, slices, degrees = SERIES[4]
+    orientation = tilted(degrees)
+    study = tmp_path / "study"
+    write_series(study / "classic", stack(slices, orientation), orientation=orientation,
+                 tilt=degrees, number=4)
+    enhanced = write_enhanced(study / "classic", study / "enhanced" / "ct.dcm", number=14)
+    out = tmp_path / "out"
+    checkpoint = _threshold_checkpoint(tmp_path / "threshold.pt")
+    with pytest.warns(UserWarning, match="regular grid"):
+        assert main(["predict", "--checkpoint", str(checkpoint), str(study), "--out", str(out),
+                     "--dicom-seg"]) == 0
+    with open(out / "volumes.csv", newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"study_s4", "study_s14"}
+    classic_map, enhanced_map = (nib.load(out / f"{case}.nii.gz") for case in rows)
+    assert enhanced_map.shape == classic_map.shape
+    np.testing.assert_allclose(enhanced_map.affine, classic_map.affine, atol=1e-6)
+    labels = np.asarray(enhanced_map.dataobj)
+    np.testing.assert_array_equal(labels, np.asarray(classic_map.dataobj))
+    assert set(np.unique(labels)) == {0, 2, 4}  # not a trivial map
+    for key in ("hemorrhage_ml", "SAH_ml", "IPH_ml"):
+        assert float(rows["study_s14"][key]) == float(rows["study_s4"][key]) > 0
+    # The copy's SEG refers to the one object, each frame to one of its frames, on whose
+    # plane it lies; and holds, frame by frame, what the classic SEG holds on the same slice.
+    seg_path = Path(rows["study_s14"]["dicom_seg"])
+    seg = pydicom.dcmread(seg_path)
+    (series,) = seg.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == enhanced.SeriesInstanceUID
+    assert [item.ReferencedSOPInstanceUID for item in series.ReferencedInstanceSequence] \
+        == [enhanced.SOPInstanceUID]
+    source_frames = enhanced.PerFrameFunctionalGroupsSequence
+    referenced = set()
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        (source,) = frame.DerivationImageSequence[0].SourceImageSequence
+        assert source.ReferencedSOPInstanceUID == enhanced.SOPInstanceUID
+        number = int(source.ReferencedFrameNumber)
+        referenced.add(number)
+        np.testing.assert_allclose(
+            frame.PlanePositionSequence[0].ImagePositionPatient,
+            source_frames[number - 1].PlanePositionSequence[0].ImagePositionPatient, atol=1e-3)
+    assert referenced == set(range(1, len(slices) + 1))  # every slice holds some bleed
+    numbers = list(range(1, len(slices) + 1))
+    frames = hd.seg.segread(seg_path).get_pixels_by_source_frame(
+        enhanced.SOPInstanceUID, numbers, segment_numbers=list(SUBTYPES), combine_segments=True,
+        skip_overlap_checks=True)
+    sources = {tuple(float(v) for v in ds.ImagePositionPatient): ds.SOPInstanceUID
+               for ds in map(pydicom.dcmread, (study / "classic").iterdir())}
+    at_position = [sources[tuple(float(v) for v in item.PlanePositionSequence[0]
+                                 .ImagePositionPatient)] for item in source_frames]
+    np.testing.assert_array_equal(
+        frames, _frames(Path(rows["study_s4"]["dicom_seg"]), at_position, list(SUBTYPES)))
+    assert {2, 4} <= set(np.unique(frames))
 
 
 def test_tilted_series_with_uneven_gaps_gets_the_labels_where_its_slices_lie(tmp_path):
