@@ -287,3 +287,8 @@ def test_a_series_larger_than_data_max_voxels_is_refused_before_conversion(tmp_p
         with pytest.raises(UsageError, match=r"series .* is 32 x 32 x 4 voxels \(16.4 KB as "
                                              r"float32\), more than data.max_voxels \(4095\)"):
             read_scan(source, max_voxels=32 * 32 * 4 - 1)
+    # Uneven gaps are counted as the regular grid that covers them: 0.05 mm apart at most.
+    write_series(tmp_path / "stray", stack([0, 0.05, 5, 10]))
+    with pytest.raises(UsageError, match=r"stray \(4 files\), on the regular grid its uneven "
+                                         r"gaps need, is 32 x 32 x 201 voxels"):
+        read_scan(tmp_path / "stray", max_voxels=32 * 32 * 200)

@@ -277,6 +277,15 @@ class SliceGeometry:
                     > GAP_TOLERANCE * self.steps.mean() + 1e-3)
 
     @property
+    def grid_slices(self) -> int:
+        """Slices of the regular grid that covers the stack (`regular_grid`): its own, or where
+        the gaps are uneven, evenly spaced from the first to the last at most the smallest gap
+        apart (as dcm2niix's `_Eq` copy)."""
+        if not self.uneven:
+            return len(self.positions)
+        return int(np.ceil(self.steps.sum() / self.steps.min() - 1e-3)) + 1
+
+    @property
     def tilt_deg(self) -> float:
         """Angle between the stacking direction and the slice normal (a gantry tilt)."""
         span = self.positions[-1] - self.positions[0]
@@ -312,10 +321,14 @@ def slice_geometry(series: DicomSeries) -> SliceGeometry:
 def read_series(series: DicomSeries, max_voxels: int = DataConfig.max_voxels) -> Volume:
     """One axial CT series as a HU volume on a regular grid, RAS affine: dcm2niix's conversion,
     regridded by `regular_grid` where the gantry is tilted or the slice gaps are uneven.
-    Refuses, before converting, a series of more than `max_voxels` voxels (`data.max_voxels`)."""
+    Refuses, before converting, a series of more than `max_voxels` voxels (`data.max_voxels`),
+    counting the slices of the regular grid its uneven gaps need (a stray slice 0.01 mm from the
+    next would ask for thousands)."""
     geometry = slice_geometry(series)
-    refuse_oversized(series, (int(series.first.Columns), int(series.first.Rows),
-                              len(series.slices)), max_voxels)
+    regridded = geometry.grid_slices != len(series.slices)
+    refuse_oversized(f"{series}, on the regular grid its uneven gaps need," if regridded
+                     else series, (int(series.first.Columns), int(series.first.Rows),
+                                   geometry.grid_slices), max_voxels)
     corrections = []
     if geometry.tilt_deg > TILT_TOLERANCE_DEG:
         corrections.append(f"a gantry tilt of {geometry.tilt_deg:.1f} degrees")
@@ -377,9 +390,7 @@ def regular_grid(stack: np.ndarray, affine: np.ndarray, geometry: SliceGeometry,
     low_v = np.floor(min(0.0, shift_v.min()) + 1e-6)
     size_u = int(np.ceil(max(0.0, shift_u.max()) - 1e-6 - low_u)) + stack.shape[0]
     size_v = int(np.ceil(max(0.0, shift_v.max()) - 1e-6 - low_v)) + stack.shape[1]
-    count = len(depth)
-    if geometry.uneven:
-        count = int(np.ceil(depth[-1] / np.diff(depth).min() - 1e-3)) + 1
+    count = geometry.grid_slices
     step = depth[-1] / (count - 1)
     fill = float(stack.min())
     out = np.empty((size_u, size_v, count), dtype=np.float32)
