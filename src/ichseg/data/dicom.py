@@ -18,9 +18,11 @@ with pydicom (`stop_before_pixels`) and grouped by SeriesInstanceUID. Each serie
 
 The pixels are converted by dcm2niix (its PyPI wheel ships the binary), the converter most of
 the field runs: it decodes every compressed transfer syntax (JPEG 2000, JPEG lossless, JPEG-LS,
-RLE) and Enhanced CT (its frames sorted in space, as a classic series' files), and where the slices are unevenly spaced (a missing slice, 4 mm then 7 mm) or the gantry is
-tilted it writes the series on a regular grid covering it where the scanner put it (its `_Eq` and
-`_Tilt` conversions), which is the grid predicted and written. Those cases are warned about.
+RLE) and Enhanced CT (its frames in spatial order and its in-plane axes exactly as it gives a
+classic series', checked on converted copies), and where the slices are unevenly spaced (a
+missing slice, 4 mm then 7 mm) or the gantry is tilted it writes the series on a regular grid
+covering it where the scanner put it (its `_Eq` and `_Tilt` conversions), which is the grid
+predicted and written. Those cases are warned about.
 """
 
 from __future__ import annotations
