@@ -217,8 +217,10 @@ def test_a_scan_larger_than_data_max_voxels_is_refused_from_its_header(tmp_path)
     assert read_nifti(small, max_voxels=720).array.shape == (12, 10, 6)
 
 
-def test_inspect_and_training_refuse_a_scan_over_the_limit_naming_it(tmp_path, write_small_case,
-                                                                      capsys):
+def test_inspect_training_and_predict_refuse_a_scan_over_the_limit_naming_it(
+        tmp_path, write_small_case, capsys):
+    from test_predict import _checkpoint
+
     from ichseg.cli import main
     from ichseg.config import preset_config
     from ichseg.data.cache import load_cases
@@ -237,6 +239,11 @@ def test_inspect_and_training_refuse_a_scan_over_the_limit_naming_it(tmp_path, w
     (root / "labels" / "b.nii").symlink_to(root / "images" / "b.nii")
     assert main(["inspect", str(root)]) == 2
     assert "b.nii is 2048 x 2048 x 2048 voxels" in capsys.readouterr().err
+    checkpoint = _checkpoint(tmp_path / "model.pt", 5.0, -5.0)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root / "images" / "b.nii"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "b.nii is 2048 x 2048 x 2048 voxels" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "b.nii.gz").exists()
 
 
 def test_values_that_are_not_hu_warn_but_are_read(tmp_path):
