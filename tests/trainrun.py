@@ -55,16 +55,17 @@ def child_env() -> dict[str, str]:
 def run_cli(args: list[str], fault: str | None = None, timeout: float = 240,
             ) -> subprocess.CompletedProcess:
     """`python -m ichseg ARGS` (or with a fault injected) to completion."""
-    return subprocess.run(_command(args, fault), env=child_env(), capture_output=True, text=True,
+    return subprocess.run(cli_command(args, fault), env=child_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def start_cli(args: list[str], fault: str | None = None) -> subprocess.Popen:
-    return subprocess.Popen(_command(args, fault), env=child_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(cli_command(args, fault), env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _command(args: list[str], fault: str | None) -> list[str]:
+def cli_command(args: list[str], fault: str | None) -> list[str]:
+    """`python -m ichseg ARGS`, or this script injecting `fault` into it."""
     if fault is None:
         return [sys.executable, "-m", "ichseg", *args]
     return [sys.executable, __file__, fault, "--", *args]
