@@ -362,6 +362,7 @@ def test_an_error_on_one_rank_is_raised_on_every_rank_with_its_message(tmp_path)
     assert rank1[2][1] == rank0[2][1] and rank0[2][1].startswith(full)
 
 
+@pytest.mark.slow
 def test_a_full_disk_on_either_rank_ends_both_with_its_sentence_then_continues_exactly(
         reference, tiny_dataset, tmp_path):
     """ENOSPC at the file layer on rank 0 during its 2nd `last` save; then on rank 1 as it takes
