@@ -346,7 +346,13 @@ def test_an_error_on_one_rank_is_raised_on_every_rank_with_its_message(tmp_path)
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "rank")
-    mp.spawn(_failing_rank, args=(free_port(), out), nprocs=2)
+    ranks = mp.spawn(_failing_rank, args=(free_port(), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 300  # gloo's timeout, which no rank may wait for, is 30 min
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            raise AssertionError("a rank still waits in a collective")
     rank0, rank1 = (json.loads(Path(f"{out}.{r}").read_text()) for r in range(2))
     # Where the ranks meet: the same class and message on both; the culprit keeps its own
     # exception (and traceback), the other rank gets a fresh one.
