@@ -21,8 +21,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainrun import LOSS_COLUMNS, assert_same_training, child_env, fast_args, load_last
+from trainrun import (
+    LOSS_COLUMNS,
+    assert_same_training,
+    child_env,
+    cli_command,
+    fast_args,
+    load_last,
+)
 
+from ichseg import fileio
 from ichseg.training.distributed import GlobalBatchDiceCE
 from ichseg.training.losses import dice_ce
 
@@ -43,6 +51,28 @@ def job_command(args: list[str], nproc: int = 2, launcher: tuple[str, ...] = (),
     target = [str(script)] if script else ["-m", "ichseg"]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
             "--master-port", str(free_port()), *launcher, *target, *args]
+
+
+def run_workers(args: list[str], fault: str, timeout: float = 300) -> list[tuple[int, str]]:
+    """The two workers of a job started as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR and MASTER_PORT in their environment, OMP_NUM_THREADS=1), but without torchrun,
+    which stops the other workers as soon as one exits: each worker's own exit code and stderr.
+    `fault` as `tests/trainrun.py` takes it."""
+    port = free_port()
+    workers = [subprocess.Popen(cli_command(args, fault), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env={
+                                    **child_env(), "RANK": str(rank), "WORLD_SIZE": "2",
+                                    "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                                    "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+               for rank in range(2)]
+    try:
+        ended = [worker.communicate(timeout=timeout)[1] for worker in workers]
+        return [(worker.returncode, stderr) for worker, stderr in zip(workers, ended, strict=True)]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
 
 def run_job(args: list[str], timeout: float = 240, **options) -> subprocess.CompletedProcess:
@@ -265,3 +295,100 @@ def test_a_second_job_on_a_locked_run_exits_2(tiny_dataset, tmp_path):
     assert re.search(r"Root Cause \(first observed failure\):.*?exitcode\s+: 2 ", output,
                      re.DOTALL), output
     assert f"run folder {run} is in use by PID {os.getpid()}" in output
+
+
+# --- an error on one rank ends every rank with its message (issue 22) ---------------------------
+
+def _failing_rank(rank: int, port: int, out: str) -> None:
+    """Three failures in one process group of two: a UsageError on rank 1 and a bug on rank 0
+    where the ranks meet (`shared_failures`), then a full disk on rank 1 outside any meeting
+    point, while rank 0 waits in a collective that rank 1 never joins (as in a training step)."""
+    import errno
+
+    from ichseg.config import Config
+    from ichseg.errors import UsageError
+    from ichseg.training import distributed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cfg = Config()
+    cfg.training.device = "cpu"
+    distributed.start(cfg, distributed.ranks_from_environment())
+    raised = []
+
+    def outcome(exc: Exception) -> None:
+        raised.append([type(exc).__name__, str(exc), exc.__traceback__ is not None and any(
+            frame.name == "_failing_rank" and "raise" in (frame.line or "")
+            for frame in __import__("traceback").extract_tb(exc.__traceback__))])
+
+    for culprit, error in ((1, UsageError("setting data.path names no folder")),
+                           (0, ValueError("a bug"))):
+        try:
+            with distributed.shared_failures():
+                if rank == culprit:
+                    raise error
+        except Exception as exc:  # noqa: BLE001 - recorded for the test
+            outcome(exc)
+    try:
+        with distributed.failures_published(Path(out)):
+            if rank == 1:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                              str(Path(out).with_name("part.tmp")))
+            distributed.sum_over_ranks([1.0])
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        outcome(exc)
+    finally:
+        distributed.stop()
+    Path(f"{out}.{rank}").write_text(json.dumps(raised))
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank_with_its_message(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "rank")
+    ranks = mp.spawn(_failing_rank, args=(free_port(), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 300  # gloo's timeout, which no rank may wait for, is 30 min
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            raise AssertionError("a rank still waits in a collective")
+    rank0, rank1 = (json.loads(Path(f"{out}.{r}").read_text()) for r in range(2))
+    # Where the ranks meet: the same class and message on both; the culprit keeps its own
+    # exception (and traceback), the other rank gets a fresh one.
+    assert rank0[0] == ["UsageError", "setting data.path names no folder", False]
+    assert rank1[0] == ["UsageError", "setting data.path names no folder", True]
+    assert rank0[1] == ["ValueError", "a bug", True]
+    assert rank1[1][:2] == ["OtherRankFailed", "rank 0 of this job failed with ValueError: a bug "
+                                                "(its traceback is in that rank's output)"]
+    # Outside: rank 1 publishes its full disk and leaves; rank 0's collective breaks and it
+    # raises rank 1's error instead of gloo's.
+    full = f"the disk holding {tmp_path} is full: writing part.tmp needed more space"
+    assert rank1[2][0] == rank0[2][0] == "DiskFull"
+    assert rank1[2][1] == rank0[2][1] and rank0[2][1].startswith(full)
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_either_rank_ends_both_with_its_sentence_then_continues_exactly(
+        reference, tiny_dataset, tmp_path):
+    """ENOSPC at the file layer on rank 0 during its 2nd `last` save; then on rank 1 as it takes
+    its 2nd batch of the next session (in a step: rank 0 waits in DDP's all-reduce). Each time
+    both ranks exit 1 with the same full-disk sentence and no traceback, long before the process
+    group's timeout (gloo's default, 30 minutes), and the checkpoints are those one process would
+    leave: the last one committed before the failure. Then the same command, under torchrun,
+    ends where a job never stopped did."""
+    run = tmp_path / "run"
+    args = train_args(tiny_dataset, run)
+    for fault, last_step in (("disk-full-checkpoint:2@0", 1), ("disk-full-in-batch:2@1", 2)):
+        ended = run_workers(args, fault)
+        sentences = []
+        for code, stderr in ended:
+            assert code == 1 and "Traceback" not in stderr, stderr
+            errors = [line for line in stderr.splitlines() if "error" in line]
+            assert len(errors) == 1 and " is full: " in errors[0], stderr
+            sentences.append(errors[0])
+        assert sentences[0] == sentences[1]
+        assert load_last(run)["step"] == last_step
+    assert not [p for p in run.rglob("*") if fileio.is_temp(p.name)]
+    assert_ok(run_job(args))
+    assert_same_training(reference, load_last(run))

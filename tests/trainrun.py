@@ -8,6 +8,9 @@ injects a fault into an otherwise ordinary `ichseg train`:
   sigterm-at-step:K send itself SIGTERM during the K-th optimizer step of this process
   disk-full-WHERE:N the disk fills up during the N-th `last` checkpoint save of this process, at
                     WHERE (see `fill_disk`); the disk has room again for the next process
+  disk-full-in-batch:K  taking this process's K-th batch fails with ENOSPC (as a full local
+                    disk or /dev/shm would, on a rank that writes no checkpoint)
+FAULT@R installs the fault on the torchrun rank R only (the environment's RANK).
 """
 
 from __future__ import annotations
@@ -52,16 +55,17 @@ def child_env() -> dict[str, str]:
 def run_cli(args: list[str], fault: str | None = None, timeout: float = 240,
             ) -> subprocess.CompletedProcess:
     """`python -m ichseg ARGS` (or with a fault injected) to completion."""
-    return subprocess.run(_command(args, fault), env=child_env(), capture_output=True, text=True,
+    return subprocess.run(cli_command(args, fault), env=child_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def start_cli(args: list[str], fault: str | None = None) -> subprocess.Popen:
-    return subprocess.Popen(_command(args, fault), env=child_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(cli_command(args, fault), env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _command(args: list[str], fault: str | None) -> list[str]:
+def cli_command(args: list[str], fault: str | None) -> list[str]:
+    """`python -m ichseg ARGS`, or this script injecting `fault` into it."""
     if fault is None:
         return [sys.executable, "-m", "ichseg", *args]
     return [sys.executable, __file__, fault, "--", *args]
@@ -174,8 +178,12 @@ class _FillingFile:
 # --- the fault-injecting child ---------------------------------------------------------------
 
 def _install_fault(fault: str) -> None:
+    from ichseg.data import loader
     from ichseg.training import checkpoint, loop
 
+    fault, _, rank = fault.partition("@")
+    if rank and rank != os.environ.get("RANK", "0"):
+        return
     kind, count = fault.split(":")
     target = int(count)
     calls = {"n": 0}
@@ -210,6 +218,18 @@ def _install_fault(fault: str) -> None:
             return path
 
         checkpoint.CheckpointManager.save_best = save_best
+    elif kind == "disk-full-in-batch":
+        original_batches = loader.training_batches
+
+        def training_batches(*args, **kwargs):
+            for batch in original_batches(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == target:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                                  os.path.join(os.environ.get("TMPDIR", "/tmp"), "batch.tmp"))
+                yield batch
+
+        loader.training_batches = training_batches
     elif kind.startswith("disk-full-"):
         original_save = checkpoint.CheckpointManager.save
 

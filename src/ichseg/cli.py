@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ichseg import __version__
-from ichseg.errors import DiskFull, UsageError
+from ichseg.errors import DiskFull, OtherRankFailed, UsageError
 
 
 def _positive_int(text: str) -> int:
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (UsageError, DiskFull) as exc:
+    except (UsageError, DiskFull, OtherRankFailed) as exc:
         print(f"ichseg {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -1,12 +1,13 @@
 """Errors the CLI reports as one sentence without a traceback: UsageError (a user can fix it,
-exit 2) and DiskFull (exit 1)."""
+exit 2), DiskFull (exit 1) and OtherRankFailed (exit 1, on the ranks of a torchrun job that did
+not fail themselves)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from ichseg.fileio import format_bytes
+from ichseg.fileio import format_bytes, is_disk_full
 
 
 class UsageError(Exception):
@@ -35,6 +36,34 @@ class DiskFull(Exception):
         super().__init__(f"the disk holding {self.folder} is full: {what} needed {need}, with "
                          f"{have}; free some space and run the same command again to continue "
                          "from the last saved checkpoint")
+
+    @classmethod
+    def reported(cls, folder: str | Path, message: str) -> DiskFull:
+        """The DiskFull another process (a rank of the same job) raised, with its message as it
+        was (the free space that process saw)."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        error.folder = Path(folder)
+        return error
+
+
+def full_disk(error: OSError, folder: str | Path) -> DiskFull | None:
+    """`error` as a DiskFull naming the file it was writing (else `folder`); None when it is not a
+    full disk or quota."""
+    if not is_disk_full(error):
+        return None
+    if error.filename:
+        path = Path(error.filename)
+        return DiskFull(path.parent, f"writing {path.name}")
+    return DiskFull(folder, "training")
+
+
+class OtherRankFailed(Exception):
+    """Another rank of this torchrun job failed with an unexpected error: that rank prints its
+    traceback, this one the sentence naming it, and both exit 1 (see
+    `training.distributed.shared_failures`)."""
+
+    exit_code = 1
 
 
 def _free_bytes(folder: Path) -> int | None:

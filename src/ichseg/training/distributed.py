@@ -16,7 +16,9 @@ Everything here is PyTorch's own machinery (`torch.distributed`, `DistributedDat
   all-reduce every K steps, K chosen from the measured step time (`loop.AGREE_SECONDS`), and at
   the end of each epoch; the training loss is summed on each device and averaged over ranks only
   when it is saved or logged;
-- rank 0 alone writes files and logs; the others wait at a barrier for each checkpoint commit.
+- rank 0 alone writes files and logs; the others wait for each checkpoint commit;
+- an error on one rank reaches the others (`shared_failures`, `failures_published`): every rank
+  ends with the failing rank's message, none waits for the process group's timeout.
 
 Without torchrun every function here is a no-op, and the trainer runs exactly as before.
 """
@@ -24,10 +26,13 @@ Without torchrun every function here is a no-op, and the trainer runs exactly as
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ichseg.config import Config
-from ichseg.errors import UsageError
+from ichseg.errors import DiskFull, OtherRankFailed, UsageError, full_disk
 
 log = logging.getLogger("ichseg.training")
 
@@ -113,15 +118,18 @@ def start(cfg: Config, ranks: Ranks) -> None:
     # dead attempt's addresses and cannot connect.
     store, rank, world_size = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group("nccl" if on_cuda else "gloo",
-                            store=dist.PrefixStore(f"ichseg/attempt_{attempt}/", store),
-                            rank=rank, world_size=world_size)
+    global _job_store
+    _job_store = dist.PrefixStore(f"ichseg/attempt_{attempt}/", store)
+    dist.init_process_group("nccl" if on_cuda else "gloo", store=_job_store, rank=rank,
+                            world_size=world_size)
 
 
 def stop() -> None:
     """Leave the process group (at the end of the job, also after an error)."""
+    global _job_store
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _job_store = None
 
 
 def rank_device(device: torch.device) -> torch.device:
@@ -239,14 +247,6 @@ def mean_over_ranks(value: float) -> float:
     return sum_over_ranks([value])[0] / dist.get_world_size()
 
 
-def barrier() -> None:
-    if is_active():
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
-
 def sync_buffers(model: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics), which the checkpoint
     holds, so that validation on any rank scores the model that is saved."""
@@ -268,35 +268,165 @@ def same_on_every_rank(value: Any, what: str) -> None:
 
 
 def on_main(action: Callable[[], T]) -> T | None:
-    """Run `action` on rank 0 only; a UsageError there is raised on every rank, with its message,
-    so the whole job exits 2 together instead of leaving the others waiting in a collective."""
-    if not is_active():
-        return action()
-    message, result = None, None
-    if dist.get_rank() == 0:
-        try:
+    """Run `action` on rank 0 only, the others waiting for it; an error there is raised on every
+    rank with its message (`shared_failures`), so the whole job exits together (2 for a
+    UsageError, 1 for a full disk) instead of leaving the others waiting in a collective."""
+    result = None
+    with shared_failures():
+        if not is_active() or dist.get_rank() == 0:
             result = action()
-        except UsageError as exc:
-            message = str(exc)
-    shared = [message]
-    dist.broadcast_object_list(shared, src=0)
-    if shared[0] is not None:
-        raise UsageError(shared[0])
     return result
 
 
 def in_turn(action: Callable[[], T]) -> T:
     """Rank 0 first, then the others: for work whose first run fills a cache the rest reuse
-    (decoding the dataset)."""
+    (decoding the dataset). An error on any rank is raised on all (`shared_failures`)."""
     if not is_active():
         return action()
-    if dist.get_rank() == 0:
-        result = action()
-        barrier()
-    else:
-        barrier()
-        result = action()
+    first = dist.get_rank() == 0
+    with shared_failures():
+        if first:
+            result = action()
+    with shared_failures():
+        if not first:
+            result = action()
     return result
+
+
+# --- one error, every rank ----------------------------------------------------------------------
+#
+# A rank that fails alone would leave the others waiting in their next collective: with gloo
+# until the dead rank's connections close (and then with a traceback of their own), with NCCL
+# until the watchdog's timeout. Where the ranks meet anyway (a save, a validation, the dataset's
+# preparation), `shared_failures` makes the failing rank meet them with its error instead. Inside
+# a training step that is not possible (the others wait in DDP's collectives, which the failing
+# rank cannot join), so `failures_published` leaves its error in the process group's store before
+# it exits, and the others, whose collective then fails, raise that error instead of their own.
+
+_job_store: dist.Store | None = None  # the process group's store (`start`)
+_agreed: Exception | None = None  # the error `shared_failures` raised on every rank
+_FAILURE_KEY = "failure"
+# How long a rank whose collective failed asks the store for the failing rank's error.
+_STORE_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def shared_failures() -> Iterator[None]:
+    """Every rank leaves the block together, and an error raised inside it on any rank is raised
+    on every rank: the same class and message (the lowest failing rank's; an unexpected error
+    keeps its traceback on its own rank and is `OtherRankFailed`, one sentence, on the others).
+
+    Every rank must enter the block. It costs one all-reduce of one number when nothing failed,
+    and doubles as a barrier.
+    """
+    if not is_active():
+        yield
+        return
+    try:
+        yield
+    except Exception as raised:
+        _raise_agreed(_first_failure(_own_form(raised, Path.cwd())), raised)
+    else:
+        _raise_agreed(_first_failure(None), None)
+
+
+def _raise_agreed(chosen: Exception | None, raised: Exception | None) -> None:
+    global _agreed
+    if chosen is None:
+        return
+    _agreed = chosen
+    if chosen is raised:
+        raise chosen
+    raise chosen from None
+
+
+def _first_failure(error: Exception | None) -> Exception | None:
+    """Meet the other ranks: None when none failed, else the error this rank must raise (its own
+    when it is the lowest failing rank, else that rank's)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    # The maximum of (world - rank) over the failing ranks names the lowest of them.
+    flag = torch.tensor([world - rank if error is not None else 0], dtype=torch.float64,
+                        device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    source = world - int(flag.item())
+    report = [_report(error) if rank == source else None]
+    dist.broadcast_object_list(report, src=source)
+    return error if rank == source else _rebuilt(report[0])
+
+
+def _own_form(error: Exception, folder: Path) -> Exception:
+    """A full disk reported as elsewhere in ichseg (a DiskFull); any other error as it is."""
+    return (full_disk(error, folder) if isinstance(error, OSError) else None) or error
+
+
+def _report(error: Exception) -> dict[str, Any]:
+    """What the other ranks need to raise the same error: its kind and message."""
+    if isinstance(error, (UsageError, DiskFull, OtherRankFailed)):
+        return {"kind": type(error).__name__, "message": str(error),
+                "folder": str(getattr(error, "folder", ""))}
+    return {"kind": OtherRankFailed.__name__,
+            "message": f"rank {dist.get_rank()} of this job failed with "
+                       f"{type(error).__name__}: {error} (its traceback is in that rank's output)"}
+
+
+def _rebuilt(report: dict[str, Any]) -> Exception:
+    if report["kind"] == UsageError.__name__:
+        return UsageError(report["message"])
+    if report["kind"] == DiskFull.__name__:
+        return DiskFull.reported(report["folder"], report["message"])
+    return OtherRankFailed(report["message"])
+
+
+@contextlib.contextmanager
+def failures_published(folder: Path) -> Iterator[None]:
+    """Around the whole job on every rank (a no-op without torchrun): an error that was not shared
+    already is left in the process group's store before the rank exits; a rank that fails after
+    another published its error (its collective broke when that rank left) raises that error
+    instead. `folder` (the run folder) is named when a full disk does not say which file."""
+    if not is_active():
+        yield
+        return
+    try:
+        yield
+    except Exception as raised:
+        if raised is _agreed:
+            raise
+        first = _published_failure()
+        if first is not None:
+            raise _rebuilt(first) from None
+        error = _own_form(raised, folder)
+        _publish(error)
+        if error is raised:
+            raise
+        raise error from None
+
+
+def _publish(error: Exception) -> None:
+    """Leave this rank's error in the store, unless another rank's is there first."""
+    if _job_store is None:
+        return
+    report = {"rank": dist.get_rank(), **_report(error)}
+    try:
+        _job_store.set_timeout(timedelta(seconds=_STORE_SECONDS))
+        _job_store.compare_set(_FAILURE_KEY, "", json.dumps(report))
+    except (RuntimeError, OSError):
+        pass  # the store went with the rank that hosted it: the others get gloo's or NCCL's error
+
+
+def _published_failure() -> dict[str, Any] | None:
+    """Another rank's error, published in the store (None: none, or the store is gone)."""
+    if _job_store is None:
+        return None
+    try:
+        _job_store.set_timeout(timedelta(seconds=_STORE_SECONDS))
+        if not _job_store.check([_FAILURE_KEY]):
+            return None
+        report = json.loads(_job_store.get(_FAILURE_KEY))
+    except (RuntimeError, OSError, ValueError):
+        return None
+    return report if report.get("rank") != dist.get_rank() else None
 
 
 @contextlib.contextmanager

@@ -211,7 +211,7 @@ class Trainer:
         losses, dices = [], []
         self.model.eval()
         try:
-            with rng_untouched():
+            with rng_untouched(), distributed.shared_failures():
                 # Each rank validates its own share of the cases; the sums are added up below.
                 for case in self.val_cases[self.rank::self.world_size]:
                     hu, truth = case.read()  # one volume in memory at a time
@@ -230,16 +230,17 @@ class Trainer:
 
     # -- saving ----------------------------------------------------------------------------------
     def save(self, best: bool = False) -> None:
-        """Rank 0 writes; every rank waits until the generation is committed."""
+        """Rank 0 writes; every rank waits until the generation is committed, and raises rank
+        0's error (a full disk) with it."""
         started = time.monotonic()
         self._collect_loss()
-        if self.is_main:
-            state = self.state_dict()
-            if best:
-                self.checkpoints.save_best(state)
-            else:
-                self.last_checkpoint = self.checkpoints.save(state)
-        distributed.barrier()
+        with distributed.shared_failures():
+            if self.is_main:
+                state = self.state_dict()
+                if best:
+                    self.checkpoints.save_best(state)
+                else:
+                    self.last_checkpoint = self.checkpoints.save(state)
         self._save_seconds = time.monotonic() - started
 
     # -- the loop ----------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from ichseg.config import (
     parse_duration,
     resolve_config,
 )
-from ichseg.errors import DiskFull, UsageError
-from ichseg.fileio import atomic_write_text, is_disk_full
+from ichseg.errors import UsageError, full_disk
+from ichseg.fileio import atomic_write_text
 from ichseg.training import distributed
 from ichseg.training.run_folder import (
     ARCHIVE,
@@ -97,12 +97,10 @@ def run_training(data: str | Path | None, run_dir: str | Path, mode: str = "cont
     except OSError as exc:
         # Checkpoints say so themselves (with the size they needed); this covers the run's
         # other files (history.csv, config.yaml, the cache).
-        if not is_disk_full(exc):
+        disk_full = full_disk(exc, run_dir)
+        if disk_full is None:
             raise
-        if exc.filename:
-            path = Path(exc.filename)
-            raise DiskFull(path.parent, f"writing {path.name}") from None
-        raise DiskFull(Path(run_dir), "training") from None
+        raise disk_full from None
 
 
 def _run_training(data: str | Path | None, run_dir: Path, mode: str, started: float,
@@ -119,7 +117,8 @@ def _run_training(data: str | Path | None, run_dir: Path, mode: str, started: fl
         deadline = started + parse_duration(limit) if limit else None
         distributed.start(plan.cfg, ranks)
         try:
-            return _train(plan, deadline, train_log, ranks, after_training)
+            with distributed.failures_published(run_dir):
+                return _train(plan, deadline, train_log, ranks, after_training)
         finally:
             distributed.stop()
 
