@@ -216,6 +216,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
     from ichseg.inference.postprocess import for_predictor
     from ichseg.viz.overlay import draw_overlay
     from ichseg.viz.report import write_report
+    from ichseg.viz.viewer import write_viewer
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -281,14 +282,17 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                     seg = write_dicom_seg(series, labels, volume.affine, names,
                                           out_dir / f"{case_id}.seg.dcm")
             volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
-            return {"case": case_id, "input": str(path),
-                    "voxel_volume_mm3": volume.voxel_volume_mm3,
-                    "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
-                    **{f"{name}_ml": volumes[name] for name in names.values()},
-                    **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
-                    **confidence.row, "postprocessing": cleanup.name,
-                    "dicom_seg": str(seg) if seg else None,
-                    "output": str(out_dir / f"{case_id}.nii.gz")}
+            row = {"case": case_id, "input": str(path),
+                   "voxel_volume_mm3": volume.voxel_volume_mm3,
+                   "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
+                   **{f"{name}_ml": volumes[name] for name in names.values()},
+                   **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
+                   **confidence.row, "postprocessing": cleanup.name,
+                   "dicom_seg": str(seg) if seg else None,
+                   "output": str(out_dir / f"{case_id}.nii.gz")}
+            row["viewer"] = str(write_viewer(out_dir, case_id, volume, labels, row, names,
+                                             confidence.uncertainty))
+            return row
 
         pending: tuple[Future, Future] | None = None
 
