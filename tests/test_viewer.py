@@ -9,10 +9,8 @@ map has blood, none where it has none, grey tissue on the canvas.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import html
-import json
 import re
 import time
 from pathlib import Path
@@ -28,23 +26,22 @@ from ichseg.data.synth.case import make_case
 from ichseg.inference.predict import predict_cases
 from ichseg.viz.overlay import BINARY_COLOUR, SUBTYPE_COLOURS
 from ichseg.viz.report import REPORT, VIEWER_DIR, case_href, write_report
-from ichseg.viz.viewer import NIIVUE_BUNDLE, VENDOR, niivue_version, write_viewer
+from ichseg.viz.viewer import (
+    NIIVUE_BUNDLE,
+    VENDOR,
+    niivue_version,
+    notebook_viewer,
+    page_contents,
+    write_viewer,
+)
 
 HOSTILE = "<img src=x onerror=alert(1)> & 'q' \"d\" #1 %41 <script>alert(2)"
 SUBTYPES = {1: "EDH", 2: "IPH", 3: "IVH", 4: "SAH", 5: "SDH"}
 HEAD_SLICES = 10
 
 
-def _embedded(page: str, element_id: str) -> nib.Nifti1Image:
-    found = re.search(f'<script type="application/octet-stream" id="{element_id}">([^<]*)</script>',
-                      page)
-    assert found, element_id
-    return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(found.group(1))))
-
-
-def _case_data(page: str) -> dict:
-    found = re.search(r'<script type="application/json" id="case-data">([^<]*)</script>', page)
-    return json.loads(found.group(1))
+def _embedded(page: Path, element_id: str) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(page_contents(page)[1][element_id]))
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +62,14 @@ def synthetic(tmp_path_factory) -> tuple[Path, Volume, np.ndarray]:
 
 def test_a_page_carries_its_scan_labels_and_uncertainty(synthetic):
     out, volume, labels = synthetic
-    page = (out / VIEWER_DIR / f"{HOSTILE}.html").read_text(encoding="utf-8")
-    scan = _embedded(page, "scan")
+    path = out / VIEWER_DIR / f"{HOSTILE}.html"
+    page = path.read_text(encoding="utf-8")
+    scan = _embedded(path, "scan")
     assert scan.get_data_dtype() == np.int16
     np.testing.assert_array_equal(np.asarray(scan.dataobj), volume.array)
     np.testing.assert_allclose(scan.affine, volume.affine, atol=1e-4)
-    np.testing.assert_array_equal(np.asarray(_embedded(page, "labels").dataobj), labels)
-    uncertainty = np.asarray(_embedded(page, "uncertainty").dataobj)
+    np.testing.assert_array_equal(np.asarray(_embedded(path, "labels").dataobj), labels)
+    uncertainty = np.asarray(_embedded(path, "uncertainty").dataobj)
     expected = np.linspace(0, 0.6, labels.size).reshape(labels.shape)
     assert np.abs(uncertainty - expected).max() <= 0.5 / 254 + 1e-6
     # NiiVue and its licences beside the page, the page's only script from a file.
@@ -80,15 +78,16 @@ def test_a_page_carries_its_scan_labels_and_uncertainty(synthetic):
     assert (VENDOR / "VERSION").read_text().startswith(f"@niivue/niivue {niivue_version()}\n")
     assert re.findall(r"<script src=\"([^\"]*)\"", page) == [NIIVUE_BUNDLE]
     assert "http:" not in page and "https:" not in page
-    legend = _case_data(page)["classes"]
+    legend = page_contents(path)[0]["classes"]
     assert [(c["code"], c["name"]) for c in legend] == list(SUBTYPES.items())
     assert legend[0]["ml"] == 12.5 and len({c["colour"] for c in legend}) == 5
 
 
 def test_names_and_text_reach_the_page_only_escaped(synthetic):
     out, _, _ = synthetic
-    page = (out / VIEWER_DIR / f"{HOSTILE}.html").read_text(encoding="utf-8")
-    assert _case_data(page)["case"] == HOSTILE
+    path = out / VIEWER_DIR / f"{HOSTILE}.html"
+    page = path.read_text(encoding="utf-8")
+    assert page_contents(path)[0]["case"] == HOSTILE
     assert "<img" not in page and "<b>" not in page
     assert page.count("</script>") == page.count("<script")  # none closed early
     assert f"<h1>{html.escape(HOSTILE)}</h1>" in page
@@ -117,12 +116,24 @@ def predicted(tmp_path_factory) -> Path:
 def test_every_predicted_case_has_a_viewer_linked_from_the_index(predicted):
     index = (predicted / REPORT).read_text()
     assert '<a class="viewer" href="viewer/head.html"' in index
-    page = (predicted / VIEWER_DIR / "head.html").read_text()
+    page = predicted / VIEWER_DIR / "head.html"
     labels = nib.load(predicted / "head.nii.gz")
     np.testing.assert_array_equal(np.asarray(_embedded(page, "labels").dataobj),
                                   np.asarray(labels.dataobj))
     uncertainty = np.asarray(nib.load(predicted / "uncertainty" / "head.nii.gz").dataobj)
     assert np.abs(np.asarray(_embedded(page, "uncertainty").dataobj) - uncertainty).max() < 0.003
+
+
+def test_the_notebook_widget_shows_what_the_page_carries(synthetic):
+    pytest.importorskip("ipyniivue", reason="ipyniivue (ichseg[notebook]) is not installed")
+    out, _, _ = synthetic
+    page = out / VIEWER_DIR / f"{HOSTILE}.html"
+    viewer = notebook_viewer(page)
+    scan, labels, uncertainty = viewer.volumes
+    assert (scan.data, labels.data) == tuple(page_contents(page)[1][k] for k in ("scan", "labels"))
+    assert (scan.colormap, scan.cal_min, scan.cal_max) == ("gray", 0.0, 80.0)
+    assert labels.colormap_label.labels == ["background", *SUBTYPES.values()]
+    assert uncertainty.opacity == 0.0 and viewer.opts.is_radiological_convention
 
 
 def _pixels_of(picture, colour: str) -> int:

@@ -16,6 +16,8 @@
   var SLICE_AXIS = {axial: 2, coronal: 1, sagittal: 0, multiplanar: 2};
   var AXIS_NAMES = ["sagittal", "coronal", "axial"];
   var view = "axial";
+  var timings = {}; // milliseconds from navigation to the end of each loading step
+  function mark(step) { timings[step] = Math.round(performance.now()); }
   var nv, scan, labels, filled, outlined, uncertainty;
 
   function say(text, isError) {
@@ -30,24 +32,6 @@
     var bytes = new Uint8Array(binary.length);
     for (var i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
     return bytes.buffer;
-  }
-
-  function colourLut(classes) {
-    var top = 0;
-    classes.forEach(function (c) { top = Math.max(top, c.code); });
-    var lut = {R: [], G: [], B: [], A: [], I: [], labels: []};
-    for (var code = 0; code <= top; code++) {
-      lut.I.push(code); lut.R.push(0); lut.G.push(0); lut.B.push(0); lut.A.push(0);
-      lut.labels.push(code === 0 ? "background" : "code " + code);
-    }
-    classes.forEach(function (c) {
-      lut.R[c.code] = parseInt(c.colour.slice(1, 3), 16);
-      lut.G[c.code] = parseInt(c.colour.slice(3, 5), 16);
-      lut.B[c.code] = parseInt(c.colour.slice(5, 7), 16);
-      lut.A[c.code] = 255;
-      lut.labels[c.code] = c.name;
-    });
-    return lut;
   }
 
   // The voxels of each class that touch another value along a voxel axis (or the volume's
@@ -231,22 +215,29 @@
       crosshairGap: 6, loadingText: "", logLevel: "error"
     });
     await nv.attachToCanvas(document.getElementById("gl"));
+    mark("attached");
     scan = await niivue.NVImage.new(embedded("scan"), "scan.nii.gz", "gray", 1, null,
       brain[0] - brain[1] / 2, brain[0] + brain[1] / 2, true);
-    nv.addVolume(scan);
+    mark("scan read");
     labels = await niivue.NVImage.new(embedded("labels"), "labels.nii.gz", "", 1, null, NaN, NaN,
       true);
-    labels.setColormapLabel(colourLut(settings.classes));
+    labels.setColormapLabel(settings.lut);
     filled = labels.img;
     outlined = surface(filled, labels.hdr.dims);
     labels.img = outlined;
-    nv.addVolume(labels);
+    var layers = [scan, labels];
+    mark("labels read");
     if (settings.uncertainty) {
       // 1 - the winning class's probability: at most 0.5 for two classes; below 0.05 is sure.
       uncertainty = await niivue.NVImage.new(embedded("uncertainty"), "uncertainty.nii.gz",
         "warm", 0, null, 0.05, 0.5, true);
-      nv.addVolume(uncertainty);
+      layers.push(uncertainty);
+      mark("uncertainty read");
     }
+    // All layers at once: NiiVue redraws every layer (and the scan's gradients) per volume added.
+    nv.volumes = layers;
+    nv.setVolume(scan, 0);
+    mark("layers drawn");
     nv.onLocationChange = showLocation;
     wireControls();
     nv.setSliceType(SLICE_TYPES[view]);
@@ -255,11 +246,13 @@
     nv.createOnLocationChange();
     showWindow("brain");
     say(scan.hdr.dims.slice(1, 4).join(" \u00d7 ") + " voxels");
+    mark("ready");
     document.body.setAttribute("data-state", "ready");
   }
 
   window.ichsegViewer = {
     settings: settings,
+    timings: timings,
     get niivue() { return nv; },
     setSlice: function (index) { setSlice(index); },
     slice: function () { return currentSlice(); },

@@ -26,6 +26,7 @@ import base64
 import gzip
 import html
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.data.io import Volume
+from ichseg.errors import UsageError
 from ichseg.fileio import atomic_open, atomic_path
 from ichseg.viz.overlay import BINARY_COLOUR, SUBTYPE_COLOURS
 from ichseg.viz.report import VIEWER_DIR, flags_html, format_number, number_columns
@@ -79,6 +81,21 @@ def _classes(class_names: Mapping[int, str], row: Mapping[str, Any]) -> list[dic
              "colour": BINARY_COLOUR if binary else SUBTYPE_COLOURS.get(int(code), "#ffffff"),
              "ml": row.get("hemorrhage_ml" if binary else f"{name}_ml")}
             for code, name in class_names.items()]
+
+
+def _label_lut(classes: list[dict[str, Any]]) -> dict[str, list]:
+    """NiiVue's label colour map (R, G, B, A, I, labels per code; background transparent), for
+    the page and the notebook widget alike."""
+    top = max((c["code"] for c in classes), default=0)
+    lut: dict[str, list] = {"R": [0] * (top + 1), "G": [0] * (top + 1), "B": [0] * (top + 1),
+                            "A": [0] * (top + 1), "I": list(range(top + 1)),
+                            "labels": ["background", *(f"code {c}" for c in range(1, top + 1))]}
+    for item in classes:
+        code, colour = item["code"], item["colour"]
+        for channel, start in (("R", 1), ("G", 3), ("B", 5)):
+            lut[channel][code] = int(colour[start:start + 2], 16)
+        lut["A"][code], lut["labels"][code] = 255, item["name"]
+    return lut
 
 
 def _figures_html(row: Mapping[str, Any], class_names: Mapping[int, str]) -> str:
@@ -172,8 +189,8 @@ def write_viewer(out_dir: str | Path, case_id: str, volume: Volume, labels: np.n
         steps = np.rint(np.clip(uncertainty, 0.0, 1.0) * _UNCERTAINTY_LEVELS).astype(np.uint8)
         images.append(("uncertainty", _nifti_gz(steps, volume.affine, 1.0 / _UNCERTAINTY_LEVELS)))
     classes = _classes(class_names, row)
-    settings = {"case": case_id, "classes": classes, "windows": WINDOW_PRESETS,
-                "uncertainty": uncertainty is not None}
+    settings = {"case": case_id, "classes": classes, "lut": _label_lut(classes),
+                "windows": WINDOW_PRESETS, "uncertainty": uncertainty is not None}
     title = html.escape(f"{case_id} – ichseg viewer")
     head = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{title}</title><style>{_asset('viewer.css')}</style></head><body>"
@@ -195,3 +212,37 @@ def write_viewer(out_dir: str | Path, case_id: str, volume: Volume, labels: np.n
         handle.write(f'<script src="{NIIVUE_BUNDLE}"></script>\n'
                      f"<script>{_asset('viewer.js')}</script></body></html>\n".encode())
     return path
+
+
+def page_contents(page: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(the page's settings, {"scan"/"labels"/"uncertainty": gzipped NIfTI bytes}) of a viewer
+    page, as it carries them."""
+    text = Path(page).read_bytes()
+    settings = re.search(rb'<script type="application/json" id="case-data">([^<]*)</script>', text)
+    if settings is None:
+        raise UsageError(f"{page} is not an ichseg viewer page")
+    images = {match.group(1).decode(): base64.b64decode(match.group(2)) for match in re.finditer(
+        rb'<script type="application/octet-stream" id="([a-z]+)">([^<]*)</script>', text)}
+    return json.loads(settings.group(1)), images
+
+
+def notebook_viewer(page: str | Path, height: int = 480) -> Any:
+    """An ipyniivue widget (Jupyter, Colab) of the case a viewer page carries: the scan in the
+    brain window, the label map in the classes' colours, the uncertainty map hidden. Needs
+    `pip install ichseg[notebook]`; raises ImportError without it."""
+    from ipyniivue import NiiVue, SliceType, Volume
+
+    settings, images = page_contents(page)
+    level, width = WINDOW_PRESETS["brain"]
+    viewer = NiiVue(height=height, slice_type=SliceType.MULTIPLANAR, is_colorbar=False,
+                    is_radiological_convention=True, back_color=(0, 0, 0, 1))
+    scan = Volume(data=images["scan"], name="scan.nii.gz", colormap="gray",
+                  cal_min=level - width / 2, cal_max=level + width / 2)
+    labels = Volume(data=images["labels"], name="labels.nii.gz", opacity=0.7)
+    labels.set_colormap_label(settings["lut"])
+    volumes = [scan, labels]
+    if "uncertainty" in images:
+        volumes.append(Volume(data=images["uncertainty"], name="uncertainty.nii.gz",
+                              colormap="warm", opacity=0.0, cal_min=0.05, cal_max=0.5))
+    viewer.load_volumes(volumes)
+    return viewer
