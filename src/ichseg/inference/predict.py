@@ -10,7 +10,8 @@ are interpolated linearly onto the input's voxels before the argmax, so outlines
 
 Outputs in OUT, each written as soon as its case is done (so a bad input later in the list leaves
 the earlier cases complete): `<case>.nii.gz` (uint8 labels), `overlays/<case>.png`,
-`volumes.csv` and `index.html` (rewritten after every case), and with `save_probabilities`
+`viewer/<case>.html` (viz/viewer.py), `volumes.csv` and `index.html` (rewritten after every
+case), and with `save_probabilities`
 `probabilities/<case>.nii.gz` (the hemorrhage probability, float32). The run's chosen
 postprocessing (postprocess.py) is applied to the label map; volumes.csv also carries ABC/2
 (evaluation/abc2.py) and the confidence (confidence.py; `save_uncertainty` writes

@@ -2,8 +2,9 @@
 
 Self-contained: inline CSS and a few lines of plain JavaScript, no server, no network; the
 thumbnails are the overlays themselves (`overlays/<case>.png`, relative links), each linking to
-the full picture. One row per case: thumbnail, volumes per class, ABC/2, confidence, flags and the
-postprocessing applied. Clicking a column header sorts by it (again: the other way); the page
+the full picture, and each case's name links its viewer page (`viewer/<case>.html`, viewer.py).
+One row per case: thumbnail, volumes per class, ABC/2, confidence, flags and the postprocessing
+applied. Clicking a column header sorts by it (again: the other way); the page
 also sorts on load when its address says so, `index.html?sort=confidence&order=asc`, so a link
 can open it "least confident first". Cases without a value (no lesion, no TTA) sort last.
 """
