@@ -168,8 +168,10 @@
     });
     sliceInput.addEventListener("input", function () { setSlice(Number(sliceInput.value)); });
     document.addEventListener("keydown", function (event) {
-      if (event.target.tagName === "INPUT" && event.target.type !== "range" &&
-          event.target.type !== "radio" && event.target.type !== "checkbox") return;
+      // Arrow keys keep their meaning in number fields and sliders (the slice slider moves the
+      // slice itself); elsewhere, radio buttons included, they move through the slices.
+      if (event.target.tagName === "INPUT" && event.target.type !== "radio" &&
+          event.target.type !== "checkbox") return;
       var step = {ArrowUp: 1, PageUp: 1, ArrowDown: -1, PageDown: -1}[event.key];
       if (!step) return;
       event.preventDefault();
@@ -212,7 +214,9 @@
       backColor: [0, 0, 0, 1], isRadiologicalConvention: true, isColorbar: false,
       multiplanarShowRender: niivue.SHOW_RENDER.NEVER, dragAndDropEnabled: false,
       crosshairColor: [0.35, 0.55, 1, 0.9], crosshairWidth: 0.3, crosshairWidthUnit: "percent",
-      crosshairGap: 6, loadingText: "", logLevel: "error"
+      crosshairGap: 6, loadingText: "", logLevel: "error",
+      // NiiVue's own keys would change the view behind the page's controls.
+      viewModeHotKey: "", clipPlaneHotKey: "", cycleClipPlaneHotKey: ""
     });
     await nv.attachToCanvas(document.getElementById("gl"));
     mark("attached");

@@ -77,10 +77,13 @@ def _script_json(value: Any) -> str:
 def _classes(class_names: Mapping[int, str], row: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Code, name, colour (the overlays' colours) and volume of each class, for the legend."""
     binary = len(class_names) == 1
-    return [{"code": int(code), "name": str(name),
-             "colour": BINARY_COLOUR if binary else SUBTYPE_COLOURS.get(int(code), "#ffffff"),
-             "ml": row.get("hemorrhage_ml" if binary else f"{name}_ml")}
-            for code, name in class_names.items()]
+    classes = []
+    for code, name in class_names.items():
+        ml = row.get("hemorrhage_ml" if binary else f"{name}_ml")
+        classes.append({"code": int(code), "name": str(name),
+                        "colour": BINARY_COLOUR if binary else SUBTYPE_COLOURS.get(int(code), "#ffffff"),
+                        "ml": None if ml is None or ml == "" else float(ml)})
+    return classes
 
 
 def _label_lut(classes: list[dict[str, Any]]) -> dict[str, list]:
