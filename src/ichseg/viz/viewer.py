@@ -12,7 +12,9 @@ fetched from the network.
 The scan is embedded as int16 HU (CT's stored values are integers; a float copy would be twice
 the bytes), gzipped at level 1: a 512 x 512 x 300 series takes about 4 s to compress against
 20 s at the default level, for a file 3 % larger. The uncertainty map is quantised to uint8
-(scl_slope holds the scale). The page's own script is `viewer.js`, its style `viewer.css`.
+(scl_slope holds the scale). The page's own script is `viewer.js`, its style `viewer.css`; the
+outline it draws is each class's surface (voxels touching another value along a voxel axis), the
+same in every plane, so on thick slices it widens where a lesion grows or shrinks between slices.
 
 Text from outside (the case id is a file or folder name) reaches the page only escaped: HTML
 escaping in markup, and JSON whose `<`, `>` and `&` are written as \\u escapes, so no name can
