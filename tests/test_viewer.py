@@ -172,6 +172,7 @@ def _go_to_slice(browser: Chromium, index: int) -> None:
                      " s.dispatchEvent(new Event('input')); })()")
 
 
+@pytest.mark.slow  # two pages drawn by software WebGL: 10 to 20 s on the 2-core machine
 @pytest.mark.skipif(BROWSER is None, reason="no chromium binary on this machine (apt-get install "
                                             "chromium); the pages are checked without a browser")
 def test_viewer_pages_in_headless_chromium_offline(predicted, synthetic):
