@@ -67,7 +67,8 @@ if importlib.util.find_spec("ichseg") is None:
     if "YOUR-ACCOUNT" in ICHSEG_SOURCE:
         raise RuntimeError("ichseg is not installed: set ICHSEG_SOURCE in this cell to the "
                            "repository or wheel to install it from, then run the cell again")
-    extra = "[cuda]" if INSTALL_MAMBA_KERNEL else ""
+    # notebook: ipyniivue, the viewer the predictions are shown in.
+    extra = "[notebook,cuda]" if INSTALL_MAMBA_KERNEL else "[notebook]"
     subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet",
                            f"ichseg{extra} @ {ICHSEG_SOURCE}"])
     importlib.invalidate_caches()
@@ -232,13 +233,30 @@ else:
 
 PREDICT = '''\
 # Segment the held-out cases with the best model of the run: label maps on each input's own grid,
-# hemorrhage volumes in mL (PREDICTIONS_DIR/volumes.csv), and an overlay per case (brain window,
-# prediction outlined), the first two shown here.
+# hemorrhage volumes in mL (PREDICTIONS_DIR/volumes.csv), an overlay per case and a viewer page
+# per case (PREDICTIONS_DIR/index.html links them: download the folder and open it). The first two
+# cases are shown here in NiiVue (scroll with the wheel, click to move the crosshair), or as their
+# overlays where the widget cannot load (ipyniivue not installed).
 if HELD_OUT_IMAGES:
     predictions = ichseg.predict(RUN_DIR, [HELD_OUT_IMAGES], PREDICTIONS_DIR)
-    for prediction in predictions[:2]:
-        overlay = Path(PREDICTIONS_DIR) / "overlays" / f"{prediction['case']}.png"
-        display(Image(filename=str(overlay)))
+    try:
+        from ichseg.viz.viewer import notebook_viewer
+
+        if IN_COLAB:  # Colab shows widgets from outside its own set only when asked to
+            from google.colab import output
+
+            output.enable_custom_widget_manager()
+        viewers = [notebook_viewer(prediction["viewer"]) for prediction in predictions[:2]]
+    except ImportError as exc:
+        print(f"no NiiVue widget ({exc}): the overlays instead")
+        viewers = [None] * len(predictions[:2])
+    for prediction, viewer in zip(predictions[:2], viewers):
+        print(f"{prediction['case']}: hemorrhage {prediction['hemorrhage_ml']:.2f} mL")
+        if viewer is not None:
+            display(viewer)
+        else:
+            display(Image(filename=str(Path(PREDICTIONS_DIR) / "overlays" /
+                                       f"{prediction['case']}.png")))
 else:
     print("set HELD_OUT_IMAGES in the form to predict held-out cases")'''
 

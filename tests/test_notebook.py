@@ -55,6 +55,11 @@ def _images(cell: nbformat.NotebookNode) -> int:
     return sum("image/png" in output.get("data", {}) for output in cell.outputs)
 
 
+def _widgets(cell: nbformat.NotebookNode) -> int:
+    return sum("application/vnd.jupyter.widget-view+json" in output.get("data", {})
+               for output in cell.outputs)
+
+
 def _history_rows(run: Path) -> list[dict[str, str]]:
     with (run / "history.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
@@ -148,7 +153,16 @@ def test_notebook_runs_headless_then_resumes_from_the_mirror_after_a_runtime_res
     assert _images(_cell(notebook, "progress-plot")) == 1
     held_out = sorted(p.name for p in (work / "synthetic-tiny" / "held-out" / "images").iterdir())
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == held_out
-    assert _images(_cell(notebook, "predict")) == min(2, len(held_out))
+    # Every prediction has its viewer page; the first two are shown in the NiiVue widget, or as
+    # their overlays where ipyniivue (ichseg[notebook]) is not installed.
+    assert sorted(p.name for p in (predictions / "viewer").glob("*.html")) == [
+        name.replace(".nii.gz", ".html") for name in held_out]
+    predict = _cell(notebook, "predict")
+    if importlib.util.find_spec("ipyniivue") is None:
+        assert "no NiiVue widget" in _text(predict)
+        assert _images(predict) == min(2, len(held_out))
+    else:
+        assert _widgets(predict) == min(2, len(held_out)) and _images(predict) == 0
     assert _images(_cell(notebook, "evaluate")) == 1
     assert (work / "drive" / "evaluation" / "metrics.json").is_file()
 

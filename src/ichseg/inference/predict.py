@@ -10,7 +10,8 @@ are interpolated linearly onto the input's voxels before the argmax, so outlines
 
 Outputs in OUT, each written as soon as its case is done (so a bad input later in the list leaves
 the earlier cases complete): `<case>.nii.gz` (uint8 labels), `overlays/<case>.png`,
-`volumes.csv` and `index.html` (rewritten after every case), and with `save_probabilities`
+`viewer/<case>.html` (viz/viewer.py), `volumes.csv` and `index.html` (rewritten after every
+case), and with `save_probabilities`
 `probabilities/<case>.nii.gz` (the hemorrhage probability, float32). The run's chosen
 postprocessing (postprocess.py) is applied to the label map; volumes.csv also carries ABC/2
 (evaluation/abc2.py) and the confidence (confidence.py; `save_uncertainty` writes
@@ -219,6 +220,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
     from ichseg.inference.postprocess import for_predictor
     from ichseg.viz.overlay import draw_overlay
     from ichseg.viz.report import write_report
+    from ichseg.viz.viewer import write_viewer
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -284,14 +286,17 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                     seg = write_dicom_seg(series, labels, volume.affine, names,
                                           out_dir / f"{case_id}.seg.dcm")
             volumes = label_volumes_ml(labels, volume.voxel_volume_mm3, names)
-            return {"case": case_id, "input": str(path),
-                    "voxel_volume_mm3": volume.voxel_volume_mm3,
-                    "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
-                    **{f"{name}_ml": volumes[name] for name in names.values()},
-                    **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
-                    **confidence.row, "postprocessing": cleanup.name,
-                    "dicom_seg": str(seg) if seg else None,
-                    "output": str(out_dir / f"{case_id}.nii.gz")}
+            row = {"case": case_id, "input": str(path),
+                   "voxel_volume_mm3": volume.voxel_volume_mm3,
+                   "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
+                   **{f"{name}_ml": volumes[name] for name in names.values()},
+                   **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
+                   **confidence.row, "postprocessing": cleanup.name,
+                   "dicom_seg": str(seg) if seg else None,
+                   "output": str(out_dir / f"{case_id}.nii.gz")}
+            row["viewer"] = str(write_viewer(out_dir, case_id, volume, labels, row, names,
+                                             confidence.uncertainty))
+            return row
 
         pending: tuple[Future, Future] | None = None
 

@@ -2,8 +2,9 @@
 
 Self-contained: inline CSS and a few lines of plain JavaScript, no server, no network; the
 thumbnails are the overlays themselves (`overlays/<case>.png`, relative links), each linking to
-the full picture. One row per case: thumbnail, volumes per class, ABC/2, confidence, flags and the
-postprocessing applied. Clicking a column header sorts by it (again: the other way); the page
+the full picture, and each case's name links its viewer page (`viewer/<case>.html`, viewer.py).
+One row per case: thumbnail, volumes per class, ABC/2, confidence, flags and the postprocessing
+applied. Clicking a column header sorts by it (again: the other way); the page
 also sorts on load when its address says so, `index.html?sort=confidence&order=asc`, so a link
 can open it "least confident first". Cases without a value (no lesion, no TTA) sort last.
 """
@@ -15,10 +16,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ichseg.fileio import atomic_write_text
 
 REPORT = "index.html"
+VIEWER_DIR = "viewer"
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -77,14 +80,14 @@ _SCRIPT = """
 """
 
 
-def _number(value: Any, digits: int) -> tuple[str, str]:
+def format_number(value: Any, digits: int) -> tuple[str, str]:
     """(data-value, shown text) of a number that may be missing."""
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "", "&ndash;"
     return repr(float(value)), f"{float(value):.{digits}f}"
 
 
-def _columns(class_names: Mapping[int, str]) -> list[tuple[str, str, int]]:
+def number_columns(class_names: Mapping[int, str]) -> list[tuple[str, str, int]]:
     """(row key, header, digits) of the sortable number columns."""
     per_class = [(f"{name}_ml", f"{name} mL", 2) for name in class_names.values()] \
         if len(class_names) > 1 else []
@@ -93,7 +96,7 @@ def _columns(class_names: Mapping[int, str]) -> list[tuple[str, str, int]]:
             ("volume_spread_ml", "TTA spread mL", 2)]
 
 
-def _flags(row: Mapping[str, Any]) -> str:
+def flags_html(row: Mapping[str, Any]) -> str:
     flags = []
     if row.get("unstable"):
         flags.append('<span class="flag">unstable</span>')
@@ -102,10 +105,16 @@ def _flags(row: Mapping[str, Any]) -> str:
     return "".join(flags)
 
 
+def case_href(folder: str, case: str, suffix: str) -> str:
+    """A relative link to a case's file in `folder`: the case id percent-encoded, so that any
+    name (`#`, `?`, `%`, spaces) reaches its own file."""
+    return f"{folder}/{quote(case)}{suffix}"
+
+
 def report_html(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str],
                 overlays: str = "overlays") -> str:
     """The page for these volumes.csv rows (as predict builds them)."""
-    columns = _columns(class_names)
+    columns = number_columns(class_names)
     header = ['<th class="thumb">overlay</th>', '<th class="case sortable" data-key="case">case</th>']
     header += [f'<th class="sortable" data-key="{key}">{html.escape(title)}</th>'
                for key, title, _ in columns]
@@ -113,20 +122,24 @@ def report_html(rows: Sequence[Mapping[str, Any]], class_names: Mapping[int, str
     body = []
     for row in rows:
         case = str(row["case"])
-        picture = html.escape(f"{overlays}/{case}.png", quote=True)
+        picture = html.escape(case_href(overlays, case, ".png"), quote=True)
+        name = html.escape(case)
+        if row.get("viewer"):
+            name = (f'<a class="viewer" href="{html.escape(case_href(VIEWER_DIR, case, ".html"), quote=True)}"'
+                    f' title="scroll through every slice">{name}</a>')
         cells = [f'<td class="thumb"><a href="{picture}"><img src="{picture}" '
                  f'alt="overlay of {html.escape(case)}" loading="lazy"></a></td>',
                  f'<td class="case" data-key="case" data-value="{html.escape(case, quote=True)}">'
-                 f'{html.escape(case)}</td>']
+                 f'{name}</td>']
         for key, _, digits in columns:
-            data, shown = _number(row.get(key), digits)
+            data, shown = format_number(row.get(key), digits)
             cells.append(f'<td data-key="{key}" data-value="{data}">{shown}</td>')
-        cells.append(f'<td class="flags">{_flags(row)}</td>')
+        cells.append(f'<td class="flags">{flags_html(row)}</td>')
         cells.append(f'<td class="flags">{html.escape(str(row.get("confidence_basis") or ""))}</td>')
         body.append(f'<tr data-case="{html.escape(case, quote=True)}">{"".join(cells)}</tr>')
     applied = sorted({str(row.get("postprocessing") or "none") for row in rows})
     note = (f"{len(rows)} case(s). Postprocessing applied: {html.escape(', '.join(applied))}. "
-            "Click a column to sort; ABC/2 is the bedside estimate of the largest "
+            "Click a case's name to scroll through it in the viewer, a column to sort; ABC/2 is the bedside estimate of the largest "
             "intraparenchymal lesion (any lesion for a binary model), beside that lesion's "
             "voxel volume; confidence is the agreement of the test-time-augmentation passes, or "
             "the mean probability over the prediction without them.")
