@@ -68,7 +68,7 @@ def recorded_specs(monkeypatch) -> list[dict]:
     for launch, args, constexprs in launches:
         names = getattr(triton_kernels, launch.kernel).arg_names
         signature, constants, alignment = {}, {}, {}
-        for index, (name, value) in enumerate(zip(names, args)):
+        for index, (name, value) in enumerate(zip(names[:len(args)], args, strict=True)):
             kind, attribute = native_specialize_impl(BaseBackend, value, False, True, True)
             signature[name] = kind
             if kind == "constexpr":

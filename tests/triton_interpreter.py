@@ -22,7 +22,7 @@ def import_interpreted_scan():
     """`ichseg.models.ssm.triton_scan` with its kernels built for the interpreter (the test file
     is skipped where triton is not installed). The environment is left as it was."""
     previous = os.environ.get("TRITON_INTERPRET")
-    if "triton" in sys.modules and previous != "1":
+    if sys.modules.get("triton") is not None and previous != "1":
         pytest.fail("triton was imported before the triton tests could set TRITON_INTERPRET=1",
                     pytrace=False)
     os.environ["TRITON_INTERPRET"] = "1"
