@@ -16,7 +16,7 @@ adjoints from the incoming one, and every gradient.
 
 Numbers, from `triton_plan.launch_plan` (tests/test_ssm_triton.py records the launches): at the
 `default` preset's first Mamba stage (batch 8, 128 channels, state 16, 73,728 tokens) every
-launch that walks the tokens, forward and backward, has 9,216 programs of 4 warps (36,864
+launch that walks the tokens, forward and backward, has 9,216 programs of 8 warps (73,728
 warps; the goal is at least 1,024), and no program covers more than 128 tokens (the goal: at
 most 4,096), which it scans in log2(128) = 7 dependent rounds, for each of its 32 blocks of 2
 channels in turn. The carry is the one narrow launch: 128 programs of 4 warps, each 576
