@@ -3,7 +3,8 @@ sm_75 (Colab's T4), sm_80 (A100) and sm_90 (H100), on this machine without a GPU
 
 The interpreter does not catch what only the compiler refuses (a type it cannot lower, shared
 memory over the limit). The launches are recorded under the interpreter at a small shape with
-the real tile table and the model's options (z, D, delta_bias, softplus, state 16), each
+the real tile table and the model's options (z, D, delta_bias, softplus, state 16; the results
+checked against `reference` there, across three chunks of the real length), each
 argument specialised as Triton's launcher does (`native_specialize_impl`: pointer and integer
 alignment, integers equal to 1 made constants), and compiled by `triton.compile` for each
 architecture in a process where the kernels are not interpreted. ptxas ships in the triton
@@ -19,10 +20,12 @@ import subprocess
 import sys
 
 import pytest
-from test_ssm import make_inputs, run_with_grads
+from test_ssm import assert_matches_reference, make_inputs
 from triton_interpreter import import_interpreted_scan, interpret, record_launches
 
 triton_scan = import_interpreted_scan()
+
+from ichseg.models.ssm import triton_plan  # noqa: E402
 
 ARCHITECTURES = (75, 80, 90)
 
@@ -63,7 +66,9 @@ def recorded_specs(monkeypatch) -> list[dict]:
     from ichseg.models.ssm import triton_kernels
 
     launches = record_launches(monkeypatch, triton_scan)
-    run_with_grads(make_inputs(2, 3, 5, 16, seed=0), "triton", softplus=True)
+    # With the real tiles (chunks of 128 tokens at state 16): three chunks, the last partial.
+    length = 2 * triton_plan.tile_sizes(16).chunk + 5
+    assert_matches_reference(make_inputs(2, 3, length, 16, seed=0), "triton", softplus=True)
     specs = {}
     for launch, args, constexprs in launches:
         names = getattr(triton_kernels, launch.kernel).arg_names
