@@ -49,7 +49,7 @@ def rows(batch: int, channels: int, state: int, length: int) -> list[tuple]:
     for direction, launches in (("forward", plan.forward), ("backward", plan.backward)):
         for launch in launches:
             walk = (f"{launch.sequential:,} tokens" if launch.walks_tokens
-                    else f"{launch.sequential:,} chunk steps")
+                    else f"{launch.sequential:,} steps of {plan.carry_chunks} chunks")
             programs = launch.grid[0] * launch.grid[1]
             table.append(("new", direction, launch.kernel, programs, launch.num_warps,
                           launch.warps, walk, blocks if launch.walks_tokens else 1))

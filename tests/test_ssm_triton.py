@@ -46,6 +46,9 @@ def interpreter(monkeypatch):
 def small_tiles(monkeypatch):
     monkeypatch.setattr(triton_plan, "TILE_TABLE", ((1 << 20, CHUNK, BLOCK_D),))
     monkeypatch.setattr(triton_plan, "GROUP_CHANNELS", GROUP)
+    # The carry: 2 chunks per dependent step, 16 (channel, state) values per program.
+    monkeypatch.setattr(triton_plan, "CARRY_CHUNKS", 2)
+    monkeypatch.setattr(triton_plan, "CARRY_BLOCK", 16)
 
 
 SHAPES = [  # (batch, channels, length, state): the `cpu` tests' grid, for these tiles
@@ -91,6 +94,9 @@ def test_the_launches_are_the_plans(small_tiles, monkeypatch):
         if launch.walks_tokens:
             assert constexprs["CHUNK"] == CHUNK and constexprs["GROUP"] == GROUP
             assert constexprs["BLOCK_D"] == BLOCK_D and constexprs["BLOCK_N"] == 16
+        else:
+            assert constexprs["CHUNKS"] == 2 and constexprs["BLOCK"] == 16
+            assert launch.sequential == 2 and launch.grid == (-(-(GROUP + 1) * 16 // 16), 2)
 
 
 def test_every_launch_fills_the_gpu_at_the_default_first_stage(monkeypatch):
@@ -113,7 +119,7 @@ def test_every_launch_fills_the_gpu_at_the_default_first_stage(monkeypatch):
             assert launch.warps >= 1024, launch
             assert launch.sequential <= 4096, launch
         else:  # the carry across chunks: narrow, and short
-            assert launch.sequential == plan.chunks <= 4096, launch
+            assert launch.sequential == -(-plan.chunks // plan.carry_chunks) <= 4096, launch
 
 
 def test_the_interpreter_switch_does_not_leak():

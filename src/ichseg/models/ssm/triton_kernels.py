@@ -117,30 +117,43 @@ def chunk_ends(u_ptr, delta_ptr, bias_ptr, a_ptr, b_ptr, ends_ptr, decays_ptr,
 
 
 @triton.jit
-def carry(local_ptr, decay_ptr, start_ptr, end_ptr, chunks, size,
-          REVERSE: tl.constexpr, BLOCK: tl.constexpr):
-    """Pass (b): the true state entering each chunk, in place of the chunk's own contribution
-    (batch, chunks, size): carry_{k+1} = decay_k carry_k + local_k, from zero, the last carry to
-    end (batch, size). REVERSE: the same from the last chunk to the first, from start, for the
-    adjoints of the backward."""
+def carry(local_ptr, decay_ptr, start_ptr, out_ptr, end_ptr, chunks, size,
+          REVERSE: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr):
+    """Pass (b): the true state entering each chunk, from each chunk's own end state (local) and
+    decay, all (batch, chunks, size): in_{k+1} = decay_k in_k + local_k from in_0 = 0, into out,
+    and the state after the last chunk into end (batch, size). REVERSE: the same from the last
+    chunk to the first, from start, for the adjoints of the backward. CHUNKS chunks at a time
+    are composed by one scan, so the dependent chain is chunks / CHUNKS steps long."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     b = tl.program_id(1)
     mask = e < size
-    base = b * chunks * size + e
+    row = tl.arange(0, CHUNKS)
     if REVERSE:
         value = tl.load(start_ptr + b * size + e, mask=mask, other=0.0)
+        step = -size
     else:
         value = tl.zeros((BLOCK,), dtype=tl.float32)
-    for i in range(0, chunks):
+        step = size
+    for i in range(0, tl.cdiv(chunks, CHUNKS)):
+        order = i * CHUNKS + row  # the chunks' places in the order of travel
         if REVERSE:
-            k = chunks - 1 - i
+            k = chunks - 1 - order
         else:
-            k = i
-        at = base + k * size
-        local = tl.load(local_ptr + at, mask=mask, other=0.0)
-        decay = tl.load(decay_ptr + at, mask=mask, other=0.0)
-        tl.store(local_ptr + at, value, mask=mask)
-        value = decay * value + local
+            k = order
+        at = (b * chunks + k)[:, None] * size + e[None, :]
+        valid = (order < chunks)[:, None] & mask[None, :]
+        # Past the last chunk: decay 1 and nothing added, which changes nothing.
+        decay = tl.load(decay_ptr + at, mask=valid, other=1.0)
+        local = tl.load(local_ptr + at, mask=valid, other=0.0)
+        decay, local = tl.associative_scan((decay, local), 0, _compose)
+        after = decay * value[None, :] + local  # the state after each of these chunks
+        # Chunk by chunk: the first of these enters with the carried value, each next one with
+        # the state after the one before it.
+        tl.store(out_ptr + at, tl.broadcast_to(value[None, :], (CHUNKS, BLOCK)),
+                 mask=(row == 0)[:, None] & valid)
+        tl.store(out_ptr + at + step, after,
+                 mask=((order + 1) < chunks)[:, None] & mask[None, :])
+        value = tl.sum(tl.where((row == CHUNKS - 1)[:, None], after, 0.0), axis=0)
     if not REVERSE:
         tl.store(end_ptr + b * size + e, value, mask=mask)
 

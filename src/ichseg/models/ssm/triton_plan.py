@@ -34,8 +34,10 @@ TILE_TABLE = (
 # them one block after another, sharing its chunk's B and C and summing dB and dC over them.
 GROUP_CHANNELS = 64
 NUM_WARPS = 8
-# The cross-chunk carry: (channel, state) elements per program, and its warps.
-CARRY_BLOCK = 128
+# The cross-chunk carry: (channel, state) elements per program, chunks composed by one scan
+# (a dependent step of the carry), and its warps.
+CARRY_BLOCK = 32
+CARRY_CHUNKS = 64
 CARRY_WARPS = 4
 
 
@@ -57,7 +59,7 @@ class Launch:
     grid: tuple[int, int]
     num_warps: int
     walks_tokens: bool  # False for the carry across chunks, which walks chunk states
-    sequential: int  # tokens per program (a chunk), or chunk steps for a carry
+    sequential: int  # tokens per program (a chunk), or for a carry its dependent steps
 
     @property
     def warps(self) -> int:
@@ -69,6 +71,8 @@ class ScanPlan:
     tiles: Tiles
     chunks: int
     groups: int
+    carry_block: int  # the carry's (channel, state) elements per program
+    carry_chunks: int  # chunks per dependent step of the carry
     forward: tuple[Launch, ...]
     backward: tuple[Launch, ...]
 
@@ -103,10 +107,11 @@ def launch_plan(batch: int, channels: int, length: int, state: int) -> ScanPlan:
         return Launch(kernel, chunk_grid, NUM_WARPS, True, tiles.chunk)
 
     def carry_launch(kernel):
-        return Launch(kernel, carry_grid, CARRY_WARPS, False, chunks)
+        return Launch(kernel, carry_grid, CARRY_WARPS, False, -(-chunks // CARRY_CHUNKS))
 
     return ScanPlan(
-        tiles=tiles, chunks=chunks, groups=groups,
+        tiles=tiles, chunks=chunks, groups=groups, carry_block=CARRY_BLOCK,
+        carry_chunks=CARRY_CHUNKS,
         forward=(chunk_launch("chunk_ends"), carry_launch("carry"),
                  chunk_launch("chunk_outputs")),
         backward=(chunk_launch("chunk_adjoints"), carry_launch("carry"),

@@ -6,8 +6,9 @@ batch element) scans its chunk with `tl.associative_scan` over (tokens x channel
 in float32, a block of channels at a time. The forward is three launches:
   (a) `chunk_ends`: each chunk from a zero state: its end state and its decay prod exp(dt A),
       per channel and state;
-  (b) `carry`: the true state entering each chunk, carried across the chunks in order (one
-      dependent step per chunk, parallel over batch, channels and state), and the last state;
+  (b) `carry`: the true state entering each chunk, carried across the chunks in order,
+      parallel over batch, channels and state, 64 chunks composed by one scan per dependent
+      step; and the last state;
   (c) `chunk_outputs`: each chunk again from its incoming state, writing the output.
 The backward mirrors it: (a) `chunk_adjoints`, what each chunk's outputs alone send back to the
 state before it; (b) `carry` in reverse, the adjoint entering each chunk from the next, starting
@@ -19,14 +20,15 @@ Numbers, from `triton_plan.launch_plan` (tests/test_ssm_triton.py records the la
 launch that walks the tokens, forward and backward, has 9,216 programs of 8 warps (73,728
 warps; the goal is at least 1,024), and no program covers more than 128 tokens (the goal: at
 most 4,096), which it scans in log2(128) = 7 dependent rounds, for each of its 32 blocks of 2
-channels in turn. The carry is the one narrow launch: 128 programs of 4 warps, each 576
-dependent chunk steps. The old kernel ran 64 programs of one warp, each walking all 73,728
-tokens (BENCHMARKS.md, "launch census").
+channels in turn. The carry has 512 programs of 4 warps (2,048 warps), each 9 dependent steps
+of 64 chunks. The old kernel ran 64 programs of one warp, each walking all 73,728 tokens
+(BENCHMARKS.md, "launch census").
 
-Memory beyond inputs, outputs and gradients: per chunk the incoming state and the decay (kept
-for the backward) and, in the backward, the adjoints and dA: 4 (batch, chunks, channels, state)
-tensors, 1/8 of u's size each at T = 128 and state 16; dB and dC per group of channels,
-(batch, groups, state, length), 1/2 of u's size each at 128 channels.
+Memory beyond inputs, outputs and gradients: (batch, chunks, channels, state) tensors, 1/8 of
+u's size each at T = 128 and state 16: per chunk the incoming state and the decay, kept for the
+backward, and while a pass runs the chunks' own end states (forward) or the own and incoming
+adjoints and dA (backward); dB and dC per group of channels, (batch, groups, state, length),
+1/2 of u's size each at 128 channels.
 
 Deterministic: no atomics, each program writes only its own elements, and partial sums
 (dA, dD, d delta_bias per batch element and chunk; dB, dC per group of channels) are summed by
@@ -45,7 +47,7 @@ import torch
 import triton
 
 from ichseg.models.ssm import triton_kernels
-from ichseg.models.ssm.triton_plan import CARRY_BLOCK, Launch, launch_plan
+from ichseg.models.ssm.triton_plan import Launch, launch_plan
 
 # Whether the kernels were built for Triton's interpreter (so they take CPU tensors). Triton
 # before 3.4 (torch before 2.8, as on some Colab images) has no `knobs` and reads the variable
@@ -71,16 +73,17 @@ class TritonScan(torch.autograd.Function):
         A = A.contiguous()
         out = torch.empty_like(u)
         last = u.new_empty(batch, channels, state)
-        incoming = u.new_empty(batch, plan.chunks, channels, state)
-        decays = torch.empty_like(incoming)
+        own_ends = u.new_empty(batch, plan.chunks, channels, state)
+        decays = torch.empty_like(own_ends)
+        incoming = torch.empty_like(own_ends)
         tiles = _tile_flags(plan)
         sizes = (channels, length, state, plan.chunks)
-        _launch(ends, u, delta, _or(delta_bias, u), A, B, incoming, decays, *sizes,
+        _launch(ends, u, delta, _or(delta_bias, u), A, B, own_ends, decays, *sizes,
                 *u.stride(), *B.stride(), HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), **tiles)
-        # The chunks' end states become their incoming states in place.
-        _launch(carry, incoming, decays, last, last, plan.chunks, channels * state,
-                REVERSE=False, BLOCK=CARRY_BLOCK)
+        _launch(carry, own_ends, decays, last, incoming, last, plan.chunks, channels * state,
+                REVERSE=False, **_carry_flags(plan))
+        del own_ends
         _launch(outputs, u, delta, _or(delta_bias, u), A, B, C, _or(D, u), _or(z, u), incoming,
                 out, *sizes, *u.stride(), *B.stride(), *C.stride(),
                 **_flags(delta_bias, D, z, delta_softplus), **tiles)
@@ -98,14 +101,16 @@ class TritonScan(torch.autograd.Function):
         tiles = _tile_flags(plan)
         flags = _flags(delta_bias, D, z, ctx.delta_softplus)
         sizes = (channels, length, state, plan.chunks)
-        adjoints = torch.empty_like(incoming)
-        _launch(adjoints_pass, delta, _or(delta_bias, u), A, C, _or(z, u), grad_out, adjoints,
-                *sizes, *u.stride(), *C.stride(), *grad_out.stride(),
+        own_adjoints = torch.empty_like(incoming)
+        _launch(adjoints_pass, delta, _or(delta_bias, u), A, C, _or(z, u), grad_out,
+                own_adjoints, *sizes, *u.stride(), *C.stride(), *grad_out.stride(),
                 HAS_BIAS=flags["HAS_BIAS"], HAS_Z=flags["HAS_Z"], SOFTPLUS=flags["SOFTPLUS"],
                 **tiles)
-        # Each chunk's own adjoint becomes the adjoint entering it from the next, in place.
-        _launch(carry, adjoints, decays, grad_last.contiguous(), grad_last,
-                plan.chunks, channels * state, REVERSE=True, BLOCK=CARRY_BLOCK)
+        # The adjoint entering each chunk from the next.
+        adjoints = torch.empty_like(incoming)
+        _launch(carry, own_adjoints, decays, grad_last.contiguous(), adjoints, grad_last,
+                plan.chunks, channels * state, REVERSE=True, **_carry_flags(plan))
+        del own_adjoints
         du = torch.empty_like(u)
         ddelta = torch.empty_like(u)
         dz = torch.empty_like(u) if z is not None else None
@@ -132,6 +137,10 @@ def _tile_flags(plan) -> dict:
     tiles = plan.tiles
     return dict(CHUNK=tiles.chunk, BLOCK_D=tiles.block_d, BLOCK_N=tiles.block_n,
                 GROUP=tiles.group)
+
+
+def _carry_flags(plan) -> dict:
+    return dict(BLOCK=plan.carry_block, CHUNKS=plan.carry_chunks)
 
 
 def _flags(delta_bias, D, z, delta_softplus) -> dict:
