@@ -1,27 +1,34 @@
-"""The `triton` backend against the `reference` loop, run on the CPU by Triton's interpreter.
+"""The `triton` backend against the `reference` loop, run on the CPU by Triton's interpreter, and
+its launch plan at the `default` preset's first Mamba stage.
 
-The interpreter is slow (milliseconds per step), so the grid of shapes is the `cpu` backend's
-with a chunk of 4 steps instead of 64 and lengths to match.
+The interpreter is slow, so the exactness tests force small tiles through the plan's own table
+(chunks of 4 tokens, 2 channels scanned together, 4 channels per program) and take the `cpu`
+backend's grid of shapes with lengths to match.
 """
 
 from __future__ import annotations
 
 import os
 
-# `@triton.jit` reads TRITON_INTERPRET when it decorates a function: Triton's own library
-# functions (tl.zeros, ...) when triton is imported, ours when triton_scan is. Set here, while
-# pytest collects this file, it is in place before anything imports triton.
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
+from test_ssm import assert_matches_reference, make_inputs, relative_error, run_with_grads
+from triton_interpreter import import_interpreted_scan, interpret, record_launches
 
-import importlib  # noqa: E402
+ENVIRONMENT_BEFORE = os.environ.get("TRITON_INTERPRET")
+triton_scan = import_interpreted_scan()
+ENVIRONMENT_AFTER = os.environ.get("TRITON_INTERPRET")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from test_ssm import assert_matches_reference, make_inputs, relative_error  # noqa: E402
+from ichseg.models.ssm import (  # noqa: E402
+    available_backends,
+    resolve_backend,
+    selective_scan,
+    triton_plan,
+)
 
-from ichseg.models.ssm import available_backends, resolve_backend, selective_scan  # noqa: E402
-
-CHUNK = 4  # the kernels' chunk length in these tests
+CHUNK = 4  # the kernels' chunk length in the exactness tests
+BLOCK_D = 2  # channels scanned together
+GROUP = 4  # channels per program
 OPTIONS = {
     "all": dict(z=True, D=True, bias=True, softplus=True),
     "none": dict(z=False, D=False, bias=False, softplus=False),
@@ -30,45 +37,105 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    pytest.importorskip("triton")
-    module = importlib.import_module("ichseg.models.ssm.triton_scan")
-    assert module.INTERPRETED, "triton was imported before TRITON_INTERPRET=1 was set"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "_CHUNK", CHUNK)
-        yield module
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    interpret(monkeypatch)
 
 
-def shapes(block):
-    """The `cpu` tests' grid (batch, channels, length, state), for chunk and block sizes."""
-    return [
-        (1, 1, 1, 1),
-        (1, 3, 7, 5),  # state not a power of two
-        (2, 2, 9, 16),
-        (1, 4, CHUNK, 16),  # exactly one chunk
-        (3, 5, CHUNK + 1, 16),  # one step into the second chunk
-        (1, 9, 3 * CHUNK + 3, 16),  # odd length
-        (2, 2 * block + 3, CHUNK + 2, 16),  # three channel blocks, the last one partial
-        (3, 2, 2 * CHUNK + 2, 1),
-    ]
+@pytest.fixture
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(triton_plan, "TILE_TABLE", ((1 << 20, CHUNK, BLOCK_D),))
+    monkeypatch.setattr(triton_plan, "GROUP_CHANNELS", GROUP)
+    # The carry: 2 chunks per dependent step, 16 (channel, state) values per program.
+    monkeypatch.setattr(triton_plan, "CARRY_CHUNKS", 2)
+    monkeypatch.setattr(triton_plan, "CARRY_BLOCK", 16)
+
+
+SHAPES = [  # (batch, channels, length, state): the `cpu` tests' grid, for these tiles
+    (1, 1, 1, 1),
+    (1, 3, 7, 5),  # state not a power of two
+    (2, 2, 9, 16),
+    (1, 4, CHUNK - 1, 16),  # one partial chunk
+    (1, 4, CHUNK, 16),  # exactly one chunk
+    (3, 5, CHUNK + 1, 16),  # one step into the second chunk; a partial channel block
+    (1, 9, 3 * CHUNK + 3, 16),  # odd length
+    (2, 3, 3 * CHUNK + 5, 4),  # four chunks, the last one partial
+    (2, 2 * GROUP + 3, CHUNK + 2, 16),  # three channel groups, the last one partial
+    (3, 2, 2 * CHUNK + 2, 1),
+]
 
 
 @pytest.mark.parametrize("option", OPTIONS)
-def test_triton_matches_reference(kernels, option):
+def test_triton_matches_reference(small_tiles, option):
     options = OPTIONS[option]
-    for seed, shape in enumerate(shapes(kernels._BLOCK_D)):
+    for seed, shape in enumerate(SHAPES):
         assert_matches_reference(make_inputs(*shape, seed=seed, **options), "triton",
                                  options["softplus"])
 
 
-def test_triton_is_available_and_chosen_only_when_asked_on_the_cpu(kernels):
+def test_triton_is_deterministic(small_tiles):
+    inputs = make_inputs(2, GROUP + 1, 2 * CHUNK + 1, 16, seed=3)
+    first, second = (run_with_grads(inputs, "triton", softplus=True) for _ in range(2))
+    for one, other in zip(first[:2], second[:2], strict=True):
+        assert torch.equal(one, other)
+    assert first[2].keys() == second[2].keys()
+    for name, grad in first[2].items():
+        assert torch.equal(grad, second[2][name]), name
+
+
+def test_the_launches_are_the_plans(small_tiles, monkeypatch):
+    shape = (2, GROUP + 1, 2 * CHUNK + 1, 16)  # (batch, channels, length, state)
+    launches = record_launches(monkeypatch, triton_scan)
+    assert_matches_reference(make_inputs(*shape, seed=4), "triton", softplus=True)
+    plan = triton_plan.launch_plan(shape[0], shape[1], shape[2], shape[3])
+    assert [launch for launch, _, _ in launches] == [*plan.forward, *plan.backward]
+    assert plan.chunks == 3 and plan.groups == 2
+    for launch, _, constexprs in launches:
+        if launch.walks_tokens:
+            assert constexprs["CHUNK"] == CHUNK and constexprs["GROUP"] == GROUP
+            assert constexprs["BLOCK_D"] == BLOCK_D and constexprs["BLOCK_N"] == 16
+        else:
+            assert constexprs["CHUNKS"] == 2 and constexprs["BLOCK"] == 16
+            assert launch.sequential == 2 and launch.grid == (-(-(GROUP + 1) * 16 // 16), 2)
+
+
+def test_every_launch_fills_the_gpu_at_the_default_first_stage(monkeypatch):
+    """Batch 2 patches x 4 MICCSS flips, d_inner 128, state 16, 48 x 48 x 32 tokens: the
+    launches of a forward and a backward, recorded on meta tensors (nothing runs)."""
+    batch, channels, state, length = 8, 128, 16, 73_728
+    launches = record_launches(monkeypatch, triton_scan, execute=False)
+    shapes = {"u": (batch, channels, length), "delta": (batch, channels, length),
+              "A": (channels, state), "B": (batch, state, length), "C": (batch, state, length),
+              "D": (channels,), "z": (batch, channels, length), "delta_bias": (channels,)}
+    meta = [torch.empty(shape, device="meta", requires_grad=True) for shape in shapes.values()]
+    out, last = triton_scan.TritonScan.apply(*meta, True)
+    torch.autograd.grad(out.sum() + last.sum(), meta)
+    plan = triton_plan.launch_plan(batch, channels, length, state)
+    assert [launch for launch, _, _ in launches] == [*plan.forward, *plan.backward]
+    assert {launch.kernel for launch in plan.forward + plan.backward} == {
+        "chunk_ends", "carry", "chunk_outputs", "chunk_adjoints", "chunk_gradients"}
+    for launch in plan.forward + plan.backward:
+        if launch.walks_tokens:
+            assert launch.warps >= 1024, launch
+            assert launch.sequential <= 4096, launch
+        else:  # the carry across chunks: narrow, and short
+            assert launch.sequential == -(-plan.chunks // plan.carry_chunks) <= 4096, launch
+
+
+def test_the_interpreter_switch_does_not_leak():
+    """Set while the kernels were imported (and by the fixture during each test here), not for
+    the test files collected after this one."""
+    assert triton_scan.INTERPRETED
+    assert ENVIRONMENT_AFTER == ENVIRONMENT_BEFORE
+
+
+def test_triton_is_available_and_chosen_only_when_asked_on_the_cpu():
     assert "triton" in available_backends()
     assert resolve_backend("triton", "cpu") == "triton"
     assert resolve_backend("auto", "cpu") == "cpu"
 
 
-def test_triton_takes_strided_views_and_fast_decays(kernels):
+def test_triton_takes_strided_views_and_fast_decays(small_tiles):
     # B and C as views split off one projection, u transposed; steps large enough that
     # exp(dt A) underflows.
     inputs = make_inputs(2, 3, 2 * CHUNK + 1, 16, seed=7)
@@ -83,7 +150,7 @@ def test_triton_takes_strided_views_and_fast_decays(kernels):
     assert_matches_reference(views, "triton", softplus=True)
 
 
-def test_triton_takes_bf16_inputs_and_runs_in_float32(kernels):
+def test_triton_takes_bf16_inputs_and_runs_in_float32(small_tiles):
     inputs = {k: v.detach() if v is not None else None
               for k, v in make_inputs(1, 3, CHUNK + 3, 4, seed=5).items()}
     expected = selective_scan(**inputs, delta_softplus=True, backend="triton")

@@ -11,8 +11,8 @@ Backends, one module each; `dispatch` checks the arguments and picks one:
 - `reference`: a plain sequential loop in torch, written to be read; the tests' oracle.
 - `cpu`: numba kernels, parallel over (batch, block of channels), states recomputed per chunk
   in the backward.
-- `triton`: Triton kernels for any CUDA GPU with the same plan (`triton_scan`), imported on
-  first use; triton is optional.
+- `triton`: Triton kernels for any CUDA GPU, parallel over chunks of the sequence too
+  (`triton_scan`), imported on first use; triton is optional.
 - `cuda`: mamba-ssm's fused kernel, imported only when asked for.
 `auto` picks `cpu` for CPU tensors; for CUDA tensors `cuda` where mamba-ssm imports, else
 `triton`, else `reference` with a SlowScanWarning.
