@@ -242,7 +242,7 @@ def _refine(coarse: np.ndarray, hu: np.ndarray, bone: np.ndarray, block: Sequenc
     kept = np.setdiff1d(np.unique(parts[candidate]), beyond)
     kept = np.union1d(kept, np.unique(parts[seed]))
     inside = np.isin(parts, kept[kept > 0]) | seed
-    rim = ndimage.binary_dilation(inside) & (hu[full_box] < RIM_HU)
+    rim = ndimage.binary_dilation(inside) & bone[full_box] & (hu[full_box] < RIM_HU)
     mask = np.zeros(bone.shape, bool)
     mask[full_box] = inside | rim
     return mask
