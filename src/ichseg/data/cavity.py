@@ -13,7 +13,8 @@ encloses is the cavity. Then, slice by slice out from the slice enclosing the mo
   on down only while its part in the slice, overlapping the part above, encloses at least
   `FLOOR_SHARE` of the most: the posterior fossa narrows to the foramen magnum (about a twentieth
   of the largest slice's area) and the spinal canal, which the vertebral rings also enclose, is
-  never reached; parts that are mostly air (paranasal sinuses, mastoid cells) are left out.
+  never reached; parts that are mostly fat or air (orbits, paranasal sinuses, mastoid cells) are
+  left out.
 Back on the scan's own grid the coarse cavity is grown by one coarse voxel into what is not bone,
 through what is connected to it there, so the cavity reaches the inner table exactly: epidural and
 subdural blood against it stays inside, while the scalp beyond the bone stays out.
@@ -25,6 +26,7 @@ clipped to a brain window (8-bit exports) show no bone, and then no cavity is fo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,8 +45,20 @@ COARSE_MM = 2.5
 # A voxel of the inner table's edge below this is partly bone, partly what lies against it
 # (blood of an epidural haematoma included): its centre may lie inside the cavity.
 RIM_HU = 1000.0
+# Coarse voxels, in-plane, by which the coarse cavity is grown back towards the inner table on
+# the scan's grid: the coarse voxels that hold some bone. Two would also reopen narrow recesses
+# beside bony ridges that the closing sealed, but cross a thin temporal bone whose partial
+# volume falls below BONE_HU on 1.4 mm pixels, into the scalp and temporalis.
+REFINE_REACH = 1
+# How far in-plane the cavity reaches into such partial voxels (the scanner's blur spreads the
+# inner table's edge over 1-2 mm; half of it lies on the cavity's side).
+RIM_MM = 1.0
 # Radius of the 3D closing of the bone: bridges gaps up to about twice this.
 CLOSING_MM = 5.0
+# Below the ring slices, a slice whose ring does not enclose enough is closed again in-plane
+# with this radius: mastoid air cells and thin temporal bone open gaps of 10-15 mm, the
+# foramen magnum is 30-35 mm wide.
+BASE_CLOSING_MM = 10.0
 # A slice is a ring slice (above the skull base) when it encloses this share of the largest.
 RING_SHARE = 0.4
 # Below the ring slices the cavity stops at the first slice enclosing less than this share of
@@ -54,8 +68,13 @@ FLOOR_SHARE = 0.08
 # A slice whose bone's convex hull encloses more than this many times what filling encloses has
 # an open ring (bone missing) and takes the hull.
 OPEN_RING_RATIO = 2.0
-# A part of a skull-base slice whose mean HU is below this is an air space, not cavity.
-AIR_HU = -300.0
+# A part of a slice whose voxels are mostly below this is fat or air (an orbit, a paranasal
+# sinus, mastoid cells), not cavity: CSF, brain and blood are all above 0 HU.
+FAT_HU = -50.0
+# Below the ring slices, the cavity in a slice lies within this distance (in-plane) of its
+# outline in the slice above: the skull base narrows it going down, and what the closed bone
+# encloses further out (the jaw joint, the parapharyngeal space) is outside the skull.
+FOOTPRINT_MARGIN_MM = 5.0
 # No skull: no slice encloses this much (cm^2; an infant's skull encloses about 100 at its widest),
 # or the cavity holds less than this many mL.
 MIN_RING_AREA_CM2 = 20.0
@@ -96,11 +115,13 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
                             f"or its HU are clipped to a window (highest {float(hu.max()):.0f} HU)")
     block = tuple(max(1, int(round(COARSE_MM / s))) for s in spacing)
     coarse_spacing = np.asarray(spacing) * block
-    bone_coarse = _block_any(bone, block)
-    coarse, reason = _coarse_cavity(bone_coarse, _block_mean(hu_ras, block), coarse_spacing)
+    bone_coarse = _block_sum(bone, block) > 0
+    # (The shorter blocks at the scan's far edges, outside any head, count as less air.)
+    fat_share = _block_sum(hu_ras < FAT_HU, block) / float(np.prod(block))
+    coarse, reason = _coarse_cavity(bone_coarse, fat_share, coarse_spacing)
     if coarse is None:
         return Cavity(None, reason)
-    mask = _refine(coarse, hu_ras, bone, block)
+    mask = _refine(coarse, hu_ras, bone, block, spacing)
     volume = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
     if volume < MIN_CAVITY_ML:
         return Cavity(None, f"the skull encloses only {volume:.0f} mL (a cranial cavity holds "
@@ -109,22 +130,15 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
     return Cavity(np.ascontiguousarray(nio.apply_orientation(mask, back)))
 
 
-def _padded_blocks(array: np.ndarray, block: Sequence[int], fill) -> np.ndarray:
-    """`array` padded to whole blocks and reshaped to (X', bx, Y', by, Z', bz)."""
-    pad = [(0, -n % b) for n, b in zip(array.shape, block, strict=True)]
-    if any(p for _, p in pad):
-        array = np.pad(array, pad, constant_values=fill)
-    nx, ny, nz = (n // b for n, b in zip(array.shape, block, strict=True))
-    return array.reshape(nx, block[0], ny, block[1], nz, block[2])
-
-
-def _block_any(mask: np.ndarray, block: Sequence[int]) -> np.ndarray:
-    return _padded_blocks(mask, block, False).any(axis=(1, 3, 5))
-
-
-def _block_mean(hu: np.ndarray, block: Sequence[int]) -> np.ndarray:
-    # Air pads the edge blocks: only air spaces are told by the mean, and the edge is outside.
-    return _padded_blocks(np.asarray(hu, np.float32), block, -1000.0).mean(axis=(1, 3, 5))
+def _block_sum(mask: np.ndarray, block: Sequence[int]) -> np.ndarray:
+    """The count of True voxels of `mask` in each block (the last block along an axis may be
+    shorter). Summed as strided views, one per position within the block: a multi-axis sum
+    over a 6D reshaped view is many times slower on a whole scan."""
+    out = np.zeros([-(-n // b) for n, b in zip(mask.shape, block, strict=True)], np.int16)
+    for offset in itertools.product(*(range(b) for b in block)):
+        part = mask[tuple(slice(o, None, b) for o, b in zip(offset, block, strict=True))]
+        out[tuple(slice(0, n) for n in part.shape)] += part
+    return out
 
 
 def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
@@ -133,15 +147,10 @@ def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     return sum((g * s / radius_mm) ** 2 for g, s in zip(grids, spacing, strict=True)) <= 1.0
 
 
-def _coarse_cavity(bone: np.ndarray, hu_mean: np.ndarray, spacing: np.ndarray,
+def _coarse_cavity(bone: np.ndarray, fat_share: np.ndarray, spacing: np.ndarray,
                    ) -> tuple[np.ndarray | None, str | None]:
     """(the cavity on the coarse grid, None) or (None, why none was found)."""
-    ball = _ball(CLOSING_MM, spacing)
-    pad = [(h, h) for h in (n // 2 for n in ball.shape)]
-    # Padded so that bone at the scan's edge is not eroded away by the closing.
-    shell = ndimage.binary_closing(np.pad(bone, pad), ball)
-    shell = shell[tuple(slice(p, p + n) for (p, _), n in zip(pad, bone.shape, strict=True))]
-    shell |= bone
+    shell = _close(bone, _ball(CLOSING_MM, spacing))
     enclosed = ndimage.binary_fill_holes(shell, _IN_PLANE) & ~shell
     pixel_cm2 = float(spacing[0] * spacing[1]) / 100.0
     areas = enclosed.sum(axis=(0, 1)) * pixel_cm2
@@ -153,22 +162,41 @@ def _coarse_cavity(bone: np.ndarray, hu_mean: np.ndarray, spacing: np.ndarray,
     lowest_ring = int(np.flatnonzero(areas >= RING_SHARE * largest).min())
     cavity = np.zeros_like(enclosed)
     cavity[..., widest] = _largest_part(enclosed[..., widest])
+    ring_area = RING_SHARE * largest / pixel_cm2
+    floor = FLOOR_SHARE * largest / pixel_cm2
+    firm_disk = _ball(BASE_CLOSING_MM, spacing[:2])
+    margin = _ball(FOOTPRINT_MARGIN_MM, spacing[:2])
     for z in range(widest + 1, bone.shape[2]):  # up to the vertex
-        part = _open_ring(shell[..., z], enclosed[..., z])
-        cavity[..., z] = _overlapping(part, cavity[..., z - 1], hu_mean[..., z])
+        part = _open_ring(shell[..., z], enclosed[..., z], ring_area)
+        cavity[..., z] = _overlapping(part, cavity[..., z - 1], fat_share[..., z])
         if not cavity[..., z].any():
             break
     for z in range(widest - 1, -1, -1):  # down to the skull base
         if z >= lowest_ring:
-            part = _open_ring(shell[..., z], enclosed[..., z])
-            cavity[..., z] = _overlapping(part, cavity[..., z + 1], hu_mean[..., z])
+            part = _open_ring(shell[..., z], enclosed[..., z], ring_area)
+            cavity[..., z] = _overlapping(part, cavity[..., z + 1], fat_share[..., z])
         else:
-            kept = _overlapping(enclosed[..., z], cavity[..., z + 1], hu_mean[..., z])
-            if kept.sum() * pixel_cm2 < FLOOR_SHARE * largest:
+            # Mastoid air cells and thin temporal bone open gaps in the ring at the skull
+            # base: what the bone encloses once closed more firmly in-plane counts too (the
+            # plain fill keeps the recesses that this closing seals).
+            shut = _close(shell[..., z], firm_disk)
+            part = enclosed[..., z] | (ndimage.binary_fill_holes(shut) & ~shut)
+            above = cavity[..., z + 1]
+            kept = _overlapping(part & ndimage.binary_dilation(above, margin), above,
+                                fat_share[..., z])
+            if np.count_nonzero(kept) < floor:
                 break  # the foramen magnum, or beneath the skull base
             cavity[..., z] = kept
     # Dense spots inside (calcifications, bone fragments, metal) are cavity too.
     return ndimage.binary_fill_holes(cavity, _IN_PLANE), None
+
+
+def _close(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
+    """`mask` closed by `element`, padded first so that what lies at the scan's edge is not
+    eroded away."""
+    pad = [(h, h) for h in (n // 2 for n in element.shape)]
+    shut = ndimage.binary_closing(np.pad(mask, pad), element)
+    return shut[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape, strict=True))] | mask
 
 
 def _largest_part(mask: np.ndarray) -> np.ndarray:
@@ -180,9 +208,13 @@ def _largest_part(mask: np.ndarray) -> np.ndarray:
     return parts == sizes.argmax()
 
 
-def _open_ring(shell: np.ndarray, enclosed: np.ndarray) -> np.ndarray:
+def _open_ring(shell: np.ndarray, enclosed: np.ndarray, ring_area: float) -> np.ndarray:
     """What a slice's bone encloses: the holes of its ring, or where that ring is open (bone
-    missing), the convex hull of its bone less the bone."""
+    missing), the convex hull of its bone less the bone. A slice enclosing `ring_area` pixels
+    has a closed ring."""
+    area = int(np.count_nonzero(enclosed))
+    if area >= ring_area:
+        return enclosed
     points = np.argwhere(shell)
     if len(points) < 3:
         return enclosed
@@ -190,17 +222,21 @@ def _open_ring(shell: np.ndarray, enclosed: np.ndarray) -> np.ndarray:
         hull = ConvexHull(points)
     except QhullError:  # all bone on a line
         return enclosed
-    grid = np.indices(shell.shape).reshape(2, -1).T
+    lo, hi = points.min(axis=0), points.max(axis=0) + 1
+    grid = np.indices(hi - lo).reshape(2, -1).T + lo
     inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9).all(axis=1)
-    hull_interior = inside.reshape(shell.shape) & ~shell
-    if hull_interior.sum() > OPEN_RING_RATIO * enclosed.sum():
+    hull_interior = np.zeros_like(shell)
+    hull_interior[lo[0]:hi[0], lo[1]:hi[1]] = inside.reshape(hi - lo)
+    hull_interior &= ~shell
+    if np.count_nonzero(hull_interior) > OPEN_RING_RATIO * area:
         return hull_interior
     return enclosed
 
 
-def _overlapping(part: np.ndarray, neighbour: np.ndarray, hu_mean: np.ndarray) -> np.ndarray:
+def _overlapping(part: np.ndarray, neighbour: np.ndarray, fat_share: np.ndarray
+                 ) -> np.ndarray:
     """The connected parts of a slice's `part` that overlap the cavity in the adjacent slice
-    `neighbour` and are not air spaces."""
+    `neighbour` and are not mostly fat or air."""
     parts, count = ndimage.label(part)
     if count == 0:
         return part
@@ -208,21 +244,20 @@ def _overlapping(part: np.ndarray, neighbour: np.ndarray, hu_mean: np.ndarray) -
     touching = touching[touching > 0]
     if touching.size == 0:
         return np.zeros_like(part)
-    sums = ndimage.sum_labels(hu_mean, parts, touching)
-    sizes = ndimage.sum_labels(np.ones_like(hu_mean), parts, touching)
-    keep = touching[sums / sizes >= AIR_HU]
-    return np.isin(parts, keep)
+    fat = ndimage.mean(fat_share, parts, touching)
+    keep = np.zeros(count + 1, bool)
+    keep[touching[fat < 0.5]] = True
+    return keep[parts]
 
 
 def _refine(coarse: np.ndarray, hu: np.ndarray, bone: np.ndarray, block: Sequence[int],
-            ) -> np.ndarray:
-    """The coarse cavity on the full grid, grown by one coarse voxel into what is not bone: a
-    coarse voxel holding any bone is not cavity, so the coarse cavity stops up to one coarse
-    voxel short of the inner table. Of what is not bone within that reach, the parts connected
-    to the coarse cavity and the pockets closed in by bone are kept; a part reaching past it
-    (scalp beyond a thin bone) is not. Then the partial-volume rim: one voxel more into the
-    inner table, where the voxel is not solid bone."""
-    reach = np.ones((3, 3, 3 if block[2] > 1 else 1), bool)
+            spacing: Sequence[float]) -> np.ndarray:
+    """The coarse cavity on the full grid, grown by one coarse voxel into what is not bone and
+    is connected to it there: a coarse voxel holding any bone is not cavity, so the coarse
+    cavity stops up to one coarse voxel short of the inner table (a part beyond a thin bone,
+    the scalp, is not connected). Then the partial-volume rim: one voxel more into the inner
+    table, where the voxel is not solid bone."""
+    reach = np.ones((2 * REFINE_REACH + 1,) * 2 + (3 if block[2] > 1 else 1,), bool)
     grown = ndimage.binary_dilation(coarse, reach)
     box = ndimage.find_objects(grown.astype(np.uint8))[0]
     full_box = tuple(slice(s.start * b, min(s.stop * b, n))
@@ -235,14 +270,30 @@ def _refine(coarse: np.ndarray, hu: np.ndarray, bone: np.ndarray, block: Sequenc
         return out[tuple(slice(0, s.stop - s.start) for s in full_box)]
 
     seed = upsample(coarse)
-    within = upsample(grown)
-    candidate = within & ~bone[full_box]
-    parts, _ = ndimage.label(candidate)
-    beyond = np.unique(parts[ndimage.binary_dilation(~within) & candidate])
-    kept = np.setdiff1d(np.unique(parts[candidate]), beyond)
-    kept = np.union1d(kept, np.unique(parts[seed]))
-    inside = np.isin(parts, kept[kept > 0]) | seed
-    rim = ndimage.binary_dilation(inside) & bone[full_box] & (hu[full_box] < RIM_HU)
-    mask = np.zeros(bone.shape, bool)
-    mask[full_box] = inside | rim
-    return mask
+    candidate = upsample(grown) & ~bone[full_box]
+    parts, count = ndimage.label(candidate)
+    connected = np.zeros(count + 1, bool)
+    connected[parts[seed]] = True
+    connected[0] = False
+    inside = connected[parts] | seed
+    # The partial-volume rim: through voxels that are partly bone (the inner table's edge,
+    # where an epidural haematoma's outer voxels lie), one voxel along every axis, then on
+    # in-plane up to RIM_MM.
+    partial = bone[full_box] & (hu[full_box] < RIM_HU)
+    mask = inside | (_grow_one(inside, (0, 1, 2)) & partial)
+    for _ in range(int(np.ceil(RIM_MM / min(spacing[:2]))) - 1):
+        mask |= _grow_one(mask, (0, 1)) & partial
+    out = np.zeros(bone.shape, bool)
+    out[full_box] = mask
+    return out
+
+
+def _grow_one(mask: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+    """`mask` grown by one voxel along each of `axes`, as shifted ORs: the same as
+    `ndimage.binary_dilation` with a cross at a fraction of its time on a whole scan."""
+    out = mask.copy()
+    for axis in axes:
+        a, o = np.moveaxis(mask, axis, 0), np.moveaxis(out, axis, 0)
+        o[1:] |= a[:-1]
+        o[:-1] |= a[1:]
+    return out
