@@ -59,6 +59,9 @@ CLOSING_MM = 5.0
 # with this radius: mastoid air cells and thin temporal bone open gaps of 10-15 mm, the
 # foramen magnum is 30-35 mm wide.
 BASE_CLOSING_MM = 10.0
+# Below the ring slices, a slice whose ring stays open even so is bridged from the slices
+# above and below when one within this distance encloses enough again.
+GAP_MM = 6.0
 # A slice is a ring slice (above the skull base) when it encloses this share of the largest.
 RING_SHARE = 0.4
 # Below the ring slices the cavity stops at the first slice enclosing less than this share of
@@ -171,22 +174,29 @@ def _coarse_cavity(bone: np.ndarray, fat_share: np.ndarray, spacing: np.ndarray,
         cavity[..., z] = _overlapping(part, cavity[..., z - 1], fat_share[..., z])
         if not cavity[..., z].any():
             break
+    last = widest  # the lowest slice kept so far
     for z in range(widest - 1, -1, -1):  # down to the skull base
         if z >= lowest_ring:
             part = _open_ring(shell[..., z], enclosed[..., z], ring_area)
             cavity[..., z] = _overlapping(part, cavity[..., z + 1], fat_share[..., z])
-        else:
-            # Mastoid air cells and thin temporal bone open gaps in the ring at the skull
-            # base: what the bone encloses once closed more firmly in-plane counts too (the
-            # plain fill keeps the recesses that this closing seals).
-            shut = _close(shell[..., z], firm_disk)
-            part = enclosed[..., z] | (ndimage.binary_fill_holes(shut) & ~shut)
-            above = cavity[..., z + 1]
-            kept = _overlapping(part & ndimage.binary_dilation(above, margin), above,
-                                fat_share[..., z])
-            if np.count_nonzero(kept) < floor:
-                break  # the foramen magnum, or beneath the skull base
-            cavity[..., z] = kept
+            last = z
+            continue
+        # Mastoid air cells and thin temporal bone open gaps in the ring at the skull base:
+        # what the bone encloses once closed more firmly in-plane counts too (the plain fill
+        # keeps the recesses that this closing seals).
+        shut = _close(shell[..., z], firm_disk)
+        part = enclosed[..., z] | (ndimage.binary_fill_holes(shut) & ~shut)
+        above = cavity[..., last]
+        kept = _overlapping(part & ndimage.binary_dilation(above, margin), above,
+                            fat_share[..., z])
+        if np.count_nonzero(kept) < floor:
+            if (last - z) * spacing[2] < GAP_MM:
+                continue  # a ring left open even so: the slice below may close again
+            break  # the foramen magnum, or beneath the skull base
+        for skipped in range(z + 1, last):  # bridged by what both neighbours hold
+            cavity[..., skipped] = above & kept & ~shell[..., skipped]
+        cavity[..., z] = kept
+        last = z
     # Dense spots inside (calcifications, bone fragments, metal) are cavity too.
     return ndimage.binary_fill_holes(cavity, _IN_PLANE), None
 
