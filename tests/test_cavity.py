@@ -60,6 +60,26 @@ def test_phantom_cavity_is_the_constructed_one_and_holds_every_bleed(seed, shape
     assert (cavity.mask & np.isin(case.tissues, NECK)).sum() < 0.003 * cavity.mask.sum()
 
 
+def test_craniectomy_side_stays_in_the_cavity():
+    """A bone flap removed over one hemisphere: the brain under it is cavity (it reaches
+    towards the scalp, up to the scalp's thickness), and so is every bleed."""
+    case = make_case(102, (128, 128, 36), (1.8, 1.8, 5.0), neck_share=1.0)
+    truth = intracranial_mask(case.tissues)
+    x = np.arange(case.hu.shape[0])[:, None, None]
+    z = np.arange(case.hu.shape[2])[None, None, :]
+    xs = np.flatnonzero(truth.any(axis=(1, 2)))
+    zs = np.flatnonzero(truth.any(axis=(0, 1)))
+    side = ((x > xs.min() + 0.7 * (xs.max() - xs.min()))
+            & (z > zs.min() + 0.35 * (zs.max() - zs.min()))
+            & (z < zs.min() + 0.9 * (zs.max() - zs.min())))
+    hu = case.hu.copy()
+    hu[side & (hu > 300)] = 35  # the flap gone, soft tissue in its place
+    cavity = find_cavity(hu, case.affine)
+    assert (truth & side & ~cavity.mask).sum() < 0.01 * (truth & side).sum()
+    assert not ((case.label > 0) & ~cavity.mask).any()
+    assert not (cavity.mask & (case.hu < -500)).any()  # not out into the air
+
+
 def test_no_skull_gives_none_with_a_reason():
     case = make_case(5, (128, 128, 24), (1.6, 1.6, 5.0))
     soft = np.where(case.hu > 200, 40, case.hu).astype(np.int16)  # the bone made soft tissue

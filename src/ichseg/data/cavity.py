@@ -7,8 +7,8 @@ coarse voxel is bone when any of its voxels is), where the bone is closed by `CL
 each axial slice's bone are filled: above the skull base the skull is a ring, and what it
 encloses is the cavity. Then, slice by slice out from the slice enclosing the most:
 - above the skull base, a slice whose ring is open (a craniectomy, a burr-hole flap, a scan whose
-  field of view cuts the skull) takes the convex hull of its bone instead, when the hull encloses
-  more than twice what filling does;
+  field of view cuts the skull), where the convex hull of its bone encloses more than twice what
+  filling does, takes that hull and what lies next to it deeper than SCALP_MM under the skin;
 - below the lowest slice whose ring encloses `RING_SHARE` of the most enclosed, the cavity goes
   on down only while its part in the slice, overlapping the part above, encloses at least
   `FLOOR_SHARE` of the most: the posterior fossa narrows to the foramen magnum (about a twentieth
@@ -19,8 +19,8 @@ Back on the scan's own grid the coarse cavity is grown by one coarse voxel into 
 through what is connected to it there, so the cavity reaches the inner table exactly: epidural and
 subdural blood against it stays inside, while the scalp beyond the bone stays out.
 
-Limits: brain herniating through a craniectomy beyond the chord of the remaining bone is cut;
-the lowest millimetres of the posterior fossa just above the foramen magnum may be cut; HU
+Limits: under a craniectomy the cavity reaches to SCALP_MM under the skin, soft tissue in the
+flap's place included; the lowest millimetres of the posterior fossa just above the foramen magnum may be cut; HU
 clipped to a brain window (8-bit exports) show no bone, and then no cavity is found.
 """
 
@@ -68,6 +68,11 @@ RING_SHARE = 0.4
 # the largest: the foramen magnum (about 8 cm^2 in an adult) is about 0.05, the lowest
 # posterior fossa above it more.
 FLOOR_SHARE = 0.08
+# Denser than this is the head (air and the air of a head holder's foam are below it).
+BODY_HU = -500.0
+# Where the skull is missing (a craniectomy), the cavity reaches this close to the skin: the
+# scalp is 4-7 mm thick.
+SCALP_MM = 6.0
 # A slice whose bone's convex hull encloses more than this many times what filling encloses has
 # an open ring (bone missing) and takes the hull.
 OPEN_RING_RATIO = 2.0
@@ -121,7 +126,8 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
     bone_coarse = _block_sum(bone, block) > 0
     # (The shorter blocks at the scan's far edges, outside any head, count as less air.)
     fat_share = _block_sum(hu_ras < FAT_HU, block) / float(np.prod(block))
-    coarse, reason = _coarse_cavity(bone_coarse, fat_share, coarse_spacing)
+    body = _block_sum(hu_ras > BODY_HU, block) * 2 > np.prod(block)
+    coarse, reason = _coarse_cavity(bone_coarse, fat_share, body, coarse_spacing)
     if coarse is None:
         return Cavity(None, reason)
     mask = _refine(coarse, hu_ras, bone, block, spacing)
@@ -150,7 +156,8 @@ def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     return sum((g * s / radius_mm) ** 2 for g, s in zip(grids, spacing, strict=True)) <= 1.0
 
 
-def _coarse_cavity(bone: np.ndarray, fat_share: np.ndarray, spacing: np.ndarray,
+def _coarse_cavity(bone: np.ndarray, fat_share: np.ndarray, body: np.ndarray,
+                   spacing: np.ndarray,
                    ) -> tuple[np.ndarray | None, str | None]:
     """(the cavity on the coarse grid, None) or (None, why none was found)."""
     shell = _close(bone, _ball(CLOSING_MM, spacing))
@@ -169,15 +176,17 @@ def _coarse_cavity(bone: np.ndarray, fat_share: np.ndarray, spacing: np.ndarray,
     floor = FLOOR_SHARE * largest / pixel_cm2
     firm_disk = _ball(BASE_CLOSING_MM, spacing[:2])
     margin = _ball(FOOTPRINT_MARGIN_MM, spacing[:2])
+    under_scalp = _ball(SCALP_MM, spacing[:2])
     for z in range(widest + 1, bone.shape[2]):  # up to the vertex
-        part = _open_ring(shell[..., z], enclosed[..., z], ring_area)
+        part = _open_ring(shell[..., z], enclosed[..., z], body[..., z], ring_area, under_scalp)
         cavity[..., z] = _overlapping(part, cavity[..., z - 1], fat_share[..., z])
         if not cavity[..., z].any():
             break
     last = widest  # the lowest slice kept so far
     for z in range(widest - 1, -1, -1):  # down to the skull base
         if z >= lowest_ring:
-            part = _open_ring(shell[..., z], enclosed[..., z], ring_area)
+            part = _open_ring(shell[..., z], enclosed[..., z], body[..., z], ring_area,
+                              under_scalp)
             cavity[..., z] = _overlapping(part, cavity[..., z + 1], fat_share[..., z])
             last = z
             continue
@@ -218,10 +227,13 @@ def _largest_part(mask: np.ndarray) -> np.ndarray:
     return parts == sizes.argmax()
 
 
-def _open_ring(shell: np.ndarray, enclosed: np.ndarray, ring_area: float) -> np.ndarray:
+def _open_ring(shell: np.ndarray, enclosed: np.ndarray, body: np.ndarray, ring_area: float,
+               under_scalp: np.ndarray) -> np.ndarray:
     """What a slice's bone encloses: the holes of its ring, or where that ring is open (bone
-    missing), the convex hull of its bone less the bone. A slice enclosing `ring_area` pixels
-    has a closed ring."""
+    missing: its bone's convex hull encloses more than OPEN_RING_RATIO times the holes) the
+    convex hull of the bone, less the bone, and what lies `under_scalp` inside the head's
+    outline next to it (the brain under a craniectomy reaches beyond the hull's chord). A slice
+    enclosing `ring_area` pixels has a closed ring."""
     area = int(np.count_nonzero(enclosed))
     if area >= ring_area:
         return enclosed
@@ -238,9 +250,14 @@ def _open_ring(shell: np.ndarray, enclosed: np.ndarray, ring_area: float) -> np.
     hull_interior = np.zeros_like(shell)
     hull_interior[lo[0]:hi[0], lo[1]:hi[1]] = inside.reshape(hi - lo)
     hull_interior &= ~shell
-    if np.count_nonzero(hull_interior) > OPEN_RING_RATIO * area:
-        return hull_interior
-    return enclosed
+    if np.count_nonzero(hull_interior) <= OPEN_RING_RATIO * area:
+        return enclosed
+    head = ndimage.binary_erosion(ndimage.binary_fill_holes(body), under_scalp) & ~shell
+    parts, count = ndimage.label(head)
+    meets = np.zeros(count + 1, bool)
+    meets[parts[hull_interior]] = True
+    meets[0] = False
+    return meets[parts] | hull_interior
 
 
 def _overlapping(part: np.ndarray, neighbour: np.ndarray, fat_share: np.ndarray
