@@ -9,19 +9,24 @@ encloses is the cavity. Then, slice by slice out from the slice enclosing the mo
 - above the skull base, a slice whose ring is open (a craniectomy, a burr-hole flap, a scan whose
   field of view cuts the skull), where the convex hull of its bone encloses more than twice what
   filling does, takes that hull and what lies next to it deeper than SCALP_MM under the skin;
-- below the lowest slice whose ring encloses `RING_SHARE` of the most enclosed, the cavity goes
-  on down only while its part in the slice, overlapping the part above, encloses at least
-  `FLOOR_SHARE` of the most: the posterior fossa narrows to the foramen magnum (about a twentieth
-  of the largest slice's area) and the spinal canal, which the vertebral rings also enclose, is
-  never reached; parts that are mostly fat or air (orbits, paranasal sinuses, mastoid cells) are
-  left out.
+- below the lowest slice whose ring encloses `RING_SHARE` of the most enclosed (the skull base),
+  each slice is also closed in-plane by `BASE_CLOSING_MM` (mastoid air cells open the ring
+  there) and keeps what lies within `FOOTPRINT_MARGIN_MM` of the cavity above; the cavity goes
+  on down only while that encloses at least `FLOOR_SHARE` of the most (a slice left open is
+  bridged when one within `GAP_MM` below encloses enough): the posterior fossa narrows to the
+  foramen magnum (about a twentieth of the largest slice's area) and the spinal canal, which the
+  vertebral rings also enclose, is never reached;
+- in every slice, parts that are mostly fat or air (orbits, paranasal sinuses, mastoid cells)
+  are left out.
 Back on the scan's own grid the coarse cavity is grown by one coarse voxel into what is not bone,
-through what is connected to it there, so the cavity reaches the inner table exactly: epidural and
-subdural blood against it stays inside, while the scalp beyond the bone stays out.
+through what is connected to it there, so the cavity reaches the inner table exactly, and then
+`RIM_MM` into the inner table's partial-volume voxels: epidural and subdural blood against it
+stays inside, while the scalp beyond the bone stays out.
 
 Limits: under a craniectomy the cavity reaches to SCALP_MM under the skin, soft tissue in the
-flap's place included; the lowest millimetres of the posterior fossa just above the foramen magnum may be cut; HU
-clipped to a brain window (8-bit exports) show no bone, and then no cavity is found.
+flap's place included; the lowest millimetres of the posterior fossa just above the foramen
+magnum may be cut, and narrow recesses beside bony ridges (under about 5 mm); HU clipped to a
+brain window (8-bit exports) show no bone, and then no cavity is found.
 """
 
 from __future__ import annotations
