@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,8 +189,8 @@ def test_the_same_command_twice_gives_bit_identical_states(tiny_dataset, five_ep
 
 def test_early_stop_then_a_raised_target_restarts_the_patience(tiny_dataset, tmp_path, caplog,
                                                                 monkeypatch):
-    # A validation loss that never improves after epoch 1.
-    monkeypatch.setattr(Trainer, "validate", lambda self: (1.0, 0.5))
+    # A validation that never improves after epoch 1.
+    monkeypatch.setattr(Trainer, "validate", lambda self: (1.0, 0.5, 0.5))
     run = tmp_path / "run"
     result = train(tiny_dataset, run, epochs=10, patience=2, steps=1)
     assert (result.state, result.epochs_completed, result.best_epoch) == ("early-stopped", 3, 1)
@@ -284,15 +285,77 @@ def test_poly_schedule_is_closed_form_and_stretches_with_the_target():
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-    early = EarlyStopping(patience=2)
-    assert early.update(1.0, 1) and early.update(0.9, 2)
-    assert not early.update(0.9, 3) and not early.stopped
-    assert not early.update(1.5, 4) and early.stopped
+    early = EarlyStopping(patience=2)  # the rule of the runs from before the pooled Dice
+    assert early.update(1, 1.0) and early.update(2, 0.9)
+    assert not early.update(3, 0.9) and not early.stopped
+    assert not early.update(4, 1.5) and early.stopped
     assert (early.best, early.best_epoch) == (0.9, 2)
     never = EarlyStopping(patience=0)
     for epoch in range(1, 20):
-        never.update(1.0, epoch)
+        never.update(epoch, 1.0)
     assert not never.stopped
+
+
+def test_the_pooled_dice_is_judged_smoothed_and_patience_waits_for_min_epochs():
+    early = EarlyStopping(patience=2, rule="pooled_dice", min_epochs=3, smoothing=0.5)
+    # The loss is ignored: only the moving average of the pooled Dice counts.
+    assert early.update(1, 9.0, 0.4) and early.smoothed == 0.4
+    assert early.update(2, 9.0, 0.8) and early.smoothed == pytest.approx(0.6)
+    # One validation at 0 lowers the average; before epoch 3 is done it is not counted.
+    assert not early.update(3, 0.1, 0.0) and early.bad_validations == 0
+    assert early.smoothed == pytest.approx(0.3)
+    assert not early.update(4, 0.1, 0.6) and early.bad_validations == 1 and not early.stopped
+    assert not early.update(5, 0.1, 0.5) and early.stopped  # 0.45 and 0.475 < 0.6
+    assert (early.best, early.best_epoch) == (pytest.approx(0.6), 2)
+    # The average and the rule continue from the checkpoint; an old state keeps the loss rule.
+    again = EarlyStopping(patience=2)
+    again.load_state_dict(early.state_dict())
+    assert (again.rule, again.smoothed, again.best_epoch) == ("pooled_dice", early.smoothed, 2)
+    old = {k: v for k, v in early.state_dict().items() if k not in ("rule", "smoothed")}
+    again = EarlyStopping(patience=2, rule="pooled_dice")
+    again.load_state_dict(old | {"best_val": 0.7})
+    assert again.rule == "val_loss" and again.update(6, 0.5, 0.0) and again.best == 0.5
+
+
+def _case(case_id, blood, predicted):
+    """A validation case whose HU marks the voxels that `_predict_marked` predicts as blood."""
+    from ichseg.data.cache import PreparedCase
+
+    label = np.zeros((16, 16, 8), np.uint8)
+    hu = np.zeros(label.shape, np.int16)
+    label[blood] = 1
+    hu[predicted] = 1500
+    return PreparedCase(case_id, hu, label)
+
+
+def _predict_marked(model, image, cfg):
+    """Logits that call blood the voxels above 1,000 HU (the bone window's channel)."""
+    blood = (image[:, 2] > (1000 - 600 + 1400) / 2800).float()
+    return torch.stack([torch.zeros_like(blood), 10 * blood - 5], dim=1)
+
+
+def test_validation_pools_the_voxels_so_false_blood_in_a_negative_scan_counts(tmp_path,
+                                                                           monkeypatch):
+    from ichseg.config import preset_config
+
+    monkeypatch.setattr("ichseg.training.loop.window_logits", _predict_marked)
+    cfg = preset_config("tiny")
+    cfg.data.patch_size = [16, 16, 8]
+    lesion = (slice(4, 6), slice(4, 6), slice(2, 4))  # 8 voxels
+    hit = _case("hit", lesion, lesion)                # found exactly
+    clean = _case("clean", (slice(0, 0),) * 3, (slice(0, 0),) * 3)
+    false = _case("false", (slice(0, 0),) * 3, lesion)  # no blood, 8 voxels called blood
+    trainer = Trainer(cfg, [hit], [hit, clean], tmp_path, 1)
+    _, mean_dice, pooled = trainer.validate()
+    assert (mean_dice, pooled) == (1.0, 1.0)
+    trainer.val_cases = [hit, false]
+    _, mean_dice, pooled = trainer.validate()
+    # The mean of the cases counts the negative scan as one case; pooled, its 8 false voxels
+    # weigh as much as the 8 found: 2 * 8 / (2 * 8 + 8).
+    assert mean_dice == 0.5 and pooled == pytest.approx(2 / 3)
+    missed = _case("missed", lesion, (slice(0, 0),) * 3)
+    trainer.val_cases = [hit, missed, clean]
+    assert trainer.validate()[2] == pytest.approx(2 / 3)  # 2 * 8 / (2 * 8 + 0 + 8)
 
 
 def test_history_keeps_legacy_columns_and_writes_csv(tmp_path):
