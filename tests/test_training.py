@@ -369,3 +369,65 @@ def test_history_keeps_legacy_columns_and_writes_csv(tmp_path):
     assert lines[0].startswith("epoch,train_loss,val_loss") and lines[0].endswith(",dice")
     assert lines[3].startswith("3,0.25,0.3")
     assert not list(tmp_path.glob(".*"))  # the temporary file was renamed over
+
+
+def test_a_run_from_before_the_pooled_dice_continues_with_its_rule_and_network(
+        tiny_dataset, tmp_path, monkeypatch):
+    import yaml
+
+    # The loss falls and so does the pooled Dice: by the pooled Dice the first epoch is best.
+    monkeypatch.setattr(Trainer, "validate", lambda self: (
+        1 / (self.progress.epoch + 2), 0.5, 1 / (self.progress.epoch + 2)))
+    # An old run: BatchNorm (the only norm then), judged by its loss, with checkpoints and a
+    # config.yaml that know neither the norm nor the rule.
+    real_state_dict = Trainer.state_dict
+
+    def old_state_dict(self):
+        state = real_state_dict(self)
+        for key in ("rule", "smoothed"):
+            del state["early_stopping"][key]
+        for key in ("select_by", "min_epochs", "score_smoothing"):
+            del state["config"]["training"][key]
+        del state["config"]["model"]["norm"]
+        for key in ("val_pooled_dice", "val_pooled_dice_smoothed"):
+            del state["history"][key]
+        return state
+
+    run = tmp_path / "old"
+    with monkeypatch.context() as old_code:
+        old_code.setattr(Trainer, "state_dict", old_state_dict)
+        train(tiny_dataset, run, epochs=2, steps=1,
+              sets=["model.norm=batch", "training.select_by=val_loss"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for section, key in (("training", "select_by"), ("training", "min_epochs"),
+                         ("training", "score_smoothing"), ("model", "norm")):
+        del config[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "rule" not in load_last(run)["early_stopping"]
+
+    result = train(tiny_dataset, run, epochs=4, steps=1)
+    assert (result.epochs_completed, result.best_epoch) == (4, 4)  # the lowest loss
+    state = load_last(run)
+    assert state["early_stopping"]["rule"] == "val_loss" and state["best_val"] == 1 / 5
+    assert any(key.endswith("running_mean") for key in state["model_state"])  # still BatchNorm
+    saved = ichseg.config.read_run_config(run / "config.yaml")
+    assert (saved.model.norm, saved.training.select_by) == ("batch", "val_loss")
+    pooled = state["history"]["val_pooled_dice"]
+    assert all(math.isnan(v) for v in pooled[:2]) and pooled[2:] == [1 / 4, 1 / 5]
+
+
+def test_a_legacy_checkpoint_of_a_batchnorm_network_keeps_its_norm_and_rule(tiny_dataset,
+                                                                           tmp_path):
+    from ichseg.config import preset_config
+    from ichseg.models import build_model
+    from ichseg.training.modes import plan_run
+
+    cfg = preset_config("tiny")
+    cfg.model.norm = "batch"
+    legacy = {"model_state": build_model(cfg).state_dict(), "epoch": 2, "history": {},
+              "best_val": 0.5, "no_improve": 0, "optimizer_state": {}, "scheduler_state": {},
+              "scaler_state": None}
+    torch.save(legacy, tmp_path / "colab.pt")
+    plan = plan_run(tiny_dataset, tmp_path / "run", resume_from=tmp_path / "colab.pt",
+                    **fast_options())
+    assert (plan.cfg.model.norm, plan.cfg.training.select_by) == ("batch", "val_loss")

@@ -62,10 +62,11 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path,
     axes[0].set_title("loss")
     axes[1].plot(*_validated(epochs, column["val_dice"]), marker=marker, ms=3, color="tab:green",
                  label="mean of the cases")
-    axes[1].plot(*_validated(epochs, column["val_pooled_dice"]), color="tab:orange", alpha=0.4,
-                 linewidth=1, label="pooled")
-    axes[1].plot(*_validated(epochs, column["val_pooled_dice_smoothed"]), marker=marker, ms=3,
-                 color="tab:orange", label="pooled, smoothed")
+    if _validated(epochs, column["val_pooled_dice"])[0]:  # not in histories from before it
+        axes[1].plot(*_validated(epochs, column["val_pooled_dice"]), color="tab:orange",
+                     alpha=0.4, linewidth=1, label="pooled")
+        axes[1].plot(*_validated(epochs, column["val_pooled_dice_smoothed"]), marker=marker,
+                     ms=3, color="tab:orange", label="pooled, smoothed")
     axes[1].set_ylim(0.0, 1.0)
     axes[1].set_title("validation Dice")
     # The trainer keeps best.pt at the best value of the judged curve (its first epoch, ties kept).
@@ -90,7 +91,7 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path,
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right" if ax is not axes[1] else "lower right")
+        ax.legend(fontsize=8, loc="upper right" if ax is not axes[1] else "best")
     sessions = len(resumes) + 1 if epochs else 0
     fig.suptitle(f"{len(epochs)} epochs in {sessions} session{'s' if sessions != 1 else ''}",
                  fontsize=11)
