@@ -192,7 +192,8 @@ def test_early_stop_then_a_raised_target_restarts_the_patience(tiny_dataset, tmp
     # A validation that never improves after epoch 1.
     monkeypatch.setattr(Trainer, "validate", lambda self: (1.0, 0.5, 0.5))
     run = tmp_path / "run"
-    result = train(tiny_dataset, run, epochs=10, patience=2, steps=1)
+    result = train(tiny_dataset, run, epochs=10, patience=2, steps=1,
+                   sets=["training.min_epochs=0"])
     assert (result.state, result.epochs_completed, result.best_epoch) == ("early-stopped", 3, 1)
     with caplog.at_level(logging.INFO, logger="ichseg"):
         again = train(tiny_dataset, run, epochs=10, steps=1)

@@ -208,9 +208,8 @@ _PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "data": {"spacing": [3.6, 3.6, 5.0], "patch_size": [32, 32, 16], "augment": False},
         "model": {"base_width": 4, "blocks_per_stage": 2, "d_state": 4},
-        # No minimum: tests see early stopping act at once.
         "training": {"epochs": 3, "batch_size": 2, "steps_per_epoch": 3, "patience": 5,
-                     "min_epochs": 0, "cycle_epochs": 2, "save_every_minutes": 0.0},
+                     "cycle_epochs": 2, "save_every_minutes": 0.0},
     },
 }
 
