@@ -104,7 +104,9 @@ class TrainingConfig:
                        doc="mixed precision on CUDA; auto is bf16 where supported; CPU is fp32")
     patience: int = _opt(50, "validations without improvement before stopping; 0 never", 0)
     min_epochs: int = _opt(100, "epochs always trained: patience counts only validations after "
-                           "them", 0)
+                           "them (100: a tenth of the default target, well past the start where "
+                           "the network predicts blood everywhere or nowhere and the pooled Dice "
+                           "cannot improve)", 0)
     select_by: str = _choice("pooled_dice", "val_loss",
                              doc="what `best` and patience follow: pooled_dice, the any-hemorrhage "
                              "Dice of all validation voxels pooled (missed and false blood over "
