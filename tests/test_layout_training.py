@@ -25,8 +25,8 @@ from ichseg.data.layouts import find_cases
 from ichseg.data.synth import make_case
 from ichseg.errors import UsageError
 
-# Synthetic cases holding every subtype between them: EDH, IVH, SAH / IPH, SAH, SDH / IPH, SAH.
-CASE_INDICES = (2, 5, 6)
+# Synthetic cases holding every subtype between them: IVH, SAH, SDH / EDH, IPH / SDH.
+CASE_INDICES = (0, 4, 6)
 # nnU-Net's numbering in the copy: its own order, not the contract's, spelled as authors do.
 NNUNET_LABELS = {"background": 0, "Subdural": 1, "EDH": 2, "intraparenchymal_hemorrhage": 3,
                  "Subarachnoid haemorrhage": 4, "IVH": 5}

@@ -21,8 +21,19 @@ One file per part: `tissues` (codes and HU ranges), `head` (the head frame), `an
 from ichseg.data.layouts import CODES
 from ichseg.data.synth.case import DEFAULT_SHAPE, DEFAULT_SPACING, SyntheticCase, make_case
 from ichseg.data.synth.dataset import case_ids, resolve_geometry, write_dataset
-from ichseg.data.synth.tissues import EDH, HU_RANGES, IPH, IVH, LABELS, SAH, SDH, TISSUES
+from ichseg.data.synth.tissues import (
+    EDH,
+    HU_RANGES,
+    INTRACRANIAL,
+    IPH,
+    IVH,
+    LABELS,
+    SAH,
+    SDH,
+    TISSUES,
+    intracranial_mask,
+)
 
-__all__ = ["CODES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "EDH", "HU_RANGES", "IPH", "IVH", "LABELS",
-           "SAH", "SDH", "TISSUES", "SyntheticCase", "case_ids", "make_case", "resolve_geometry",
-           "write_dataset"]
+__all__ = ["CODES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "EDH", "HU_RANGES", "INTRACRANIAL", "IPH",
+           "IVH", "LABELS", "SAH", "SDH", "TISSUES", "SyntheticCase", "case_ids",
+           "intracranial_mask", "make_case", "resolve_geometry", "write_dataset"]

@@ -9,6 +9,13 @@ from collections.abc import Sequence
 import numpy as np
 
 LOWER_HEAD_STRETCH = 1.6
+# A thick slice records the mean of the head across its thickness: it is drawn as planes at most
+# this far apart (a 5 mm slice as five 1 mm planes, the planes of a 1 mm series of the same head).
+SLAB_STEP_MM = 1.0
+NECK_SHARE = 0.5  # cases whose scan starts in the neck, below the foramen magnum
+NECK_DEPTH_MM = (85.0, 110.0)  # how far below the head's centre those scans start (C1 to C3)
+NECK_TOP_FRACTION = 0.78  # of the lower semi-axis: below it the outline is the neck's
+MIN_ABOVE_CENTRE_MM = 40.0  # a scan starting in the neck still reaches this far above the centre
 
 
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -31,64 +38,101 @@ def _outline_factor(u_x, u_y):
 class Head:
     """The head frame of one case over the voxels of the head's bounding box.
 
-    `p` holds the head-frame coordinates (mm) of every voxel centre in the box `crop` of the full
+    `p` holds the head-frame coordinates (mm) of every drawing point in the box `crop` of the full
     grid; `depth` the depth below the scalp, `inner` the depth inside the skull's inner table.
     Everything outside the box is air, so nothing else is computed there.
+
+    A slice thicker than SLAB_STEP_MM is drawn as `sub_planes` thin planes spread evenly across
+    its thickness (a 5 mm slice as five planes 1 mm apart), which the scanner then averages: the
+    drawing grid is the scan's grid with `sub_planes` times as many planes along z, and `crop`
+    (in the scan's voxels) spans `sub_planes` drawing planes per slice.
     """
 
     def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int],
-                 spacing: tuple[float, float, float]):
-        self.spacing = np.asarray(spacing, dtype=np.float64)
-        extent = np.asarray(shape) * self.spacing
+                 spacing: tuple[float, float, float], neck_share: float = NECK_SHARE):
+        scan_spacing = np.asarray(spacing, dtype=np.float64)
+        extent = np.asarray(shape) * scan_spacing
+        self.sub_planes = max(1, math.ceil(float(spacing[2]) / SLAB_STEP_MM - 1e-6))
+        step = float(spacing[2]) / self.sub_planes
+        self.spacing = np.array([spacing[0], spacing[1], step])
+        # Drawing plane k of slice i lies at i * spacing + (k - (n - 1) / 2) * step.
+        self.origin = np.array([0.0, 0.0, -(self.sub_planes - 1) / 2 * step])
         # Outer semi-axes of the scalp (mm): left-right, front-back, up-down.
-        size = rng.uniform(0.9, 1.05)
+        size = rng.uniform(0.93, 1.06)
         self.axes = np.array([rng.uniform(68, 76), rng.uniform(86, 95), 80.0]) * size
         # Below the centre the head narrows much less than an ellipsoid: the skull base and
         # posterior fossa are wide. The lower half uses a longer vertical semi-axis.
         self.lower_axis = float(self.axes[2]) * LOWER_HEAD_STRETCH
+        self.neck_top = -NECK_TOP_FRACTION * self.lower_axis  # where the head becomes the neck
         self.rotation = rotation_matrix(math.radians(rng.uniform(-14, 14)),
                                          math.radians(rng.uniform(-8, 8)),
                                          math.radians(rng.uniform(-5, 5)))
         centre = extent / 2 + np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), 0.0])
-        # Scans run from the skull base to the vertex: put the vertex a little below the top
-        # slice when the scan is long enough to hold it, otherwise cover the upper head.
+        # Scans run up to the vertex: put it a little below the top slice when the scan is long
+        # enough to hold the head down to the posterior fossa, otherwise cover the upper head.
+        # A share of scans start lower, in the neck (C1 to C3), as real head CTs often do; a
+        # scan too short for both loses some of the vertex, never more than half the head.
         centre[2] = extent[2] - self.axes[2] - rng.uniform(5, 15)
         if centre[2] < extent[2] / 2 - 20:
             centre[2] = extent[2] / 2 + rng.uniform(-5, 25)
+        neck_depth = float(rng.uniform(*NECK_DEPTH_MM))
+        if rng.random() < neck_share:
+            centre[2] = min(max(centre[2], neck_depth), extent[2] - MIN_ABOVE_CENTRE_MM)
         self.centre = centre
-        # The rotated ellipsoid's half-extents along the grid axes (10 % for the outline factor),
-        # plus a few voxels of air so the blur sees the head's edge.
-        bound = np.array([self.axes[0], self.axes[1], self.lower_axis]) * 1.1
+        # The rotated ellipsoid's half-extents along the grid axes (15 % for the outline factor
+        # and a scalp swelling), plus a few voxels of air so the blur sees the head's edge.
+        bound = np.array([self.axes[0], self.axes[1], self.lower_axis]) * 1.15
         half = np.sqrt(((self.rotation * bound) ** 2).sum(axis=1))
-        self.lo = np.maximum(np.floor((centre - half) / self.spacing).astype(int) - 3, 0)
-        hi = np.minimum(np.ceil((centre + half) / self.spacing).astype(int) + 4, shape)
-        self.crop = tuple(slice(int(a), int(b)) for a, b in zip(self.lo, hi, strict=True))
+        lo = np.maximum(np.floor((centre - half) / scan_spacing).astype(int) - 3, 0)
+        lo[2] = 0  # the neck runs down to the scan's first slice
+        hi = np.minimum(np.ceil((centre + half) / scan_spacing).astype(int) + 4, shape)
+        self.crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        planes = np.array([1, 1, self.sub_planes])
+        self.lo, hi = lo * planes, hi * planes
         self.shape = tuple(int(b - a) for a, b in zip(self.lo, hi, strict=True))
         # Grid coordinates relative to the head's centre (mm), one 1D array per axis.
-        self.grid = [(np.arange(a, b) * s - c).astype(np.float32)
-                     for a, b, s, c in zip(self.lo, hi, self.spacing, centre, strict=True)]
+        self.grid = [(np.arange(a, b) * s + o - c).astype(np.float32)
+                     for a, b, s, o, c in zip(self.lo, hi, self.spacing, self.origin, centre,
+                                              strict=True)]
         # Head-frame coordinates p = R^T (q - c), built by broadcasting the three axes.
         gx, gy, gz = self.grid[0][:, None, None], self.grid[1][None, :, None], self.grid[2]
         r = [[float(v) for v in row] for row in self.rotation]
         self.p = [r[0][a] * gx + r[1][a] * gy + r[2][a] * gz for a in range(3)]
-        px, py, pz = self.p
-        self.radius = np.sqrt(px * px + py * py + pz * pz) + 1e-3
-        # Depth below the scalp along the ray from the centre (close to the normal distance for a
-        # near-spherical head).
-        u_x, u_y = px / self.radius, py / self.radius
+        self.scalp = float(rng.uniform(4.0, 6.5))
+        self.skull_thickness = float(rng.uniform(5.5, 7.5))
+        self.radius, self.depth, self.skull = self._depths(*self.p)
+        self.inner = self.depth - self.scalp - self.skull
+
+    def _depths(self, px, py, pz):
+        """Distance from the centre, depth below the scalp along the ray from the centre (close
+        to the normal distance for a near-spherical head) and the skull's thickness there."""
+        radius = np.sqrt(px * px + py * py + pz * pz) + 1e-3
+        u_x, u_y = px / radius, py / radius
         ia, ib, ic = (float(1 / a) for a in self.axes)
         pz_scaled = pz * np.where(pz > 0, np.float32(ic), np.float32(1 / self.lower_axis))
         norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2 + pz_scaled * pz_scaled)
         norm *= _outline_factor(u_x, u_y)
-        self.depth = self.radius * (1.0 / np.maximum(norm, 1e-3) - 1.0)
-        self.scalp = float(rng.uniform(4.0, 6.5))
+        depth = radius * (1.0 / np.maximum(norm, 1e-3) - 1.0)
+        neck = pz < self.neck_top
+        if np.any(neck):
+            # The neck: the cross-section at neck_top carried down, depth measured in-plane.
+            in_plane = np.sqrt(px * px + py * py) + 1e-3
+            shrink = math.sqrt(1.0 - (self.neck_top / self.lower_axis) ** 2)
+            norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2) * np.float32(1 / shrink)
+            norm *= _outline_factor(px / in_plane, py / in_plane)
+            depth = np.where(neck, in_plane * (1.0 / np.maximum(norm, 1e-3) - 1.0), depth)
         # Skull thicker at the occiput and frontal bone than at the temporal squama.
-        self.skull = float(rng.uniform(5.5, 7.5)) * (1.0 + 0.12 * u_y * u_y - 0.25 * u_x * u_x)
-        self.inner = self.depth - self.scalp - self.skull
+        skull = self.skull_thickness * (1.0 + 0.12 * u_y * u_y - 0.25 * u_x * u_x)
+        return radius, depth, skull
+
+    def inner_at(self, points: np.ndarray) -> np.ndarray:
+        """Depth inside the inner table of head-frame points (N, 3), independent of the grid."""
+        _, depth, skull = self._depths(*np.asarray(points, np.float64).T)
+        return depth - self.scalp - skull
 
     def box(self, centre: np.ndarray, radius: float) -> tuple[slice, slice, slice]:
-        """Bounding box, in the crop's voxels, of a head-frame sphere."""
-        q = self.rotation @ centre + self.centre
+        """Bounding box, in the crop's drawing points, of a head-frame sphere."""
+        q = self.rotation @ centre + self.centre - self.origin
         lo = np.floor((q - radius) / self.spacing).astype(int) - self.lo
         hi = np.ceil((q + radius) / self.spacing).astype(int) + 1 - self.lo
         return tuple(slice(int(max(0, a)), int(max(0, min(n, b))))

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ichseg.data.synth.anatomy import SKULL_BASE_TOP
+from ichseg.data.synth.anatomy import ORBITAL_DOME_MM, SKULL_BASE_TOP
 from ichseg.data.synth.head import Head
 from ichseg.data.synth.tissues import (
     CSF,
@@ -17,12 +17,16 @@ from ichseg.data.synth.tissues import (
     IPH,
     IVH,
     SAH,
+    SCALP,
+    SCALP_HAEMATOMA,
     SDH,
     VENTRICLE,
     WHITE,
 )
 
-EMPTY_CASE_FRACTION = 0.15
+EMPTY_CASE_FRACTION = 0.25  # cases without hemorrhage, as real datasets have
+SCALP_HAEMATOMA_SHARE = 0.3  # cases with blood outside the skull (labelled background)
+IPH_CENTRE_TRIES = 32
 SUBTYPE_WEIGHTS = {EDH: 0.13, IPH: 0.27, IVH: 0.15, SAH: 0.23, SDH: 0.22}
 
 
@@ -65,12 +69,16 @@ def intraparenchymal(rng: np.random.Generator, head: Head, tissues: np.ndarray,
                       label: np.ndarray) -> Lesion | None:
     """A lobulated blob in grey or white matter with an oedema rim; None if there is no room."""
     radius = float(rng.uniform(4, 18))
-    # Stretch and lobulation reach up to twice the radius: keep the clot inside the brain.
-    candidates = np.flatnonzero((tissues == WHITE) & (head.inner > 2 * radius + 6)
-                                & (head.p[2] > SKULL_BASE_TOP + 2 * radius))
-    if candidates.size == 0:
+    # Stretch and lobulation reach up to twice the radius: keep the clot inside the brain, off
+    # the midline. The centre is drawn in the head frame, not among voxels, so that thin and
+    # thick reconstructions of one case draw the same clot.
+    tries = rng.uniform(-1.0, 1.0, size=(IPH_CENTRE_TRIES, 3)) * (head.axes * 0.7)
+    fits = ((head.inner_at(tries) > 2 * radius + 6)
+            & (tries[:, 2] > SKULL_BASE_TOP + ORBITAL_DOME_MM + 2 * radius + 2)
+            & (np.abs(tries[:, 0]) > 6.0))
+    if not fits.any():
         return None
-    centre = np.array([c.flat[rng.choice(candidates)] for c in head.p], dtype=np.float64)
+    centre = tries[int(np.argmax(fits))]
     box = head.box(centre, radius * 1.8)
     x, y, z = head.coords(box)
     stretch = rng.uniform(0.7, 1.3, size=3)
@@ -118,3 +126,23 @@ def subarachnoid(rng: np.random.Generator, head: Head, tissues: np.ndarray) -> L
     cx, cy, cz = (float(c) for c in centre)
     near = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < radius * radius
     return box, near & (tissues[box] == CSF)
+
+
+def scalp_haematoma(rng: np.random.Generator, head: Head, tissues: np.ndarray) -> None:
+    """A subgaleal haematoma: blood between the galea and the skull, swelling the scalp outward
+    over the convexity. Blood outside the skull is not an intracranial hemorrhage: it goes into
+    the tissue map (SCALP_HAEMATOMA), never into the label."""
+    u0 = _direction_on_convexity(rng)
+    extent, thickness = math.radians(rng.uniform(20, 40)), float(rng.uniform(4, 12))
+    outer = float(np.linalg.norm(head.surface_point(u0, 0.0)))
+    box = head.box(u0 * outer, outer * extent + thickness)
+    x, y, z = head.coords(box)
+    ux, uy, uz = (float(v) for v in u0)
+    cos_a = (x * ux + y * uy + z * uz) / head.radius[box]
+    angle = np.arccos(np.clip(cos_a, -1.0, 1.0)) * (1.0 / extent)
+    swelling = thickness * np.sqrt(np.clip(1.0 - angle * angle, 0.0, None))
+    depth = head.depth[box]
+    skin = 0.4 * head.scalp  # skin and subcutaneous fat stay over the blood
+    region = (swelling > 0) & (depth > -swelling) & (depth < head.scalp)
+    tissues[box][region & (depth < skin - swelling)] = SCALP
+    tissues[box][region & (depth >= skin - swelling)] = SCALP_HAEMATOMA
