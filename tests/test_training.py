@@ -357,6 +357,14 @@ def test_validation_pools_the_voxels_so_false_blood_in_a_negative_scan_counts(tm
     missed = _case("missed", lesion, (slice(0, 0),) * 3)
     trainer.val_cases = [hit, missed, clean]
     assert trainer.validate()[2] == pytest.approx(2 / 3)  # 2 * 8 / (2 * 8 + 0 + 8)
+    # The false blood lies outside the case's cranial cavity: predict drops it, and so does
+    # validation, unless intracranial_only is off.
+    false.cavity = np.ones(false.hu.shape, bool)
+    false.cavity[lesion] = False
+    trainer.val_cases = [hit, false]
+    assert trainer.validate()[1:] == (1.0, 1.0)
+    trainer.cfg.inference.intracranial_only = False
+    assert trainer.validate()[1:] == (0.5, pytest.approx(2 / 3))
 
 
 def test_history_keeps_legacy_columns_and_writes_csv(tmp_path):

@@ -209,7 +209,9 @@ class Trainer:
         """Over the whole validation volumes (sliding window): the mean loss, the mean of the
         cases' hemorrhage Dice, and the pooled Dice (nnU-Net's pseudo-Dice): 2TP / (2TP + FP +
         FN) with the counts summed over every case, so that false blood in a scan without
-        hemorrhage counts too (1 when there is no blood to find and none is predicted)."""
+        hemorrhage counts too (1 when there is no blood to find and none is predicted). The
+        Dice are of the predictions as predict makes them: with `inference.intracranial_only`,
+        nothing outside the case's cranial cavity (the loss is of the network's output)."""
         if not self.val_cases:
             return math.nan, math.nan, math.nan
         distributed.sync_buffers(self.model)
@@ -229,6 +231,9 @@ class Trainer:
                     losses.append(float(self.loss_fn(logits.float(), label).item()))
                     # Of "any hemorrhage" (label > 0), whether or not subtypes are trained.
                     predicted, blood = logits.argmax(1) > 0, label[:, 0] > 0
+                    if self.cfg.inference.intracranial_only and case.cavity is not None:
+                        # As predict makes them: nothing outside the cranial cavity.
+                        predicted &= torch.from_numpy(np.array(case.cavity))[None].to(self.device)
                     dices.append(dice(predicted, blood))
                     tp += int((predicted & blood).sum())
                     fp += int((predicted & ~blood).sum())
