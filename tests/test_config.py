@@ -47,6 +47,27 @@ def test_saved_config_round_trips(tmp_path):
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
+def test_every_preset_trains_with_instance_norm_and_judges_the_pooled_dice():
+    for preset in ("tiny", "small", "default"):
+        cfg = preset_config(preset)
+        assert (cfg.model.norm, cfg.training.select_by) == ("instance", "pooled_dice"), preset
+    assert resolve_config("default", sets=["model.norm=batch"]).model.norm == "batch"
+    assert preset_config("default").training.min_epochs > preset_config("default").training.patience
+
+
+def test_a_saved_config_from_before_a_setting_keeps_what_it_meant():
+    for preset in ("tiny", "small", "default"):
+        saved = preset_config(preset).to_dict()
+        for section, key in (("model", "norm"), ("model", "sync_batchnorm"),
+                             ("training", "select_by"), ("training", "min_epochs")):
+            del saved[section][key]
+        old = config_from_dict(saved)
+        assert (old.model.norm, old.model.sync_batchnorm) == ("batch", False), preset
+        assert (old.training.select_by, old.training.min_epochs) == ("val_loss", 0), preset
+    # A saved config that names them keeps its own values.
+    assert config_from_dict(preset_config("small").to_dict()) == preset_config("small")
+
+
 @pytest.mark.parametrize("assignment, words", [
     ("training.nope=1", ["training.nope", "allowed", "epochs"]),
     ("training.lr=fast", ["training.lr", "number"]),
@@ -58,6 +79,8 @@ def test_saved_config_round_trips(tmp_path):
     ("stuff.x=1", ["stuff", "allowed"]),
     ("lr=1", ["section.key"]),
     ("training.time_limit=soon", ["training.time_limit", "duration"]),
+    ("training.score_smoothing=1", ["training.score_smoothing", "[0, 1)"]),
+    ("training.select_by=dice", ["training.select_by", "pooled_dice", "val_loss"]),
 ])
 def test_bad_settings_name_the_key(assignment, words):
     with pytest.raises(UsageError) as err:

@@ -61,7 +61,7 @@ def test_epochs_without_validation_leave_gaps_the_history_and_status_handle(no_w
     # Patience counts validations: two of them, so at most one without improvement.
     assert state["no_improve"] <= 1
     assert state["early_stopping"]["best_epoch"] in (2, 3)
-    assert "validation loss" in format_status(training_status(no_workers))
+    assert "smoothed pooled Dice" in format_status(training_status(no_workers))
 
 
 class _PidSampler(PatchSampler):

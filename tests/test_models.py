@@ -102,7 +102,11 @@ def test_2d_network_takes_slices_and_uses_the_first_two_stride_entries(name):
     assert not any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
     outputs = net(torch.randn(2, 3, 32, 48))
     assert shapes(outputs) == [(2, 2, 32, 48), (2, 2, 16, 24), (2, 2, 8, 12), (2, 2, 4, 6)]
-    assert tuple(net.eval()(torch.randn(1, 3, 16, 16)).shape) == (1, 2, 16, 16)
+    assert tuple(net.eval()(torch.randn(1, 3, 32, 16)).shape) == (1, 2, 32, 16)
+    # 16 x 16 would leave one voxel at the deepest level, which InstanceNorm cannot normalise.
+    with pytest.raises(UsageError, match="one voxel at the network's deepest level"):
+        check_input_shape(cfg, (16, 16))
+    check_input_shape(tiny_cfg(name, spatial_dims=2, norm="batch"), (16, 16))
 
 
 def test_shape_error_names_the_axis_the_stride_product_and_the_nearest_valid_sizes():

@@ -33,7 +33,9 @@ def test_status_of_a_stopped_run(stopped_run):
     assert snapshot(stopped_run) == before  # status only reads
     assert status["state"] == "stopped"
     assert (status["epochs_completed"], status["target_epochs"], status["step"]) == (2, 4, 6)
-    assert status["best_epoch"] in (1, 2) and status["best_val"] > 0
+    # `best` is the highest moving average of the pooled validation Dice.
+    assert status["select_by"] == "pooled_dice" and status["best_epoch"] in (1, 2)
+    assert 0 <= status["best_val"] <= 1 and 0 <= status["last_val_pooled_dice"] <= 1
     assert status["patience"] == 5 and status["no_improve"] in (0, 1)
     assert status["lr"] > 0 and status["time_trained_s"] > 0
     assert status["eta_s"] > 0  # two epochs left at the measured pace
@@ -45,9 +47,18 @@ def test_status_of_a_stopped_run(stopped_run):
 
     text = format_status(status)
     for expected in ("state      stopped", "epochs     2 of 4", "steps      6",
+                     "best       smoothed pooled Dice", ", pooled 0.", "(smoothed 0.",
                      "patience 5", "remaining  about", "ckpt-", "best-", " ok",
                      f"continue   ichseg train --run-dir {stopped_run.resolve()}"):
         assert expected in text, expected
+
+
+def test_status_says_what_an_old_run_judges_and_when_patience_starts(stopped_run):
+    status = ichseg.check_training_status(stopped_run)
+    text = format_status({**status, "select_by": "val_loss", "last_val_pooled_dice": None,
+                          "min_epochs": 50, "patience": 12})
+    assert "best       validation loss" in text and "pooled" not in text
+    assert "patience 12 (counted after epoch 50)" in text
 
 
 def test_status_reports_a_damaged_generation_and_a_finished_run(stopped_run, tmp_path):

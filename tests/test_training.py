@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,10 +189,11 @@ def test_the_same_command_twice_gives_bit_identical_states(tiny_dataset, five_ep
 
 def test_early_stop_then_a_raised_target_restarts_the_patience(tiny_dataset, tmp_path, caplog,
                                                                 monkeypatch):
-    # A validation loss that never improves after epoch 1.
-    monkeypatch.setattr(Trainer, "validate", lambda self: (1.0, 0.5))
+    # A validation that never improves after epoch 1.
+    monkeypatch.setattr(Trainer, "validate", lambda self: (1.0, 0.5, 0.5))
     run = tmp_path / "run"
-    result = train(tiny_dataset, run, epochs=10, patience=2, steps=1)
+    result = train(tiny_dataset, run, epochs=10, patience=2, steps=1,
+                   sets=["training.min_epochs=0"])
     assert (result.state, result.epochs_completed, result.best_epoch) == ("early-stopped", 3, 1)
     with caplog.at_level(logging.INFO, logger="ichseg"):
         again = train(tiny_dataset, run, epochs=10, steps=1)
@@ -284,15 +286,85 @@ def test_poly_schedule_is_closed_form_and_stretches_with_the_target():
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-    early = EarlyStopping(patience=2)
-    assert early.update(1.0, 1) and early.update(0.9, 2)
-    assert not early.update(0.9, 3) and not early.stopped
-    assert not early.update(1.5, 4) and early.stopped
+    early = EarlyStopping(patience=2)  # the rule of the runs from before the pooled Dice
+    assert early.update(1, 1.0) and early.update(2, 0.9)
+    assert not early.update(3, 0.9) and not early.stopped
+    assert not early.update(4, 1.5) and early.stopped
     assert (early.best, early.best_epoch) == (0.9, 2)
     never = EarlyStopping(patience=0)
     for epoch in range(1, 20):
-        never.update(1.0, epoch)
+        never.update(epoch, 1.0)
     assert not never.stopped
+
+
+def test_the_pooled_dice_is_judged_smoothed_and_patience_waits_for_min_epochs():
+    early = EarlyStopping(patience=2, rule="pooled_dice", min_epochs=3, smoothing=0.5)
+    # The loss is ignored: only the moving average of the pooled Dice counts.
+    assert early.update(1, 9.0, 0.4) and early.smoothed == 0.4
+    assert early.update(2, 9.0, 0.8) and early.smoothed == pytest.approx(0.6)
+    # One validation at 0 lowers the average; before epoch 3 is done it is not counted.
+    assert not early.update(3, 0.1, 0.0) and early.bad_validations == 0
+    assert early.smoothed == pytest.approx(0.3)
+    assert not early.update(4, 0.1, 0.6) and early.bad_validations == 1 and not early.stopped
+    assert not early.update(5, 0.1, 0.5) and early.stopped  # 0.45 and 0.475 < 0.6
+    assert (early.best, early.best_epoch) == (pytest.approx(0.6), 2)
+    # The average and the rule continue from the checkpoint; an old state keeps the loss rule.
+    again = EarlyStopping(patience=2)
+    again.load_state_dict(early.state_dict())
+    assert (again.rule, again.smoothed, again.best_epoch) == ("pooled_dice", early.smoothed, 2)
+    old = {k: v for k, v in early.state_dict().items() if k not in ("rule", "smoothed")}
+    again = EarlyStopping(patience=2, rule="pooled_dice")
+    again.load_state_dict(old | {"best_val": 0.7})
+    assert again.rule == "val_loss" and again.update(6, 0.5, 0.0) and again.best == 0.5
+
+
+def _case(case_id, blood, predicted):
+    """A validation case whose HU marks the voxels that `_predict_marked` predicts as blood."""
+    from ichseg.data.cache import PreparedCase
+
+    label = np.zeros((16, 16, 8), np.uint8)
+    hu = np.zeros(label.shape, np.int16)
+    label[blood] = 1
+    hu[predicted] = 1500
+    return PreparedCase(case_id, hu, label)
+
+
+def _predict_marked(model, image, cfg):
+    """Logits that call blood the voxels above 1,000 HU (the bone window's channel)."""
+    blood = (image[:, 2] > (1000 - 600 + 1400) / 2800).float()
+    return torch.stack([torch.zeros_like(blood), 10 * blood - 5], dim=1)
+
+
+def test_validation_pools_the_voxels_so_false_blood_in_a_negative_scan_counts(tmp_path,
+                                                                           monkeypatch):
+    from ichseg.config import preset_config
+
+    monkeypatch.setattr("ichseg.training.loop.window_logits", _predict_marked)
+    cfg = preset_config("tiny")
+    cfg.data.patch_size = [16, 16, 8]
+    lesion = (slice(4, 6), slice(4, 6), slice(2, 4))  # 8 voxels
+    hit = _case("hit", lesion, lesion)                # found exactly
+    clean = _case("clean", (slice(0, 0),) * 3, (slice(0, 0),) * 3)
+    false = _case("false", (slice(0, 0),) * 3, lesion)  # no blood, 8 voxels called blood
+    trainer = Trainer(cfg, [hit], [hit, clean], tmp_path, 1)
+    _, mean_dice, pooled = trainer.validate()
+    assert (mean_dice, pooled) == (1.0, 1.0)
+    trainer.val_cases = [hit, false]
+    _, mean_dice, pooled = trainer.validate()
+    # The mean of the cases counts the negative scan as one case; pooled, its 8 false voxels
+    # weigh as much as the 8 found: 2 * 8 / (2 * 8 + 8).
+    assert mean_dice == 0.5 and pooled == pytest.approx(2 / 3)
+    missed = _case("missed", lesion, (slice(0, 0),) * 3)
+    trainer.val_cases = [hit, missed, clean]
+    assert trainer.validate()[2] == pytest.approx(2 / 3)  # 2 * 8 / (2 * 8 + 0 + 8)
+    # The false blood lies outside the case's cranial cavity: predict drops it, and so does
+    # validation, unless intracranial_only is off.
+    false.cavity = np.ones(false.hu.shape, bool)
+    false.cavity[lesion] = False
+    trainer.val_cases = [hit, false]
+    assert trainer.validate()[1:] == (1.0, 1.0)
+    trainer.cfg.inference.intracranial_only = False
+    assert trainer.validate()[1:] == (0.5, pytest.approx(2 / 3))
 
 
 def test_history_keeps_legacy_columns_and_writes_csv(tmp_path):
@@ -306,3 +378,65 @@ def test_history_keeps_legacy_columns_and_writes_csv(tmp_path):
     assert lines[0].startswith("epoch,train_loss,val_loss") and lines[0].endswith(",dice")
     assert lines[3].startswith("3,0.25,0.3")
     assert not list(tmp_path.glob(".*"))  # the temporary file was renamed over
+
+
+def test_a_run_from_before_the_pooled_dice_continues_with_its_rule_and_network(
+        tiny_dataset, tmp_path, monkeypatch):
+    import yaml
+
+    # The loss falls and so does the pooled Dice: by the pooled Dice the first epoch is best.
+    monkeypatch.setattr(Trainer, "validate", lambda self: (
+        1 / (self.progress.epoch + 2), 0.5, 1 / (self.progress.epoch + 2)))
+    # An old run: BatchNorm (the only norm then), judged by its loss, with checkpoints and a
+    # config.yaml that know neither the norm nor the rule.
+    real_state_dict = Trainer.state_dict
+
+    def old_state_dict(self):
+        state = real_state_dict(self)
+        for key in ("rule", "smoothed"):
+            del state["early_stopping"][key]
+        for key in ("select_by", "min_epochs", "score_smoothing"):
+            del state["config"]["training"][key]
+        del state["config"]["model"]["norm"]
+        for key in ("val_pooled_dice", "val_pooled_dice_smoothed"):
+            del state["history"][key]
+        return state
+
+    run = tmp_path / "old"
+    with monkeypatch.context() as old_code:
+        old_code.setattr(Trainer, "state_dict", old_state_dict)
+        train(tiny_dataset, run, epochs=2, steps=1,
+              sets=["model.norm=batch", "training.select_by=val_loss"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for section, key in (("training", "select_by"), ("training", "min_epochs"),
+                         ("training", "score_smoothing"), ("model", "norm")):
+        del config[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "rule" not in load_last(run)["early_stopping"]
+
+    result = train(tiny_dataset, run, epochs=4, steps=1)
+    assert (result.epochs_completed, result.best_epoch) == (4, 4)  # the lowest loss
+    state = load_last(run)
+    assert state["early_stopping"]["rule"] == "val_loss" and state["best_val"] == 1 / 5
+    assert any(key.endswith("running_mean") for key in state["model_state"])  # still BatchNorm
+    saved = ichseg.config.read_run_config(run / "config.yaml")
+    assert (saved.model.norm, saved.training.select_by) == ("batch", "val_loss")
+    pooled = state["history"]["val_pooled_dice"]
+    assert all(math.isnan(v) for v in pooled[:2]) and pooled[2:] == [1 / 4, 1 / 5]
+
+
+def test_a_legacy_checkpoint_of_a_batchnorm_network_keeps_its_norm_and_rule(tiny_dataset,
+                                                                           tmp_path):
+    from ichseg.config import preset_config
+    from ichseg.models import build_model
+    from ichseg.training.modes import plan_run
+
+    cfg = preset_config("tiny")
+    cfg.model.norm = "batch"
+    legacy = {"model_state": build_model(cfg).state_dict(), "epoch": 2, "history": {},
+              "best_val": 0.5, "no_improve": 0, "optimizer_state": {}, "scheduler_state": {},
+              "scaler_state": None}
+    torch.save(legacy, tmp_path / "colab.pt")
+    plan = plan_run(tiny_dataset, tmp_path / "run", resume_from=tmp_path / "colab.pt",
+                    **fast_options())
+    assert (plan.cfg.model.norm, plan.cfg.training.select_by) == ("batch", "val_loss")

@@ -60,6 +60,25 @@ def test_draw_progress_marks_resumes_in_red(tmp_path):
     assert red_pixels(marked) > 100
 
 
+def test_draw_progress_shows_the_pooled_dice_where_the_history_has_it(tmp_path):
+    history = {"epoch": [1, 2, 3, 4], "train_loss": [1.0, 0.8, 0.7, 0.6],
+               "val_loss": [1.1, 0.9, 0.8, 0.7], "val_dice": [0.1, 0.2, 0.3, 0.4],
+               "lr": [0.01] * 4, "session": [1] * 4}
+    pooled = {"val_pooled_dice": [0.2, 0.6, 0.3, 0.7],
+              "val_pooled_dice_smoothed": [0.2, 0.24, 0.246, 0.291]}
+    # A history from before the pooled Dice (no such columns) draws as before.
+    old = mpimg.imread(draw_progress(history, tmp_path / "old.png", "val_loss"))
+    new = mpimg.imread(draw_progress({**history, **pooled}, tmp_path / "new.png"))
+
+    def orange_pixels(picture):  # matplotlib's "tab:orange" is (1.0, 0.5, 0.05)
+        width = picture.shape[1]  # inside the middle panel, the Dice's (the loss has orange too)
+        middle = picture[:, int(0.4 * width):int(0.64 * width)]
+        r, g, b = middle[..., 0], middle[..., 1], middle[..., 2]
+        return int(((r > 0.9) & (g > 0.4) & (g < 0.6) & (b < 0.2)).sum())
+
+    assert orange_pixels(old) == 0 and orange_pixels(new) > 100
+
+
 def test_plot_run_without_history_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="history.csv"):
         plot_run(tmp_path)

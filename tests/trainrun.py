@@ -77,7 +77,8 @@ def load_last(run: Path) -> dict[str, Any]:
     return load_checkpoint_file(run / "checkpoints" / "last.pt")
 
 
-LOSS_COLUMNS = ("train_loss", "val_loss")
+# With the pooled Dice and its moving average (carried across a resume by the early-stopping state).
+LOSS_COLUMNS = ("train_loss", "val_loss", "val_pooled_dice", "val_pooled_dice_smoothed")
 
 
 def assert_same_training(a: dict[str, Any], b: dict[str, Any]) -> None:

@@ -298,3 +298,9 @@ def check_input_shape(cfg, spatial_shape: Sequence[int]) -> None:
         nearest = f"{below} or {above}" if below > 0 else f"{above}"
         raise UsageError(f"patch size {size} along {axis} is not divisible by {factor} "
                          f"(product of the {axis} strides); nearest valid: {nearest}")
+    deepest = [size // factor for size, factor in zip(shape, total_strides(cfg), strict=False)]
+    if cfg.model.norm == "instance" and math.prod(deepest) == 1:
+        # Instance statistics of a single voxel are undefined (PyTorch refuses them).
+        raise UsageError(f"patch size {shape[:dims]} leaves one voxel at the network's deepest "
+                         "level, which model.norm=instance cannot normalise; double one of its "
+                         "sizes, or set model.norm=batch")

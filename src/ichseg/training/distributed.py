@@ -149,21 +149,23 @@ def _collective_device() -> torch.device:
 # --- the model and the loss -------------------------------------------------------------------
 
 def wrap_model(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around `model` (BatchNorm synchronised when configured).
+    """DistributedDataParallel around `model`; BatchNorm (`model.norm=batch`) synchronised
+    across the ranks on GPUs (`model.sync_batchnorm`, on unless a run from before it said no).
 
     `model` itself stays the plain network whose state_dict goes into checkpoints; the returned
     wrapper is what training steps call. Single process: `model` unchanged.
     """
     if not is_active():
         return model
-    if cfg.model.sync_batchnorm:
+    if cfg.model.sync_batchnorm and cfg.model.norm == "batch":
         if device.type == "cuda":
             # Converts the BatchNorm children in place, keeping their parameters and buffers,
             # so `model` (and the optimizer built on its parameters) see the same tensors.
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif dist.get_rank() == 0:
-            log.warning("model.sync_batchnorm is set, but PyTorch synchronises BatchNorm on GPUs "
-                        "only: on CPUs each rank normalises with its own share of the batch")
+            # PyTorch 2.13's SyncBatchNorm raises on CPU tensors.
+            log.warning("model.norm=batch under torchrun: PyTorch synchronises BatchNorm on GPUs "
+                        "only, so on CPUs each rank normalises with its own share of the batch")
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -16,7 +16,11 @@ from typing import Any
 
 from ichseg.fileio import atomic_write_text
 
-COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "epoch_seconds", "session")
+# val_dice: the mean of the validation cases' Dice; val_pooled_dice: the Dice of all their voxels
+# pooled, and val_pooled_dice_smoothed its moving average over validations (what `best` follows
+# unless the run judges by val_loss). A history from before a column has NaN in it.
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_pooled_dice",
+           "val_pooled_dice_smoothed", "lr", "epoch_seconds", "session")
 
 
 class History:

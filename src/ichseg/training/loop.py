@@ -19,7 +19,8 @@ ends bit-identical (on a CPU) to one never stopped:
 time limit about to run out), saves, and returns; `modes.run_training` decides where to start.
 Ranks: `rank`/`world_size` are threaded through for DistributedDataParallel; only rank 0 writes.
 Validation runs every `training.validate_every` epochs and after the last; early stopping's
-patience and `best` count validations.
+patience and `best` count validations, and follow the pooled Dice smoothed over them
+(`training.select_by`; `progress.EarlyStopping`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class Trainer:
         self.sampler = PatchSampler(list(train_cases), cfg, seed)
 
         self.progress = Progress()
-        self.early = EarlyStopping(cfg.training.patience)
+        t = cfg.training
+        self.early = EarlyStopping(t.patience, t.select_by, t.min_epochs, t.score_smoothing)
         self.history = History()
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              keep=cfg.training.keep_checkpoints,
@@ -203,12 +205,18 @@ class Trainer:
         return loss.detach()
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Mean loss and hemorrhage Dice over the whole validation volumes (sliding window)."""
+    def validate(self) -> tuple[float, float, float]:
+        """Over the whole validation volumes (sliding window): the mean loss, the mean of the
+        cases' hemorrhage Dice, and the pooled Dice (nnU-Net's pseudo-Dice): 2TP / (2TP + FP +
+        FN) with the counts summed over every case, so that false blood in a scan without
+        hemorrhage counts too (1 when there is no blood to find and none is predicted). The
+        Dice are of the predictions as predict makes them: with `inference.intracranial_only`,
+        nothing outside the case's cranial cavity (the loss is of the network's output)."""
         if not self.val_cases:
-            return math.nan, math.nan
+            return math.nan, math.nan, math.nan
         distributed.sync_buffers(self.model)
         losses, dices = [], []
+        tp = fp = fn = 0
         self.model.eval()
         try:
             with rng_untouched(), distributed.shared_failures():
@@ -222,11 +230,20 @@ class Trainer:
                         logits = window_logits(self.model, image, self.cfg)
                     losses.append(float(self.loss_fn(logits.float(), label).item()))
                     # Of "any hemorrhage" (label > 0), whether or not subtypes are trained.
-                    dices.append(dice(logits.argmax(1) > 0, label[:, 0] > 0))
+                    predicted, blood = logits.argmax(1) > 0, label[:, 0] > 0
+                    if self.cfg.inference.intracranial_only and case.cavity is not None:
+                        # As predict makes them: nothing outside the cranial cavity.
+                        predicted &= torch.from_numpy(np.array(case.cavity))[None].to(self.device)
+                    dices.append(dice(predicted, blood))
+                    tp += int((predicted & blood).sum())
+                    fp += int((predicted & ~blood).sum())
+                    fn += int((~predicted & blood).sum())
         finally:
             self.model.train()
-        loss_sum, dice_sum = distributed.sum_over_ranks([sum(losses), sum(dices)])
-        return loss_sum / len(self.val_cases), dice_sum / len(self.val_cases)
+        loss_sum, dice_sum, tp, fp, fn = distributed.sum_over_ranks(
+            [sum(losses), sum(dices), tp, fp, fn])
+        pooled = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        return loss_sum / len(self.val_cases), dice_sum / len(self.val_cases), pooled
 
     # -- saving ----------------------------------------------------------------------------------
     def save(self, best: bool = False) -> None:
@@ -347,17 +364,20 @@ class Trainer:
         """Validate (when due), record the epoch, update early stopping, save `best` and `last`."""
         p = self.progress
         self._collect_loss()
-        val_loss = val_dice = math.nan
+        val_loss = val_dice = pooled = smoothed = math.nan
         if self._validates(epoch):
             tick = time.monotonic()
-            val_loss, val_dice = self.validate()
+            val_loss, val_dice, pooled = self.validate()
             self._validation_seconds = time.monotonic() - tick
             p.epoch_seconds += self._validation_seconds
             p.train_seconds += self._validation_seconds
-        improved = not math.isnan(val_loss) and self.early.update(val_loss, epoch)
+        improved = not math.isnan(val_loss) and self.early.update(epoch, val_loss, pooled)
+        if not math.isnan(pooled):
+            smoothed = self.early.smoothed
         self.history.append({
             "epoch": epoch, "train_loss": p.loss_sum / self.cfg.training.steps_per_epoch,
-            "val_loss": val_loss, "val_dice": val_dice,
+            "val_loss": val_loss, "val_dice": val_dice, "val_pooled_dice": pooled,
+            "val_pooled_dice_smoothed": smoothed,
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": p.epoch_seconds,
             "session": p.session})
         p.epoch, p.epoch_step, p.loss_sum, p.epoch_seconds = epoch, 0, 0.0, 0.0
@@ -368,7 +388,8 @@ class Trainer:
         if math.isnan(val_loss):
             checked = "not validated"
         else:
-            checked = (f"validation loss {val_loss:.4f}, Dice {val_dice:.4f}" + (
+            checked = (f"validation loss {val_loss:.4f}, Dice {val_dice:.4f}, pooled Dice "
+                       f"{pooled:.4f} (smoothed {smoothed:.4f})" + (
                 " (best)" if improved else
                 f", {self.early.bad_validations} validation(s) without improvement"))
         log.info("epoch %d/%d: train loss %.4f, %s (%.1fs, %.0f%% of it waiting for data)",
@@ -376,9 +397,9 @@ class Trainer:
                  100 * self._data_seconds / max(seconds, 1e-9))
         self._data_seconds = 0.0
         if self.early.stopped:
-            log.info("early stopping: no validation improvement for %d validations (best %.4f "
-                     "at epoch %d)", self.early.bad_validations, self.early.best,
-                     self.early.best_epoch)
+            log.info("early stopping: no validation improvement for %d validations (best %s "
+                     "%.4f at epoch %d)", self.early.bad_validations, self.early.judged,
+                     self.early.best, self.early.best_epoch)
         if self.is_main:
             self.history.write_csv(self.run_dir / "history.csv")
             self._draw_progress()
@@ -387,7 +408,8 @@ class Trainer:
         from ichseg.viz.progress import draw_progress
 
         try:
-            draw_progress(self.history.state_dict(), self.run_dir / "progress.png")
+            draw_progress(self.history.state_dict(), self.run_dir / "progress.png",
+                          self.early.rule)
         except Exception as exc:  # noqa: BLE001 - a picture must never end a training run
             log.warning("could not draw %s: %s", self.run_dir / "progress.png", exc)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -223,7 +224,16 @@ def plan_run(data: str | Path | None, run_dir: str | Path, mode: str = "continue
     if saved is not None:
         _check_changes(saved, cfg, checkpoint_path)
     elif legacy:
+        if cfg.model.norm != "batch" and any(str(key).endswith("running_mean")
+                                             for key in checkpoint["model_state"]):
+            # The original script's network normalised with BatchNorm (its running statistics
+            # are in these weights), the norm every preset had then.
+            log.warning("checkpoint %s holds a BatchNorm network: model.norm=batch",
+                        checkpoint_path)
+            cfg.model.norm = "batch"
         fits_network(cfg, checkpoint["model_state"], checkpoint_path)
+        # Its best_val and no_improve count validation losses: the run goes on judging by them.
+        cfg.training.select_by = "val_loss"
     init_weights = plan_init_weights(cfg, resuming=checkpoint is not None)
 
     # 3. The target, and whether anything is left to do.
@@ -416,7 +426,7 @@ def _log_start(trainer: Any, plan: Plan) -> None:
 
 def _log_end(trainer: Any, state: str) -> None:
     p, early = trainer.progress, trainer.early
-    best = f"best validation loss {early.best:.4f} at epoch {early.best_epoch}" \
+    best = f"best {early.judged} {early.best:.4f} at epoch {early.best_epoch}" \
         if early.best_epoch else "no validation yet"
     log.info("%s after %d of %d epochs; %s", state, p.epoch, trainer.target_epochs, best)
 
@@ -428,7 +438,7 @@ def _result(plan: Plan, state: str, checkpoint: dict[str, Any],
     return TrainResult(run_dir=plan.run_dir, state=state,
                        epochs_completed=int(checkpoint.get("epoch", 0)),
                        target_epochs=plan.target,
-                       best_val=None if best is None or best == float("inf") else float(best),
+                       best_val=None if best is None or not math.isfinite(best) else float(best),
                        best_epoch=early.get("best_epoch") or None, last_checkpoint=last)
 
 

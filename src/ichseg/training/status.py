@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.errors import UsageError
+from ichseg.training.progress import JUDGED
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,17 @@ def training_status(run_dir: str | Path) -> dict[str, Any]:
         "best_epoch": early.get("best_epoch") or None,
         "no_improve": int(state.get("no_improve", 0) or 0),
         "patience": int(cfg.training.patience) if cfg else training.get("patience"),
+        "min_epochs": int(cfg.training.min_epochs) if cfg else training.get("min_epochs", 0),
+        # A checkpoint without a rule is from before the pooled Dice: it judges the loss.
+        "select_by": early.get("rule", "val_loss") if state else (
+            cfg.training.select_by if cfg else None),
         "lr": groups[0].get("lr"),
         "time_trained_s": progress.get("train_seconds"),
         "eta_s": eta,
         "last_val_dice": _last_finite(history.get("val_dice", [])),
+        "last_val_pooled_dice": _last_finite(history.get("val_pooled_dice", [])),
+        "last_val_pooled_dice_smoothed": _last_finite(history.get("val_pooled_dice_smoothed",
+                                                                   [])),
         "checkpoint": str(loaded.path) if loaded else None,
         "checkpoint_problem": problem,
         "checkpoints": [_plain(row) for row in manager.generations()],
@@ -142,13 +150,17 @@ def format_status(status: dict[str, Any]) -> str:
                        f"{s['epochs_completed'] + 1})")
     lines += [epoch_line, f"steps      {s['step']}"]
     if s["best_val"] is not None:
+        judged = JUDGED.get(s["select_by"], "validation value")
         dice = f", last validation Dice {s['last_val_dice']:.4f}" \
             if s["last_val_dice"] is not None else ""
-        lines.append(f"best       validation loss {s['best_val']:.4f} at epoch {s['best_epoch']}"
-                     f"{dice}")
+        if s["last_val_pooled_dice"] is not None:
+            dice += (f", pooled {s['last_val_pooled_dice']:.4f} (smoothed "
+                     f"{s['last_val_pooled_dice_smoothed']:.4f})")
+        lines.append(f"best       {judged} {s['best_val']:.4f} at epoch {s['best_epoch']}{dice}")
     patience = s["patience"]
+    counted = f" (counted after epoch {s['min_epochs']})" if patience and s["min_epochs"] else ""
     lines.append(f"early stop {s['no_improve']} validations without improvement, patience "
-                 f"{patience if patience else 'off'}")
+                 f"{patience if patience else 'off'}{counted}")
     if s["lr"] is not None:
         lines.append(f"lr         {s['lr']:.3g}")
     lines.append(f"trained    {_duration(s['time_trained_s'])}")

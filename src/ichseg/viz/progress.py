@@ -1,4 +1,5 @@
-"""RUN/progress.png: loss, validation Dice and learning rate per epoch, with the resumes marked.
+"""RUN/progress.png: loss, validation Dice (mean of the cases, and pooled: raw and smoothed) and
+learning rate per epoch, with the resumes and the epoch of best.pt marked.
 
 The trainer calls `draw_progress` after every epoch (so it must be quick and leave no pyplot
 state behind); `ichseg plot RUN` redraws the same picture from RUN/history.csv.
@@ -40,11 +41,14 @@ def resume_epochs(epochs: Sequence[float], sessions: Sequence[Any]) -> list[floa
             if cur != prev]
 
 
-def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path) -> Path:
-    """Draw the run's curves to `path` (PNG, replaced atomically); return `path`."""
+def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path,
+                  select_by: str = "pooled_dice") -> Path:
+    """Draw the run's curves to `path` (PNG, replaced atomically); return `path`. `select_by`
+    is the run's `training.select_by`: the curve whose best epoch is best.pt's."""
     epochs = _floats(history.get("epoch") or range(1, len(history.get("train_loss", [])) + 1))
     column = {name: _floats(history.get(name, [math.nan] * len(epochs)))
-              for name in ("train_loss", "val_loss", "val_dice", "lr")}
+              for name in ("train_loss", "val_loss", "val_dice", "val_pooled_dice",
+                           "val_pooled_dice_smoothed", "lr")}
     resumes = resume_epochs(epochs, list(history.get("session", [])))
 
     fig = new_figure(12, 3.6)
@@ -57,20 +61,23 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path) -> Pat
                  label="validation loss")
     axes[0].set_title("loss")
     axes[1].plot(*_validated(epochs, column["val_dice"]), marker=marker, ms=3, color="tab:green",
-                 label="validation Dice")
+                 label="mean of the cases")
+    if _validated(epochs, column["val_pooled_dice"])[0]:  # not in histories from before it
+        axes[1].plot(*_validated(epochs, column["val_pooled_dice"]), color="tab:orange",
+                     alpha=0.4, linewidth=1, label="pooled")
+        axes[1].plot(*_validated(epochs, column["val_pooled_dice_smoothed"]), marker=marker,
+                     ms=3, color="tab:orange", label="pooled, smoothed")
     axes[1].set_ylim(0.0, 1.0)
     axes[1].set_title("validation Dice")
-    dice = [(d, e) for d, e in zip(column["val_dice"], epochs, strict=True) if not math.isnan(d)]
-    if dice:
-        top, top_epoch = max(dice, key=lambda pair: (pair[0], -pair[1]))
-        axes[1].scatter([top_epoch], [top], s=60, facecolors="none", edgecolors="black",
-                        zorder=3, label=f"highest {top:.3f} (epoch {top_epoch:g})")
-    losses = [(v, e) for v, e in zip(column["val_loss"], epochs, strict=True) if not math.isnan(v)]
-    if losses:
-        # The trainer keeps best.pt at the lowest validation loss (its first epoch, ties kept).
-        low, low_epoch = min(losses, key=lambda pair: (pair[0], pair[1]))
-        axes[0].scatter([low_epoch], [low], s=60, facecolors="none", edgecolors="black",
-                        zorder=3, label=f"best.pt (epoch {low_epoch:g})")
+    # The trainer keeps best.pt at the best value of the judged curve (its first epoch, ties kept).
+    judged, axis, sign = (("val_pooled_dice_smoothed", axes[1], -1.0) if select_by == "pooled_dice"
+                          else ("val_loss", axes[0], 1.0))
+    values = [(sign * v, e, v) for v, e in zip(column[judged], epochs, strict=True)
+              if not math.isnan(v)]
+    if values:
+        _, best_epoch, best = min(values)
+        axis.scatter([best_epoch], [best], s=60, facecolors="none", edgecolors="black",
+                     zorder=3, label=f"best.pt (epoch {best_epoch:g})")
     axes[2].plot(epochs, column["lr"], marker=marker, ms=3, color="tab:purple",
                  label="learning rate")
     if any(v > 0 for v in column["lr"]):
@@ -84,7 +91,7 @@ def draw_progress(history: Mapping[str, Sequence[Any]], path: str | Path) -> Pat
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right" if ax is not axes[1] else "lower right")
+        ax.legend(fontsize=8, loc="upper right" if ax is not axes[1] else "best")
     sessions = len(resumes) + 1 if epochs else 0
     fig.suptitle(f"{len(epochs)} epochs in {sessions} session{'s' if sessions != 1 else ''}",
                  fontsize=11)
@@ -114,4 +121,16 @@ def plot_run(run_dir: str | Path) -> Path:
         raise UsageError(f"history file {history_path} cannot be read: {exc}") from None
     if "train_loss" not in history or not history["train_loss"]:
         raise UsageError(f"history file {history_path} holds no epochs (no train_loss rows)")
-    return draw_progress(history, run_dir / "progress.png")
+    return draw_progress(history, run_dir / "progress.png", _select_by(run_dir, history))
+
+
+def _select_by(run_dir: Path, history: Mapping[str, Sequence[Any]]) -> str:
+    """The run's `training.select_by`; without a readable config.yaml, a history with no pooled
+    Dice is from before it (and judged its loss)."""
+    from ichseg.config import read_run_config
+
+    try:
+        return read_run_config(run_dir / "config.yaml").training.select_by
+    except UsageError:
+        smoothed = _floats(history.get("val_pooled_dice_smoothed", []))
+        return "val_loss" if all(math.isnan(v) for v in smoothed) else "pooled_dice"
