@@ -73,8 +73,9 @@ class Head:
         # A share of scans start lower, in the neck (C1 to C3), as real head CTs often do; a
         # scan too short for both loses some of the vertex, never more than half the head.
         centre[2] = extent[2] - self.axes[2] - rng.uniform(5, 15)
+        short_scan_centre = extent[2] / 2 + rng.uniform(-5, 25)  # drawn always: the same stream
         if centre[2] < extent[2] / 2 - 20:
-            centre[2] = extent[2] / 2 + rng.uniform(-5, 25)
+            centre[2] = short_scan_centre
         neck_depth = float(rng.uniform(*NECK_DEPTH_MM))
         if rng.random() < neck_share:
             centre[2] = min(max(centre[2], neck_depth), extent[2] - MIN_ABOVE_CENTRE_MM)
@@ -113,14 +114,15 @@ class Head:
         norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2 + pz_scaled * pz_scaled)
         norm *= _outline_factor(u_x, u_y)
         depth = radius * (1.0 / np.maximum(norm, 1e-3) - 1.0)
-        neck = pz < self.neck_top
-        if np.any(neck):
+        neck = np.nonzero(pz < self.neck_top)
+        if neck[0].size:
             # The neck: the cross-section at neck_top carried down, depth measured in-plane.
-            in_plane = np.sqrt(px * px + py * py) + 1e-3
+            nx, ny = px[neck], py[neck]
+            in_plane = np.sqrt(nx * nx + ny * ny) + 1e-3
             shrink = math.sqrt(1.0 - (self.neck_top / self.lower_axis) ** 2)
-            norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2) * np.float32(1 / shrink)
-            norm *= _outline_factor(px / in_plane, py / in_plane)
-            depth = np.where(neck, in_plane * (1.0 / np.maximum(norm, 1e-3) - 1.0), depth)
+            norm = np.sqrt((nx * ia) ** 2 + (ny * ib) ** 2) * np.float32(1 / shrink)
+            norm *= _outline_factor(nx / in_plane, ny / in_plane)
+            depth[neck] = in_plane * (1.0 / np.maximum(norm, 1e-3) - 1.0)
         # Skull thicker at the occiput and frontal bone than at the temporal squama.
         skull = self.skull_thickness * (1.0 + 0.12 * u_y * u_y - 0.25 * u_x * u_x)
         return radius, depth, skull
