@@ -80,7 +80,7 @@ def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
     base = skull_base_points(head)
     draw_skull_base(head, tissues, base)
     draw_neck(rng, head, tissues, base)
-    del base
+    del base  # its point lists are as large as the skull base: free them before the HU
     draw_temporalis(head, tissues)
     draw_dural_sinuses(rng, head, tissues)
     if rng.random() < SCALP_HAEMATOMA_SHARE:
