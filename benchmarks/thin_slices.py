@@ -9,8 +9,9 @@ and after (area averaging along an axis shrunk more than 1.5x).
    - slab: a scanner's 5 mm slice is the mean of the head over its 5 mm (its slice profile):
      the head drawn clean at 0.25 mm slices, averaged over 1 mm slabs (plus 5 HU of noise) for
      the 1 mm series and over 5 mm slabs (plus 5/sqrt(5) HU) for the 5 mm acquisition;
-   - synth: `ichseg synth` at 5 mm, which draws each 5 mm slice at its centre plane and blurs
-     it with a 1.6 mm Gaussian only (not a slab's mean), against `ichseg synth` at 1 mm.
+   - synth: `ichseg synth` at 5 mm, which draws each 5 mm slice as the mean of the five 1 mm
+     planes across it (its slab), against `ichseg synth` at 1 mm of the same head (each with
+     its own noise).
 2. Segmentation (skipped with `--minutes 0`): a `small` model trained for `--minutes` on 5 mm
    phantoms predicts the 5 mm and the 1 mm copies of the held-out heads; mean Dice of each
    against its own labels, the 1 mm copies predicted with each method (same model: the 5 mm

@@ -387,3 +387,18 @@ def test_a_share_of_cases_start_in_the_neck_and_none_with_neck_share_zero():
     assert 2 <= sum(shares) <= 11
     assert not any(starts_in_neck(make_case(5, **geometry, index=k, clean=True, neck_share=0.0))
                    for k in range(4))
+
+
+def test_scanned_cases_have_streaks_across_the_posterior_fossa_and_clean_ones_none():
+    """Beam hardening between the petrous bones: deviations far beyond the noise just above the
+    skull base, not higher up in the brain."""
+    geometry = {"shape": (96, 96, 32), "spacing": (2.4, 2.4, 5.0), "neck_share": 0.0}
+    for k in range(2):
+        clean = make_case(0, **geometry, index=k, clean=True)
+        scanned = make_case(0, **geometry, index=k)
+        cavity = ndimage.binary_erosion(intracranial_mask(clean.tissues), NEIGHBOURS)
+        deviation = np.abs(scanned.hu.astype(float) - clean.hu)
+        lowest = int(np.flatnonzero(cavity.any(axis=(0, 1))).min())
+        fossa = deviation[:, :, lowest:lowest + 3][cavity[:, :, lowest:lowest + 3]]
+        above = deviation[:, :, lowest + 8:][cavity[:, :, lowest + 8:]]
+        assert np.percentile(fossa, 99) > 1.3 * np.percentile(above, 99)

@@ -35,9 +35,9 @@ from ichseg.data.synth.tissues import BLOOD_VARIATION_HU, EDH, HU_RANGES, IPH, I
 
 DEFAULT_SHAPE = (512, 512, 32)
 DEFAULT_SPACING = (0.45, 0.45, 5.0)
-# Scanner point-spread function (Gaussian sigma, mm) and the thick slice's own profile: the
-# partial-volume blur is the voxel footprint (a box of one voxel, sigma = width / sqrt(12))
-# combined with this PSF.
+# Scanner point-spread function (Gaussian sigma, mm): in-plane the partial-volume blur is the
+# voxel footprint (a box of one voxel, sigma = width / sqrt(12)) combined with this PSF; along z
+# the footprint is the slab's mean (make_case), the PSF alone is left.
 PSF_SIGMA_MM = (0.35, 0.35, 0.6)
 BLUR_TRUNCATE = 3.0  # kernel radius in sigmas
 NOISE_SD_HU = (3.0, 6.0)  # standard deviation of the scanner noise, drawn per case
@@ -80,7 +80,7 @@ def make_case(seed: int, shape: Sequence[int] = DEFAULT_SHAPE,
     base = skull_base_points(head)
     draw_skull_base(head, tissues, base)
     draw_neck(rng, head, tissues, base)
-    del base
+    del base  # its point lists are as large as the skull base: free them before the HU
     draw_temporalis(head, tissues)
     draw_dural_sinuses(rng, head, tissues)
     if rng.random() < SCALP_HAEMATOMA_SHARE:
@@ -172,8 +172,8 @@ def scan(rng: np.random.Generator, hu: np.ndarray, spacing: tuple[float, float, 
           ) -> np.ndarray:
     """What the scanner adds: partial-volume blur and correlated noise of a few HU.
 
-    A voxel integrates its footprint (a box of one voxel: sigma = 1/sqrt(12) voxels) smoothed by
-    the point-spread function. The noise is added before that blur, which correlates it as a
+    In-plane a voxel integrates its footprint (a box of one voxel: sigma = 1/sqrt(12) voxels)
+    smoothed by the point-spread function; along z the slab's mean has already integrated it. The noise is added before that blur, which correlates it as a
     reconstruction kernel does, scaled up by the kernel's own attenuation so that its standard
     deviation after the blur is the drawn one. Only the head's crop is processed: the air around
     it is uniform.

@@ -73,8 +73,9 @@ class Head:
         # A share of scans start lower, in the neck (C1 to C3), as real head CTs often do; a
         # scan too short for both loses some of the vertex, never more than half the head.
         centre[2] = extent[2] - self.axes[2] - rng.uniform(5, 15)
+        short_scan_centre = extent[2] / 2 + rng.uniform(-5, 25)  # drawn always: the same stream
         if centre[2] < extent[2] / 2 - 20:
-            centre[2] = extent[2] / 2 + rng.uniform(-5, 25)
+            centre[2] = short_scan_centre
         neck_depth = float(rng.uniform(*NECK_DEPTH_MM))
         if rng.random() < neck_share:
             centre[2] = min(max(centre[2], neck_depth), extent[2] - MIN_ABOVE_CENTRE_MM)
@@ -97,7 +98,13 @@ class Head:
         # Head-frame coordinates p = R^T (q - c), built by broadcasting the three axes.
         gx, gy, gz = self.grid[0][:, None, None], self.grid[1][None, :, None], self.grid[2]
         r = [[float(v) for v in row] for row in self.rotation]
-        self.p = [r[0][a] * gx + r[1][a] * gy + r[2][a] * gz for a in range(3)]
+        self.p = []
+        for a in range(3):  # in place: one array per axis, no temporaries of the crop's size
+            axis = np.empty(self.shape, np.float32)
+            axis[...] = r[0][a] * gx
+            axis += r[1][a] * gy
+            axis += r[2][a] * gz
+            self.p.append(axis)
         self.scalp = float(rng.uniform(4.0, 6.5))
         self.skull_thickness = float(rng.uniform(5.5, 7.5))
         self.radius, self.depth, self.skull = self._depths(*self.p)
@@ -106,21 +113,35 @@ class Head:
     def _depths(self, px, py, pz):
         """Distance from the centre, depth below the scalp along the ray from the centre (close
         to the normal distance for a near-spherical head) and the skull's thickness there."""
-        radius = np.sqrt(px * px + py * py + pz * pz) + 1e-3
-        u_x, u_y = px / radius, py / radius
+        # In place where it can be: these run over every drawing point of the crop.
+        radius = px * px
+        radius += py * py
+        radius += pz * pz
+        np.sqrt(radius, out=radius)
+        radius += 1e-3
+        inverse = 1.0 / radius
+        u_x, u_y = px * inverse, py * inverse
+        del inverse
         ia, ib, ic = (float(1 / a) for a in self.axes)
-        pz_scaled = pz * np.where(pz > 0, np.float32(ic), np.float32(1 / self.lower_axis))
-        norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2 + pz_scaled * pz_scaled)
+        norm = np.where(pz > 0, pz * np.float32(ic), pz * np.float32(1 / self.lower_axis))
+        norm *= norm
+        norm += (px * ia) ** 2
+        norm += (py * ib) ** 2
+        np.sqrt(norm, out=norm)
         norm *= _outline_factor(u_x, u_y)
-        depth = radius * (1.0 / np.maximum(norm, 1e-3) - 1.0)
-        neck = pz < self.neck_top
-        if np.any(neck):
+        np.maximum(norm, 1e-3, out=norm)
+        depth = np.divide(1.0, norm, out=norm)
+        depth -= 1.0
+        depth *= radius
+        neck = np.nonzero(pz < self.neck_top)
+        if neck[0].size:
             # The neck: the cross-section at neck_top carried down, depth measured in-plane.
-            in_plane = np.sqrt(px * px + py * py) + 1e-3
+            nx, ny = px[neck], py[neck]
+            in_plane = np.sqrt(nx * nx + ny * ny) + 1e-3
             shrink = math.sqrt(1.0 - (self.neck_top / self.lower_axis) ** 2)
-            norm = np.sqrt((px * ia) ** 2 + (py * ib) ** 2) * np.float32(1 / shrink)
-            norm *= _outline_factor(px / in_plane, py / in_plane)
-            depth = np.where(neck, in_plane * (1.0 / np.maximum(norm, 1e-3) - 1.0), depth)
+            norm = np.sqrt((nx * ia) ** 2 + (ny * ib) ** 2) * np.float32(1 / shrink)
+            norm *= _outline_factor(nx / in_plane, ny / in_plane)
+            depth[neck] = in_plane * (1.0 / np.maximum(norm, 1e-3) - 1.0)
         # Skull thicker at the occiput and frontal bone than at the temporal squama.
         skull = self.skull_thickness * (1.0 + 0.12 * u_y * u_y - 0.25 * u_x * u_x)
         return radius, depth, skull

@@ -133,7 +133,9 @@ def scalp_haematoma(rng: np.random.Generator, head: Head, tissues: np.ndarray) -
     over the convexity. Blood outside the skull is not an intracranial hemorrhage: it goes into
     the tissue map (SCALP_HAEMATOMA), never into the label."""
     u0 = _direction_on_convexity(rng)
-    extent, thickness = math.radians(rng.uniform(20, 40)), float(rng.uniform(4, 12))
+    # At most 10 mm: the crop reaches 15 % of the head's semi-axes (9 mm or more) and 3 voxels
+    # beyond the scalp.
+    extent, thickness = math.radians(rng.uniform(20, 40)), float(rng.uniform(4, 10))
     outer = float(np.linalg.norm(head.surface_point(u0, 0.0)))
     box = head.box(u0 * outer, outer * extent + thickness)
     x, y, z = head.coords(box)
