@@ -77,7 +77,7 @@ def run_with_specks(tmp_path, write_small_case, monkeypatch) -> Path:
     def truth_and_speck(predictor, volume, *args, **kwargs):
         labels = read_label(Path(str(volume.path).replace("images", "labels"))).array.copy()
         labels[14, 14, 0] = 2  # 0.08 mL, far from the lesion
-        return labels, None
+        return predict.Segmentation(labels, None)
 
     # Both users of `segment`: predict's own, and the name the choice imported from it.
     monkeypatch.setattr(predict, "segment", truth_and_speck)

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not apply the run's chosen postprocessing")
     p.add_argument("--uncertainty", dest="save_uncertainty", action="store_true", default=None,
                    help="also write the per-voxel uncertainty map")
+    p.add_argument("--keep-outside-cavity", dest="intracranial_only", action="store_false",
+                   default=None, help="keep what is predicted outside the cranial cavity "
+                   "(default: the run's inference.intracranial_only, on: dropped)")
 
     p = sub.add_parser("crossval", help="the cross-validation table of trained fold runs")
     p.add_argument("runs", nargs="+", metavar="RUN",
@@ -161,7 +164,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta or None,
                     dicom_seg=args.dicom_seg, postprocess=args.postprocess,
-                    save_uncertainty=args.save_uncertainty)
+                    save_uncertainty=args.save_uncertainty,
+                    intracranial_only=args.intracranial_only)
         return 0
     if args.command == "postprocess":
         from ichseg.inference.postprocess import format_choice

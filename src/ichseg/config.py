@@ -144,6 +144,9 @@ class InferenceConfig:
     postprocess: bool = _opt(True, "choose connected-component postprocessing on the validation "
                              "cases when training ends, and apply the run's choice in predict")
     dicom_seg: bool = _opt(False, "also write a DICOM SEG object for each DICOM series predicted")
+    intracranial_only: bool = _opt(True, "drop predicted voxels outside the cranial cavity found "
+                                   "in each scan (neck, face, scalp); a scan where no skull is "
+                                   "found keeps its prediction, with a warning")
 
 
 @dataclass

@@ -3,8 +3,9 @@ memory-mapped, so training memory does not grow with the number of cases.
 
 An entry is a folder named by its key, holding the output of `ct.prepare_hu` (reoriented,
 cropped, resampled) as uncompressed `.npy` files: `hu.npy` (int16 HU), `label.npy` (uint8
-training labels) and `foreground.npy` (up to `MAX_FOREGROUND_POINTS` voxel positions per class,
-which patch sampling centres on). `np.load(mmap_mode="r")` maps them without reading them: a
+training labels), `foreground.npy` (up to `MAX_FOREGROUND_POINTS` voxel positions per class,
+which patch sampling centres on) and `cavity.npy` (bool, the cranial cavity found on the native
+scan by `data.cavity` and carried to the grid as labels are; absent when no skull was found). `np.load(mmap_mode="r")` maps them without reading them: a
 patch reads only the pages it covers, and those are the kernel's page cache, shared by every
 process and dropped under memory pressure, not the trainer's own memory. HU rather than window
 channels: with three windows it is 6 times smaller than float32 channels, the windows are applied
@@ -36,15 +37,17 @@ import numpy as np
 from tqdm import tqdm
 
 from ichseg.config import DataConfig
-from ichseg.data.ct import prepare_hu, window_channels
+from ichseg.data.cavity import find_cavity
+from ichseg.data.ct import labels_to_network, prepare_hu, window_channels
 from ichseg.data.inspect import check_case
 from ichseg.data.layouts import LABEL_MAPPINGS, Case, LabelMapping
 from ichseg.errors import UsageError
 
 # Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype, files...).
 # 2: the head crop keeps the whole scan when the part is not head-like; 3: thin slices and fine
-# pixels are area-averaged (ct.resample); 4: entries are folders of memory-mappable .npy files
-FORMAT_VERSION = 4
+# pixels are area-averaged (ct.resample); 4: entries are folders of memory-mappable .npy files;
+# 5: the cranial cavity (cavity.npy)
+FORMAT_VERSION = 5
 CACHE_ENV = "ICHSEG_CACHE"
 _INT16 = np.iinfo(np.int16)
 # Foreground voxels remembered per case and class: enough to centre patches all over a lesion,
@@ -62,12 +65,14 @@ class PreparedCase:
     """One training case on the network grid: HU (X, Y, Z) int16 and training labels (X, Y, Z)
     uint8 (any hemorrhage = 1, or the five subtype codes), memory-mapped from the cache;
     `foreground` holds one (n, 3) array of voxel positions per class present (None: computed
-    from `label` by whoever needs it)."""
+    from `label` by whoever needs it); `cavity` the cranial cavity (X, Y, Z) bool (None: no
+    skull was found, or not computed)."""
 
     case_id: str
     hu: np.ndarray
-    label: np.ndarray
+    label: np.ndarray | None
     foreground: list[np.ndarray] | None = None
+    cavity: np.ndarray | None = None
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """(HU, labels) read whole into this process's memory (one validation volume at a
@@ -157,11 +162,17 @@ class PreprocessedCache:
                                           list[np.ndarray] | None]:
         """(int16 HU on the network grid, training labels or None, foreground points or None),
         memory-mapped from the cache; prepared and stored first on a miss."""
+        stored = self.load_case(case)
+        return stored.hu, stored.label, stored.foreground
+
+    def load_case(self, case: Case) -> PreparedCase:
+        """The case on the network grid (HU, labels, foreground points, cavity),
+        memory-mapped from the cache; prepared and stored first on a miss."""
         entry = self.path(case)
-        stored = _open_entry(entry)
+        stored = _open_entry(entry, case.case_id)
         if stored is None:
             self._prepare(case, entry)
-            stored = _open_entry(entry)
+            stored = _open_entry(entry, case.case_id)
             if stored is None:
                 raise UsageError(f"cache entry {entry} cannot be read back; set data.cache_dir "
                                  f"or ${CACHE_ENV} to another folder")
@@ -180,12 +191,24 @@ class PreprocessedCache:
             raise UsageError(check.problems[0])
         for message in check.warnings:
             warnings.warn(message, UserWarning, stacklevel=3)
-        hu, labels, _ = prepare_hu(check.image, check.label, self.data_cfg, self.label_mapping)
+        hu, labels, info = prepare_hu(check.image, check.label, self.data_cfg,
+                                      self.label_mapping)
         hu = np.clip(np.rint(hu), _INT16.min, _INT16.max).astype(np.int16)
-        self._store(entry, hu, labels)
+        # Found on the native scan, where the skull's thin parts are sharpest.
+        found = find_cavity(check.image.array, check.image.affine)
+        cavity = None
+        if found.mask is None:
+            warnings.warn(f"cranial cavity: {case.image}: {found.reason}; training samples "
+                          f"this case without it", UserWarning, stacklevel=3)
+        else:
+            cavity = labels_to_network(found.mask.view(np.uint8), info) > 0
+        self._store(entry, hu, labels, cavity)
 
-    def _store(self, entry: Path, hu: np.ndarray, label: np.ndarray | None) -> None:
+    def _store(self, entry: Path, hu: np.ndarray, label: np.ndarray | None,
+               cavity: np.ndarray | None = None) -> None:
         arrays = {"hu": hu}
+        if cavity is not None:
+            arrays["cavity"] = cavity
         if label is not None:
             points = foreground_points(label)
             codes = [np.full((len(p), 1), label[tuple(p[0])], np.int32) for p in points]
@@ -211,13 +234,17 @@ class PreprocessedCache:
                              f"data.cache_dir or ${CACHE_ENV} to another folder") from None
 
 
-def _open_entry(entry: Path) -> tuple[np.ndarray, np.ndarray | None,
-                                      list[np.ndarray] | None] | None:
+def _open_entry(entry: Path, case_id: str = "") -> PreparedCase | None:
     """The entry's arrays, memory-mapped; None when it is missing or broken."""
     try:
         hu = np.load(entry / "hu.npy", mmap_mode="r")
+        cavity = None
+        if (entry / "cavity.npy").exists():
+            cavity = np.load(entry / "cavity.npy", mmap_mode="r")
+            if cavity.shape != hu.shape:
+                return None
         if not (entry / "label.npy").exists():
-            return hu, None, None
+            return PreparedCase(case_id, hu, None, None, cavity)
         label = np.load(entry / "label.npy", mmap_mode="r")
         table = np.load(entry / "foreground.npy")
     except _BROKEN_ENTRY:
@@ -225,7 +252,7 @@ def _open_entry(entry: Path) -> tuple[np.ndarray, np.ndarray | None,
     if label.shape != hu.shape or table.ndim != 2 or table.shape[1] != 4:
         return None
     points = [table[table[:, 0] == code, 1:] for code in np.unique(table[:, 0])]
-    return hu, label, points
+    return PreparedCase(case_id, hu, label, points, cavity)
 
 
 def _replace_folder(tmp: Path, entry: Path) -> None:
@@ -277,8 +304,4 @@ def load_cases(data_cfg: DataConfig, cases: Sequence[Case], progress: bool = Tru
             for case in missing:
                 cache.prepare(case)
                 bar.update()
-    prepared = []
-    for case in cases:
-        hu, label, points = cache.load_hu(case)
-        prepared.append(PreparedCase(case.case_id, hu, label, points))
-    return prepared
+    return [cache.load_case(case) for case in cases]

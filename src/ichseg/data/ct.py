@@ -400,16 +400,21 @@ def prepare_hu(image: Volume, label: Volume | None, data_cfg: DataConfig,
     cropped = hu_ras[box]
     new_shape = resampled_shape(cropped.shape, spacing, data_cfg.spacing)
     out_hu = resample(cropped, new_shape, order=1, antialias=True)
-    out_label = None
-    if codes is not None:
-        targets = training_labels(codes, data_cfg.subtypes)
-        out_label = resample_labels(nio.apply_orientation(targets, orientation)[box],
-                                    new_shape)
     info = PreprocessInfo(native_shape=native_shape,
                           native_affine=np.asarray(image.affine, float),
                           orientation=orientation, crop_start=tuple(start),
                           crop_stop=tuple(stop), resampled_shape=new_shape)
+    out_label = None
+    if codes is not None:
+        out_label = labels_to_network(training_labels(codes, data_cfg.subtypes), info)
     return out_hu, out_label, info
+
+
+def labels_to_network(labels: np.ndarray, info: PreprocessInfo) -> np.ndarray:
+    """A label map (or uint8 mask) on the native grid -> the network grid, as `prepare_hu`
+    takes the scan there: reoriented, cropped, resampled keeping its volume (`resample_labels`)."""
+    return resample_labels(nio.apply_orientation(labels, info.orientation)[_crop_box(info)],
+                           info.resampled_shape)
 
 
 def preprocess_case(image: Volume, label: Volume | None, data_cfg: DataConfig,

@@ -1,6 +1,8 @@
 """Choosing a run's postprocessing on its validation cases (nnU-Net's way): each case is
-segmented whole by the run's best model, every candidate of `postprocess.CANDIDATES` is scored,
-and the choice goes to RUN/postprocessing.json. The fold runs of a cross-validation choose
+segmented whole by the run's best model as predict segments it (`predict.segment`: the run's
+TTA, and what lies outside the cranial cavity dropped when `inference.intracranial_only`),
+every candidate of `postprocess.CANDIDATES` is scored, and the choice goes to
+RUN/postprocessing.json. The fold runs of a cross-validation choose
 together, on all their validation cases: five validation cases are too few to tell a speck from
 a small bleed. Apart from `postprocess` because it runs the predictor, which itself applies
 the choice."""
@@ -109,7 +111,7 @@ def _score_run(run_dir: Path, scores: list[list[dict[str, float]]],
                         disable=quiet or None):
         case = cases[case_id]
         volume = read_scan(case.image)
-        labels, _ = segment(predictor, volume, tta)
+        labels = segment(predictor, volume, tta).labels
         truth = label_codes(read_label(case.label), index.label_mapping, False) > 0
         for i, candidate in enumerate(CANDIDATES):
             kept = candidate.apply(labels, volume.voxel_volume_mm3) > 0

@@ -11,8 +11,11 @@ are interpolated linearly onto the input's voxels before the argmax, so outlines
 Outputs in OUT, each written as soon as its case is done (so a bad input later in the list leaves
 the earlier cases complete): `<case>.nii.gz` (uint8 labels), `overlays/<case>.png`,
 `volumes.csv` and `index.html` (rewritten after every case), and with `save_probabilities`
-`probabilities/<case>.nii.gz` (the hemorrhage probability, float32). The run's chosen
-postprocessing (postprocess.py) is applied to the label map; volumes.csv also carries ABC/2
+`probabilities/<case>.nii.gz` (the hemorrhage probability, float32). With
+`inference.intracranial_only` (the default) what is predicted outside the scan's cranial cavity
+(data/cavity.py: neck, face, scalp) is dropped, and volumes.csv says how much
+(`outside_cavity_ml`); a scan where no skull is found keeps its prediction, with a warning. The
+run's chosen postprocessing (postprocess.py) is then applied to the label map; volumes.csv also carries ABC/2
 (evaluation/abc2.py) and the confidence (confidence.py; `save_uncertainty` writes
 `uncertainty/<case>.nii.gz`); `dicom_seg` writes `<case>.seg.dcm` for DICOM series (dicom_seg.py).
 """
@@ -22,8 +25,10 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ichseg.data.cavity import find_cavity
 from ichseg.data.ct import preprocess_case, restore_argmax, restore_to_native
 from ichseg.data.dicom import DicomSeries, read_scan, read_series, study_series
 from ichseg.data.io import (
@@ -89,20 +95,51 @@ def class_probabilities(predictor: Predictor, channels: np.ndarray, tta: bool = 
     return (voted / len(predictor.members))[0].cpu().numpy()
 
 
+@dataclass
+class Segmentation:
+    """What `segment` makes of one scan, on the scan's own voxel grid."""
+
+    labels: np.ndarray  # uint8 label map
+    probability: np.ndarray | None  # float32 hemorrhage probability, when asked for
+    # mL predicted outside the cranial cavity and dropped; None when not clipped (intracranial
+    # only is off, or no skull was found).
+    outside_cavity_ml: float | None = None
+
+
 def segment(predictor: Predictor, volume: Volume, tta: bool = False, overlap: float | None = None,
             with_probability: bool = False,
             confidence: case_confidence.CaseConfidence | None = None,
-            ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A scan -> (uint8 label map, float32 hemorrhage probability or None unless asked), both on
-    the scan's own voxel grid. `confidence` is filled in from the passes (confidence.py)."""
+            intracranial_only: bool | None = None) -> Segmentation:
+    """A scan -> its label map (and hemorrhage probability, when asked), as predict writes it
+    before postprocessing; the postprocessing choice segments its validation cases through here
+    too. `confidence` is filled in from the passes (confidence.py). With `intracranial_only`
+    (default: the model's `inference.intracranial_only`) voxels outside the cranial cavity are
+    dropped (their probability set to 0); where no skull is found, a warning names the scan
+    and the prediction is kept."""
     channels, _, info = preprocess_case(volume, None, predictor.cfg.data)
     probs = class_probabilities(predictor, channels, tta, overlap, confidence)
     if confidence is not None:
         confidence.measure(probs, info)
     labels = restore_argmax(probs, info)
-    if not with_probability:
-        return labels, None
-    return labels, 1.0 - restore_to_native(probs[:1], info, order=1)[0]
+    probability = (1.0 - restore_to_native(probs[:1], info, order=1)[0] if with_probability
+                   else None)
+    if intracranial_only is None:
+        intracranial_only = predictor.cfg.inference.intracranial_only
+    if not intracranial_only:
+        return Segmentation(labels, probability)
+    if not labels.any():  # nothing to drop: the cavity is not looked for
+        return Segmentation(labels, probability, 0.0)
+    cavity = find_cavity(volume.array, volume.affine)
+    if cavity.mask is None:
+        warnings.warn(f"cranial cavity: {volume.path}: {cavity.reason}; its prediction is kept "
+                      f"whole, outside the skull too", UserWarning, stacklevel=2)
+        return Segmentation(labels, probability)
+    outside = ~cavity.mask
+    dropped = int(np.count_nonzero(labels[outside]))
+    labels[outside] = 0
+    if probability is not None:
+        probability[outside] = 0.0
+    return Segmentation(labels, probability, dropped * volume.voxel_volume_mm3 / 1000.0)
 
 
 def input_case_id(path: Path) -> str:
@@ -185,6 +222,7 @@ def _write_volumes_csv(path: Path, rows: list[dict[str, Any]], class_names: dict
     """Rewrite volumes.csv atomically: the cases done so far."""
     per_class = [f"{name}_ml" for name in class_names.values()] if len(class_names) > 1 else []
     columns = ["case", "voxel_volume_mm3", "hemorrhage_ml", *per_class, "empty",
+               "outside_cavity_ml",
                *ABC2_COLUMNS, *case_confidence.COLUMNS, "postprocessing", "input", "dicom_seg"]
     with atomic_open(path, "w", durable=False, newline="") as handle:  # rewritten per case
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
@@ -201,14 +239,16 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                   save_probabilities: bool | None = None, device: str = "auto",
                   quiet: bool = False, postprocess: bool | None = None,
                   save_uncertainty: bool | None = None,
-                  dicom_seg: bool | None = None) -> list[dict[str, Any]]:
+                  dicom_seg: bool | None = None,
+                  intracranial_only: bool | None = None) -> list[dict[str, Any]]:
     """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv,
     and in the browsable index.html).
 
     `checkpoint` picks a run folder's `best` or `last` model (default: the run's config.yaml
     `inference.checkpoint`); `tta`, `overlap`, `save_probabilities`, `save_uncertainty`,
-    `postprocess` (apply the run's chosen postprocessing) and `dicom_seg` (a DICOM SEG per DICOM
-    series input) default to the inference settings in the model's config. Several runs or
+    `postprocess` (apply the run's chosen postprocessing), `dicom_seg` (a DICOM SEG per DICOM
+    series input) and `intracranial_only` (drop what lies outside the cranial cavity) default to
+    the inference settings in the model's config. Several runs or
     checkpoints (or a folder of runs) predict as an ensemble; `models.json` lists the models
     that voted.
     """
@@ -265,7 +305,8 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
 
         def write_files(case_id: str, path: Path | DicomSeries, volume: Volume,
                         labels: np.ndarray, probability: np.ndarray | None,
-                        confidence: case_confidence.CaseConfidence) -> dict[str, Any]:
+                        confidence: case_confidence.CaseConfidence,
+                        outside_cavity_ml: float | None) -> dict[str, Any]:
             write_nifti(out_dir / f"{case_id}.nii.gz", labels, volume.affine, like=volume)
             if probability is not None:
                 write_nifti(out_dir / PROBABILITIES / f"{case_id}.nii.gz",
@@ -284,6 +325,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
             return {"case": case_id, "input": str(path),
                     "voxel_volume_mm3": volume.voxel_volume_mm3,
                     "hemorrhage_ml": volumes["total"], "empty": volumes["total"] == 0.0,
+                    "outside_cavity_ml": outside_cavity_ml,
                     **{f"{name}_ml": volumes[name] for name in names.values()},
                     **abc2_columns(labels, volume.affine, predictor.cfg.data.subtypes),
                     **confidence.row, "postprocessing": cleanup.name,
@@ -321,12 +363,12 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
             if index + 1 < len(cases):
                 reading = reader.submit(_read_input, cases[index + 1][1])
             confidence = case_confidence.CaseConfidence(settings, save_uncertainty)
-            labels, probability = segment(predictor, volume, tta, overlap, save_probabilities,
-                                          confidence)
-            labels = cleanup.apply(labels, volume.voxel_volume_mm3)
+            made = segment(predictor, volume, tta, overlap, save_probabilities, confidence,
+                           intracranial_only)
+            labels = cleanup.apply(made.labels, volume.voxel_volume_mm3)
             finish_pending()
-            pending = (writer.submit(write_files, case_id, path, volume, labels, probability,
-                                     confidence),
+            pending = (writer.submit(write_files, case_id, path, volume, labels, made.probability,
+                                     confidence, made.outside_cavity_ml),
                        writer.submit(draw_overlay, volume, labels,
                                      out_dir / OVERLAYS / f"{case_id}.png", case_id, names))
         finish_pending()
