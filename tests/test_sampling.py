@@ -9,7 +9,12 @@ from torch.utils.data import DataLoader
 
 from ichseg.config import AUGMENTATIONS, preset_config, resolve_config
 from ichseg.data.cache import PreparedCase
-from ichseg.data.sampling import Augmentation, EpochBatches, PatchSampler
+from ichseg.data.sampling import (
+    Augmentation,
+    EpochBatches,
+    PatchSampler,
+    outside_cavity_voxel,
+)
 from ichseg.errors import UsageError
 
 # Two channels of the window 0..100 HU: a channel is HU / 100.
@@ -118,6 +123,40 @@ def test_a_batch_of_one_patch_draws_foreground_with_the_setting_as_probability()
                                                 foreground_fraction=0.5), 0)
     share = np.mean([holds_lesion(sampler, 1, i) for i in range(160)])
     assert 0.4 <= share <= 0.7, share
+
+
+def head_with_neck(cavity=True):
+    """Air around a cranial cavity of brain (20 HU, channels 0.2) above a neck of muscle (40 HU,
+    0.4) outside it, in the lowest 4 of 20 slices; no hemorrhage."""
+    shape = (60, 56, 20)
+    hu = np.full(shape, -1000, np.int16)
+    inside = np.zeros(shape, bool)
+    inside[10:50, 10:46, 6:20] = True
+    hu[inside] = 20
+    hu[10:50, 10:46, 0:4] = 40
+    return PreparedCase("head", hu, np.zeros(shape, np.uint8), [], inside if cavity else None)
+
+
+def test_outside_cavity_voxels_lie_in_the_body_outside_the_cavity():
+    case, rng = head_with_neck(), np.random.default_rng(0)
+    voxels = [outside_cavity_voxel(case, rng) for _ in range(50)]
+    assert all(v is not None for v in voxels)  # the neck is 1 in 12 voxels
+    for voxel in filter(lambda v: v is not None, voxels):
+        assert case.hu[tuple(voxel)] == 40 and not case.cavity[tuple(voxel)]
+    assert outside_cavity_voxel(head_with_neck(cavity=False), rng) is None
+
+
+@pytest.mark.parametrize("spatial_dims", [3, 2])
+def test_background_patches_are_drawn_outside_the_cavity_by_the_setting(spatial_dims):
+    def neck_share(fraction, cavity=True):
+        cfg = config(augment=False, foreground_fraction=0.0, spatial_dims=spatial_dims)
+        cfg.data.outside_cavity_fraction = fraction
+        sampler = PatchSampler([head_with_neck(cavity)], cfg, 0)
+        return np.mean([np.any(np.isclose(sampler.sample(1, i)[0], 0.4)) for i in range(60)])
+
+    assert neck_share(1.0) > 0.9  # a missed search falls back to a random patch
+    assert neck_share(0.0) < 0.5
+    assert neck_share(1.0, cavity=False) < 0.5  # no cavity found: random patches
 
 
 def test_foreground_patches_cover_every_class_of_a_case():

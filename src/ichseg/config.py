@@ -50,6 +50,9 @@ class DataConfig:
     patch_size: list[int] = _opt([192, 192, 32], "training patch in voxels (x, y, z)", 1)
     crop_to_head: bool = _opt(True, "crop each scan to the head's bounding box")
     foreground_fraction: float = _opt(0.33, "share of patches centred on hemorrhage", 0.0)
+    outside_cavity_fraction: float = _opt(0.5, "share of the other patches centred on the head "
+                                          "outside the cranial cavity (neck, face, scalp), where "
+                                          "a case's cavity was found", 0.0)
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
     folds: int = _opt(5, "cross-validation folds that `--fold K` divides the cases into", 2)
@@ -328,6 +331,8 @@ def _validate(cfg: Config) -> None:
                              f"got {window}")
     if not 0.0 <= cfg.data.foreground_fraction <= 1.0:
         raise UsageError("setting data.foreground_fraction must lie between 0 and 1")
+    if not 0.0 <= cfg.data.outside_cavity_fraction <= 1.0:
+        raise UsageError("setting data.outside_cavity_fraction must lie between 0 and 1")
     unknown = sorted(set(cfg.data.augmentations) - set(AUGMENTATIONS))
     if unknown:
         raise UsageError(f"setting data.augmentations names no transform {', '.join(unknown)}; "

@@ -4,12 +4,14 @@ Sample `i = step * batch_size + j` of epoch `e` draws from `np.random.SeedSequen
 alone: which case and where the patch is cut from its generator, each augmentation from a child
 stream of its own (spawned in the fixed order of `config.AUGMENTATIONS`), so that switching one
 transform off changes nothing else a sample draws. Whether the patch is centred on hemorrhage is
-fixed by `j` (the last ones of every batch, as nnU-Net's oversampling). Any batch of any epoch is
-therefore rebuilt without drawing the ones before it, a resumed run sees exactly the patches an
-uninterrupted one would, and ranks of a distributed run each take their contiguous share of `j`
-without talking to each other.
+fixed by `j` (the last ones of every batch, as nnU-Net's oversampling); a share of the others is
+centred on the head outside the cranial cavity (neck, face, scalp: tissue as dense as blood that is
+not intracranial hemorrhage), which a random patch of a scan cropped to the head seldom centres on.
+Any batch of any epoch is therefore rebuilt without drawing the ones before it, a resumed run sees
+exactly the patches an uninterrupted one would, and ranks of a distributed run each take their
+contiguous share of `j` without talking to each other.
 
-Augmentation is plain NumPy/torch driven by that per-sample generator. Rotation and scaling are
+Augmentation is plain NumPy/torch driven by those per-sample generators. Rotation and scaling are
 one `grid_sample` of the patch's own sampling grid into the whole case, which cuts, rotates,
 scales and pads in a single pass over patch-sized memory; MONAI's `RandAffined` would need a
 larger pre-cut region and a chain of dictionary transforms, and `benchmarks/data.py` measures it
@@ -38,6 +40,11 @@ from ichseg.errors import UsageError
 
 # HU outside a case: below every window, so each channel of the padding is 0, as before windowing.
 AIR_HU = np.iinfo(np.int16).min
+# A background patch outside the cranial cavity is centred on tissue (the head or neck, not the
+# air around them): a voxel above this HU, found among `OUTSIDE_TRIES` random voxels read from
+# the memory-mapped case (a few pages, never the whole volume); none found: a random patch.
+BODY_HU = -500
+OUTSIDE_TRIES = 256
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,17 @@ def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[in
     return out
 
 
+def outside_cavity_voxel(case: PreparedCase, rng: np.random.Generator) -> np.ndarray | None:
+    """A random voxel of the head or neck outside the case's cranial cavity, or None (no cavity
+    found, or none among the voxels tried)."""
+    if case.cavity is None:
+        return None
+    tried = rng.integers(0, case.hu.shape, size=(OUTSIDE_TRIES, 3))
+    at = tuple(tried.T)
+    hits = np.flatnonzero((case.hu[at] > BODY_HU) & ~case.cavity[at])
+    return tried[hits[0]] if len(hits) else None
+
+
 class PatchSampler:
     """Draws training batches as a pure function of (seed, epoch, step, rank, world_size)."""
 
@@ -113,6 +131,7 @@ class PatchSampler:
         fraction, size = self.foreground_fraction, self.batch_size
         self.forced_foreground = max(1, round(size * fraction)) if fraction > 0 and size > 1 else 0
         self.enabled = frozenset(cfg.data.augmentations) if cfg.data.augment else frozenset()
+        self.outside_cavity_fraction = cfg.data.outside_cavity_fraction
         self.windows = [list(w) for w in cfg.data.windows]
         self.aug = augmentation
         self.spatial_dims = cfg.model.spatial_dims
@@ -164,18 +183,21 @@ class PatchSampler:
             case_index = int(rng.integers(len(self.cases)))
         case = self.cases[case_index]
         image, label = case.hu, case.label
+        voxel = None
         if foreground:
             classes = self.foreground[case_index]
             points = classes[rng.integers(len(classes))]
             voxel = points[rng.integers(len(points))]
+        elif rng.random() < self.outside_cavity_fraction:
+            voxel = outside_cavity_voxel(case, rng)
         if self.spatial_dims == 2:
-            z = int(voxel[2]) if foreground else int(rng.integers(label.shape[2]))
+            z = int(voxel[2]) if voxel is not None else int(rng.integers(label.shape[2]))
             image, label = image[:, :, z], label[:, :, z]
         shape = label.shape
         patch = np.array(self.patch)
         lowest = np.minimum(0, np.array(shape) - patch)
         highest = np.maximum(0, np.array(shape) - patch)
-        if foreground:
+        if voxel is not None:
             jitter = rng.integers(-(patch // 4), patch // 4 + 1)
             start = np.clip(voxel[:self.spatial_dims] - patch // 2 + jitter, lowest, highest)
         else:
