@@ -1,6 +1,7 @@
 """Data pipeline speed: synthesis, resampling, the case cache and the patch sampler.
 
     python benchmarks/data.py [--repeats 5] [--cases 4] [--sections synth,...,transforms]
+                              [--transform-presets small,default]
 
 Prints one table; every figure is the median of `--repeats` runs, and the rows that compare two
 ways of doing one thing (torch vs scipy resampling, int16 HU vs float32 channels in the cache,
@@ -19,8 +20,8 @@ ichseg's augmentation vs the MONAI equivalent) are measured side by side in the 
 - sampler: `PatchSampler.batch` for the `tiny` and `small` presets with and without augmentation,
   batches/s; then one fully augmented `small` patch (rotation, scale, flips, all intensity
   transforms) by ichseg's sampler vs MONAI's RandAffined + RandFlipd + intensity transforms.
-- transforms: one `small` and one `default` patch with a single transform applied to it (every
-  channel), against the plain cut patch: what each of `data.augmentations` costs per patch.
+- transforms: a patch of each `--transform-presets` preset with a single transform applied to
+  it (every channel), against the plain cut patch: what each of `data.augmentations` costs.
 """
 
 from __future__ import annotations
@@ -233,13 +234,14 @@ def bench_monai(rows: list, repeats: int, prepared: list, cfg) -> None:
         note=f"{monai_s / ours:.1f}x slower")
 
 
-def bench_transforms(rows: list, repeats: int, cases: int, work: Path) -> None:
+def bench_transforms(rows: list, repeats: int, cases: int, work: Path,
+                     presets: list[str]) -> None:
     data = work / "data"
     if not (data / "dataset.json").exists():
         write_dataset(data, cases, seed=0, shape=NATIVE_256[0], spacing=NATIVE_256[1])
     index = find_cases(data)
     samples = 10
-    for preset in ("small", "default"):
+    for preset in presets:
         cfg = preset_config(preset)
         cfg.data.cache_dir = str(work / f"cache_{preset}")
         prepared = load_cases(cfg.data, index.cases, progress=False)
@@ -272,6 +274,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated, of: " + ", ".join(SECTIONS))
+    parser.add_argument("--transform-presets", default="small,default")
     args = parser.parse_args()
     sections = args.sections.split(",")
     if unknown := set(sections) - set(SECTIONS):
@@ -293,7 +296,8 @@ def main() -> None:
                               spacing=NATIVE_256[1])
             bench_sampler(rows, args.repeats, args.cases, work)
         if "transforms" in sections:
-            bench_transforms(rows, args.repeats, args.cases, work)
+            bench_transforms(rows, args.repeats, args.cases, work,
+                             args.transform_presets.split(","))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; medians of {args.repeats}")
     print(f"| {'what':62s} | {'rate':>16s} | {'per item':>10s} | note |")
