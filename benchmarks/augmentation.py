@@ -71,7 +71,7 @@ def main() -> None:
         for variant in variants:
             rows.append(run_variant(work, variant, args.epochs))
             print(f"{variant}: held-out mean Dice {rows[-1]['dice']:.4f}", flush=True)
-    print(f"`small` preset, {args.epochs} epochs, 24 training / 6 held-out phantoms, TTA")
+    print(f"`small` preset, up to {args.epochs} epochs, 24 training / 6 held-out phantoms, TTA")
     print("| variant | transforms off | mean Dice | median Dice | lesion F1 | HD95 mm | "
           "training min |")
     print("|---|---|---|---|---|---|---|")
