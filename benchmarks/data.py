@@ -1,6 +1,7 @@
 """Data pipeline speed: synthesis, resampling, the case cache and the patch sampler.
 
-    python benchmarks/data.py [--repeats 5] [--cases 4]
+    python benchmarks/data.py [--repeats 5] [--cases 4] [--sections synth,...,transforms]
+                              [--transform-presets small,default]
 
 Prints one table; every figure is the median of `--repeats` runs, and the rows that compare two
 ways of doing one thing (torch vs scipy resampling, int16 HU vs float32 channels in the cache,
@@ -19,6 +20,8 @@ ichseg's augmentation vs the MONAI equivalent) are measured side by side in the 
 - sampler: `PatchSampler.batch` for the `tiny` and `small` presets with and without augmentation,
   batches/s; then one fully augmented `small` patch (rotation, scale, flips, all intensity
   transforms) by ichseg's sampler vs MONAI's RandAffined + RandFlipd + intensity transforms.
+- transforms: a patch of each `--transform-presets` preset with a single transform applied to
+  it (every channel), against the plain cut patch: what each of `data.augmentations` costs.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ichseg.config import preset_config
+from ichseg.config import AUGMENTATIONS, preset_config
 from ichseg.data.cache import PreprocessedCache, load_cases
 from ichseg.data.ct import (
     preprocess_case,
@@ -231,19 +234,70 @@ def bench_monai(rows: list, repeats: int, prepared: list, cfg) -> None:
         note=f"{monai_s / ours:.1f}x slower")
 
 
+def bench_transforms(rows: list, repeats: int, cases: int, work: Path,
+                     presets: list[str]) -> None:
+    data = work / "data"
+    if not (data / "dataset.json").exists():
+        write_dataset(data, cases, seed=0, shape=NATIVE_256[0], spacing=NATIVE_256[1])
+    index = find_cases(data)
+    samples = 10
+    for preset in presets:
+        cfg = preset_config(preset)
+        cfg.data.cache_dir = str(work / f"cache_{preset}")
+        prepared = load_cases(cfg.data, index.cases, progress=False)
+        patch = "x".join(map(str, cfg.data.patch_size))
+        cfg.data.augment = False
+        plain = PatchSampler(prepared, cfg, seed=0)
+        plain_s = median_seconds(lambda s=plain: [s.sample(1, i) for i in range(samples)],
+                                 repeats)
+        row(rows, f"{preset} patch {patch}, cut only", plain_s, samples, "patches/s")
+        cfg.data.augment = True
+        for name in AUGMENTATIONS:
+            cfg.data.augmentations = [name]
+            applied = Augmentation(**{f"{other}_probability": float(other == name)
+                                      for other in AUGMENTATIONS},
+                                   blur_channel_probability=1.0,
+                                   low_resolution_channel_probability=1.0)
+            sampler = PatchSampler(prepared, cfg, seed=0, augmentation=applied)
+            seconds = median_seconds(lambda s=sampler: [s.sample(1, i) for i in range(samples)],
+                                     repeats)
+            row(rows, f"{preset} patch {patch}, + {name}", seconds, samples, "patches/s",
+                note=f"+{1000 * (seconds - plain_s) / samples:.1f} ms")
+
+
+SECTIONS = ("synth", "resample", "restore", "cache", "sampler", "transforms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated, of: " + ", ".join(SECTIONS))
+    parser.add_argument("--transform-presets", default="small,default")
     args = parser.parse_args()
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        parser.error(f"unknown sections {', '.join(sorted(unknown))}")
     rows: list = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
-        bench_synth(rows, args.repeats)
-        bench_resample(rows, args.repeats)
-        bench_restore(rows, args.repeats)
-        bench_cache(rows, args.repeats, args.cases, work)
-        bench_sampler(rows, args.repeats, args.cases, work)
+        if "synth" in sections:
+            bench_synth(rows, args.repeats)
+        if "resample" in sections:
+            bench_resample(rows, args.repeats)
+        if "restore" in sections:
+            bench_restore(rows, args.repeats)
+        if "cache" in sections:
+            bench_cache(rows, args.repeats, args.cases, work)
+        if "sampler" in sections:
+            if "cache" not in sections:
+                write_dataset(work / "data", args.cases, seed=0, shape=NATIVE_256[0],
+                              spacing=NATIVE_256[1])
+            bench_sampler(rows, args.repeats, args.cases, work)
+        if "transforms" in sections:
+            bench_transforms(rows, args.repeats, args.cases, work,
+                             args.transform_presets.split(","))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; medians of {args.repeats}")
     print(f"| {'what':62s} | {'rate':>16s} | {'per item':>10s} | note |")

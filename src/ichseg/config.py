@@ -22,6 +22,10 @@ from ichseg.errors import UsageError
 from ichseg.fileio import atomic_write_text
 
 PRESETS = ("tiny", "small", "default")
+# The random transforms of training patches (`data.augmentations`), in the order their random
+# streams are spawned: append new ones at the end, so that the others keep drawing what they drew.
+AUGMENTATIONS = ("flip", "rotate", "scale", "brightness", "contrast", "gamma", "noise", "blur",
+                 "low_resolution", "inverted_gamma")
 
 
 def _choice(*values: str, doc: str = "") -> Any:
@@ -46,6 +50,9 @@ class DataConfig:
     patch_size: list[int] = _opt([192, 192, 32], "training patch in voxels (x, y, z)", 1)
     crop_to_head: bool = _opt(True, "crop each scan to the head's bounding box")
     foreground_fraction: float = _opt(0.33, "share of patches centred on hemorrhage", 0.0)
+    outside_cavity_fraction: float = _opt(0.5, "share of the other patches centred on the head "
+                                          "outside the cranial cavity (neck, face, scalp), where "
+                                          "a case's cavity was found", 0.0)
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
     folds: int = _opt(5, "cross-validation folds that `--fold K` divides the cases into", 2)
@@ -55,6 +62,8 @@ class DataConfig:
                          "group, else the whole match): a patient's scans stay on one side of "
                          "the split; empty: the layout's or the files' patient, else the case")
     augment: bool = _opt(True, "random flips, rotations, scaling and intensity changes")
+    augmentations: list[str] = _opt(list(AUGMENTATIONS), "the transforms data.augment applies, "
+                                    "any of: " + ", ".join(AUGMENTATIONS))
     num_workers: int = _opt(-1, "processes preparing training batches ahead of the steps; -1: "
                             "auto (one per CPU but one, up to 8, on CUDA; 0 on a CPU, where "
                             "they would compete with the network for the cores)", -1)
@@ -338,6 +347,12 @@ def _validate(cfg: Config) -> None:
                              f"got {window}")
     if not 0.0 <= cfg.data.foreground_fraction <= 1.0:
         raise UsageError("setting data.foreground_fraction must lie between 0 and 1")
+    if not 0.0 <= cfg.data.outside_cavity_fraction <= 1.0:
+        raise UsageError("setting data.outside_cavity_fraction must lie between 0 and 1")
+    unknown = sorted(set(cfg.data.augmentations) - set(AUGMENTATIONS))
+    if unknown:
+        raise UsageError(f"setting data.augmentations names no transform {', '.join(unknown)}; "
+                         f"allowed: {', '.join(AUGMENTATIONS)}")
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         raise UsageError("setting data.validation_fraction must lie in [0, 1)")
     if cfg.data.fold >= cfg.data.folds:

@@ -1,12 +1,17 @@
 """Training patches: every draw a function of (seed, epoch, sample index) alone.
 
-Sample `i = step * batch_size + j` of epoch `e` comes from `np.random.default_rng([seed, e, i])`:
-which case, whether the patch is centred on hemorrhage, where it is cut, and how it is augmented.
-Any batch of any epoch is therefore rebuilt without drawing the ones before it, a resumed run
-sees exactly the patches an uninterrupted one would, and ranks of a distributed run each take
-their contiguous share of `j` without talking to each other.
+Sample `i = step * batch_size + j` of epoch `e` draws from `np.random.SeedSequence([seed, e, i])`
+alone: which case and where the patch is cut from its generator, each augmentation from a child
+stream of its own (spawned in the fixed order of `config.AUGMENTATIONS`), so that switching one
+transform off changes nothing else a sample draws. Whether the patch is centred on hemorrhage is
+fixed by `j` (the last ones of every batch, as nnU-Net's oversampling); a share of the others is
+centred on the head outside the cranial cavity (neck, face, scalp: tissue as dense as blood that is
+not intracranial hemorrhage), which a random patch of a scan cropped to the head seldom centres on.
+Any batch of any epoch is therefore rebuilt without drawing the ones before it, a resumed run sees
+exactly the patches an uninterrupted one would, and ranks of a distributed run each take their
+contiguous share of `j` without talking to each other.
 
-Augmentation is plain NumPy/torch driven by that per-sample generator. Rotation and scaling are
+Augmentation is plain NumPy/torch driven by those per-sample generators. Rotation and scaling are
 one `grid_sample` of the patch's own sampling grid into the whole case, which cuts, rotates,
 scales and pads in a single pass over patch-sized memory; MONAI's `RandAffined` would need a
 larger pre-cut region and a chain of dictionary transforms, and `benchmarks/data.py` measures it
@@ -24,34 +29,54 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
-from ichseg.config import Config
+from ichseg.config import AUGMENTATIONS, Config
 from ichseg.data.cache import PreparedCase, foreground_points
 from ichseg.data.ct import window_channels
 from ichseg.errors import UsageError
 
 # HU outside a case: below every window, so each channel of the padding is 0, as before windowing.
 AIR_HU = np.iinfo(np.int16).min
+# A background patch outside the cranial cavity is centred on tissue (the head or neck, not the
+# air around them): a voxel above this HU, found among `OUTSIDE_TRIES` random voxels read from
+# the memory-mapped case (a few pages, never the whole volume); none found: a random patch.
+BODY_HU = -500
+OUTSIDE_TRIES = 256
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Ranges and probabilities of the random transforms (nnU-Net's defaults, rotation narrowed
-    for thick slices: a tilt across 5 mm slices mostly interpolates between them)."""
+    """Ranges and probabilities of the random transforms: nnU-Net v2's defaults (its
+    `get_training_transforms`), but for rotation, narrowed because head scans come in a standard
+    orientation and a tilt across 5 mm slices mostly interpolates between them, and for the
+    intensity changes, which are the same on every window channel (as a scanner's calibration
+    would shift them all) except blur and low resolution, drawn per channel as nnU-Net does."""
 
     flip_probability: float = 0.5          # per axis
     rotate_probability: float = 0.2
     in_plane_degrees: float = 15.0
     out_of_plane_degrees: float = 5.0      # only when z spacing is at most twice the in-plane one
-    # With thicker slices rotation and scaling are in-plane: z keeps its slices.
+    # With thicker slices rotation, scaling, blur and low resolution are in-plane: z keeps its
+    # slices.
     scale_probability: float = 0.2
-    scale_range: tuple[float, float] = (0.85, 1.15)
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    blur_probability: float = 0.2
+    blur_channel_probability: float = 0.5  # each channel on its own
+    blur_sigma: tuple[float, float] = (0.5, 1.0)   # voxels, drawn per channel and axis
     brightness_probability: float = 0.15
     brightness_range: tuple[float, float] = (0.75, 1.25)
     contrast_probability: float = 0.15
     contrast_range: tuple[float, float] = (0.75, 1.25)
+    # Downsampled by a zoom (nearest) and back (linear): a coarser scanner or reconstruction.
+    low_resolution_probability: float = 0.25
+    low_resolution_channel_probability: float = 0.5
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    # Gamma of the inverted channel (1 - (1 - x) ** g): it bends the bright end, where gamma
+    # bends the dark end.
+    inverted_gamma_probability: float = 0.1
     gamma_probability: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_probability: float = 0.1
@@ -77,6 +102,17 @@ def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[in
     return out
 
 
+def outside_cavity_voxel(case: PreparedCase, rng: np.random.Generator) -> np.ndarray | None:
+    """A random voxel of the head or neck outside the case's cranial cavity, or None (no cavity
+    found, or none among the voxels tried)."""
+    if case.cavity is None:
+        return None
+    tried = rng.integers(0, case.hu.shape, size=(OUTSIDE_TRIES, 3))
+    at = tuple(tried.T)
+    hits = np.flatnonzero((case.hu[at] > BODY_HU) & ~case.cavity[at])
+    return tried[hits[0]] if len(hits) else None
+
+
 class PatchSampler:
     """Draws training batches as a pure function of (seed, epoch, step, rank, world_size)."""
 
@@ -89,7 +125,13 @@ class PatchSampler:
         self.seed = int(seed)
         self.batch_size = cfg.training.batch_size
         self.foreground_fraction = cfg.data.foreground_fraction
-        self.augment = cfg.data.augment
+        # The last `forced_foreground` samples of every batch are centred on hemorrhage: at least
+        # one when the fraction is above 0 (nnU-Net's oversampling, which with 0.33 and batches of
+        # two makes the second patch foreground). A batch of one patch keeps a coin per sample.
+        fraction, size = self.foreground_fraction, self.batch_size
+        self.forced_foreground = max(1, round(size * fraction)) if fraction > 0 and size > 1 else 0
+        self.enabled = frozenset(cfg.data.augmentations) if cfg.data.augment else frozenset()
+        self.outside_cavity_fraction = cfg.data.outside_cavity_fraction
         self.windows = [list(w) for w in cfg.data.windows]
         self.aug = augmentation
         self.spatial_dims = cfg.model.spatial_dims
@@ -124,67 +166,80 @@ class PatchSampler:
     def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample `index` of `epoch`: (window channels (C, *patch) float32, labels (*patch)
         uint8)."""
-        rng = np.random.default_rng([self.seed, epoch, index])
-        foreground = bool(self.foreground_cases) and rng.random() < self.foreground_fraction
+        seeds = np.random.SeedSequence([self.seed, epoch, index])
+        rng = np.random.default_rng(seeds)
+        # One stream per transform, spawned whether or not it is enabled: a transform switched
+        # off leaves every other draw of the sample as it was.
+        streams = dict(zip(AUGMENTATIONS, seeds.spawn(len(AUGMENTATIONS)), strict=True))
+        draw = {name: np.random.default_rng(streams[name]) for name in sorted(self.enabled)}
+        if self.batch_size > 1:
+            foreground = index % self.batch_size >= self.batch_size - self.forced_foreground
+        else:
+            foreground = rng.random() < self.foreground_fraction
+        foreground = foreground and bool(self.foreground_cases)
         if foreground:
             case_index = self.foreground_cases[rng.integers(len(self.foreground_cases))]
         else:
             case_index = int(rng.integers(len(self.cases)))
         case = self.cases[case_index]
         image, label = case.hu, case.label
+        voxel = None
         if foreground:
             classes = self.foreground[case_index]
             points = classes[rng.integers(len(classes))]
             voxel = points[rng.integers(len(points))]
+        elif rng.random() < self.outside_cavity_fraction:
+            voxel = outside_cavity_voxel(case, rng)
         if self.spatial_dims == 2:
-            z = int(voxel[2]) if foreground else int(rng.integers(label.shape[2]))
+            z = int(voxel[2]) if voxel is not None else int(rng.integers(label.shape[2]))
             image, label = image[:, :, z], label[:, :, z]
         shape = label.shape
         patch = np.array(self.patch)
         lowest = np.minimum(0, np.array(shape) - patch)
         highest = np.maximum(0, np.array(shape) - patch)
-        if foreground:
+        if voxel is not None:
             jitter = rng.integers(-(patch // 4), patch // 4 + 1)
             start = np.clip(voxel[:self.spatial_dims] - patch // 2 + jitter, lowest, highest)
         else:
             start = rng.integers(lowest, highest + 1)
 
-        transform = self._draw_spatial(rng) if self.augment else None
+        transform = self._draw_spatial(draw)
         if transform is None:
             patch_image = window_channels(crop_with_padding(image, start, self.patch, AIR_HU),
                                           self.windows)
             patch_label = crop_with_padding(label, start, self.patch)
         else:
             patch_image, patch_label = self._resample_patch(image, label, start, transform)
-        if self.augment:
+        if "flip" in draw:
             for axis in range(self.spatial_dims):
-                if rng.random() < self.aug.flip_probability:
+                if draw["flip"].random() < self.aug.flip_probability:
                     patch_image = np.flip(patch_image, axis=axis + 1)
                     patch_label = np.flip(patch_label, axis=axis)
-            patch_image = self._intensity(np.ascontiguousarray(patch_image), rng)
+        if draw:
+            patch_image = self._intensity(np.ascontiguousarray(patch_image), draw)
         return (np.ascontiguousarray(patch_image, dtype=np.float32),
                 np.ascontiguousarray(patch_label))
 
-    def _draw_spatial(self, rng: np.random.Generator) -> np.ndarray | None:
+    def _draw_spatial(self, draw: dict[str, np.random.Generator]) -> np.ndarray | None:
         """Voxel-space matrix taking patch offsets to case offsets over the transformed axes
         (x, y for thick slices and 2D; x, y, z otherwise), or None for no rotation or scale."""
         aug = self.aug
-        rotate = rng.random() < aug.rotate_probability
-        scale = rng.random() < aug.scale_probability
+        rotate = "rotate" in draw and draw["rotate"].random() < aug.rotate_probability
+        scale = "scale" in draw and draw["scale"].random() < aug.scale_probability
         if not (rotate or scale):
             return None
         matrix = np.eye(self.transform_dims)
         if rotate:
-            angles = [rng.uniform(-aug.in_plane_degrees, aug.in_plane_degrees)]
+            angles = [draw["rotate"].uniform(-aug.in_plane_degrees, aug.in_plane_degrees)]
             if self.transform_dims == 3:
                 tilt = aug.out_of_plane_degrees
-                angles += [rng.uniform(-tilt, tilt) for _ in range(2)]
+                angles += [draw["rotate"].uniform(-tilt, tilt) for _ in range(2)]
             # About z (in-plane), then y and x (tilts); 2D keeps the in-plane block.
             rotation = Rotation.from_euler("zyx"[:len(angles)], angles, degrees=True)
             matrix = rotation.as_matrix()[:self.transform_dims, :self.transform_dims]
         if scale:
             # A zoom factor above 1 enlarges the anatomy: the patch samples a smaller region.
-            matrix = matrix / rng.uniform(*aug.scale_range)
+            matrix = matrix / draw["scale"].uniform(*aug.scale_range)
         # Rotate in millimetres, not voxels: the voxels need not be square.
         spacing = self.spacing[:self.transform_dims]
         return np.diag(1.0 / spacing) @ matrix @ np.diag(spacing)
@@ -233,22 +288,51 @@ class PatchSampler:
                                     align_corners=False).permute(1, 2, 3, 0)
         return sampled.numpy(), labels
 
-    def _intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Brightness, contrast, gamma and noise, the same change on every window channel (as a
-        scanner's calibration would shift them all)."""
+    def _intensity(self, image: np.ndarray, draw: dict[str, np.random.Generator]) -> np.ndarray:
+        """Blur, brightness, contrast, low resolution, inverted gamma, gamma and noise, in
+        nnU-Net's order (noise last: it is the scanner's, after everything else)."""
         aug = self.aug
-        if rng.random() < aug.brightness_probability:
-            image *= np.float32(rng.uniform(*aug.brightness_range))
-        if rng.random() < aug.contrast_probability:
+        channels = len(image)
+        if "blur" in draw and draw["blur"].random() < aug.blur_probability:
+            for c in np.flatnonzero(draw["blur"].random(channels) < aug.blur_channel_probability):
+                sigmas = draw["blur"].uniform(*aug.blur_sigma, size=self.transform_dims)
+                for axis, sigma in enumerate(sigmas):
+                    image[c] = gaussian_filter1d(image[c], sigma, axis=axis)
+        if "brightness" in draw and draw["brightness"].random() < aug.brightness_probability:
+            image *= np.float32(draw["brightness"].uniform(*aug.brightness_range))
+        if "contrast" in draw and draw["contrast"].random() < aug.contrast_probability:
             mean = image.mean(axis=tuple(range(1, image.ndim)), keepdims=True)
-            image = (image - mean) * np.float32(rng.uniform(*aug.contrast_range)) + mean
+            image = (image - mean) * np.float32(draw["contrast"].uniform(*aug.contrast_range)) + mean
         np.clip(image, 0.0, 1.0, out=image)
-        if rng.random() < aug.gamma_probability:
-            image **= np.float32(rng.uniform(*aug.gamma_range))
-        if rng.random() < aug.noise_probability:
-            std = np.float32(rng.uniform(0.0, aug.noise_max_std))
-            image += std * rng.standard_normal(image.shape, dtype=np.float32)
+        lowres = draw.get("low_resolution")
+        if lowres is not None and lowres.random() < aug.low_resolution_probability:
+            for c in np.flatnonzero(lowres.random(channels)
+                                    < aug.low_resolution_channel_probability):
+                image[c] = self._low_resolution(image[c], lowres.uniform(*aug.low_resolution_zoom))
+        inverted = draw.get("inverted_gamma")
+        if inverted is not None and inverted.random() < aug.inverted_gamma_probability:
+            gamma = np.float32(inverted.uniform(*aug.gamma_range))
+            image = 1.0 - (1.0 - image) ** gamma
+        if "gamma" in draw and draw["gamma"].random() < aug.gamma_probability:
+            image **= np.float32(draw["gamma"].uniform(*aug.gamma_range))
+        if "noise" in draw and draw["noise"].random() < aug.noise_probability:
+            std = np.float32(draw["noise"].uniform(0.0, aug.noise_max_std))
+            image += std * draw["noise"].standard_normal(image.shape, dtype=np.float32)
         return image
+
+    def _low_resolution(self, channel: np.ndarray, zoom: float) -> np.ndarray:
+        """One channel down to `zoom` of its size over the transformed axes (nearest) and back
+        (linear); thick slices are zoomed in-plane, each slice alike, as one batched 2D call."""
+        values = torch.from_numpy(np.ascontiguousarray(channel))
+        in_plane = self.transform_dims < channel.ndim
+        # (1, 1, *spatial), or (z, 1, x, y) for the slices of a thick-slice patch.
+        values = values.permute(2, 0, 1)[:, None] if in_plane else values[None, None]
+        size = values.shape[2:]
+        smaller = [max(1, round(n * zoom)) for n in size]
+        coarse = F.interpolate(values, size=smaller, mode="nearest-exact")
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        restored = F.interpolate(coarse, size=size, mode=mode, align_corners=False)
+        return (restored[:, 0].permute(1, 2, 0) if in_plane else restored[0, 0]).numpy()
 
 
 class EpochBatches(Dataset):
