@@ -23,10 +23,17 @@ through what is connected to it there, so the cavity reaches the inner table exa
 `RIM_MM` into the inner table's partial-volume voxels: epidural and subdural blood against it
 stays inside, while the scalp beyond the bone stays out.
 
+A brain-window export (8-bit images of a window such as [0, 80] HU turned back into HU) has no
+bone above BONE_HU: the skull sits at the window's top, with blood denser than it. When the
+highest value is below BONE_HU and `WINDOW_SATURATED_SHARE` of the head sits at it, the
+saturated parts of at least `SATURATED_BONE_ML` are the bone, the window's bottom is fat and
+air, and the same steps run, the rim reaching `WINDOW_RIM_MM` into the saturated band.
+
 Limits: under a craniectomy the cavity reaches to SCALP_MM under the skin, soft tissue in the
 flap's place included; the lowest millimetres of the posterior fossa just above the foramen
-magnum may be cut, and narrow recesses beside bony ridges (under about 5 mm); HU clipped to a
-brain window (8-bit exports) show no bone, and then no cavity is found.
+magnum may be cut, and narrow recesses beside bony ridges (under about 5 mm); on a brain-window
+export, blood at the window's top against the inner table is fused with the saturated skull
+and cut beyond WINDOW_RIM_MM, and a window clipped without a saturated skull finds no cavity.
 """
 
 from __future__ import annotations
@@ -338,8 +345,8 @@ def _refine(coarse: np.ndarray, bone: np.ndarray, partial: np.ndarray, block: Se
     """The coarse cavity on the full grid, grown by one coarse voxel into what is not bone and
     is connected to it there: a coarse voxel holding any bone is not cavity, so the coarse
     cavity stops up to one coarse voxel short of the inner table (a part beyond a thin bone,
-    the scalp, is not connected). Then the partial-volume rim: one voxel more into the inner
-    table, where the voxel is not `solid` bone."""
+    the scalp, is not connected). Then the rim: one voxel more, and in-plane up to `rim_mm`,
+    into the inner table's `partial` (partial-volume) bone voxels."""
     reach = np.ones((2 * REFINE_REACH + 1,) * 2 + (3 if block[2] > 1 else 1,), bool)
     grown = ndimage.binary_dilation(coarse, reach)
     box = ndimage.find_objects(grown.astype(np.uint8))[0]
@@ -361,7 +368,7 @@ def _refine(coarse: np.ndarray, bone: np.ndarray, partial: np.ndarray, block: Se
     inside = connected[parts] | seed
     # The partial-volume rim: through voxels that are partly bone (the inner table's edge,
     # where an epidural haematoma's outer voxels lie), one voxel along every axis, then on
-    # in-plane up to RIM_MM.
+    # in-plane up to rim_mm.
     partial = partial[full_box]
     mask = inside | (_grow_one(inside, (0, 1, 2)) & partial)
     for _ in range(int(np.ceil(rim_mm / min(spacing[:2]))) - 1):
