@@ -86,6 +86,9 @@ def test_no_skull_gives_none_with_a_reason():
     found = find_cavity(soft, case.affine)
     assert found.mask is None and "300 HU" in found.reason
     assert found.volume_ml(case.affine) == 0.0
+    # Clipped to a brain window as well: bone's blurred edge and blood saturate, but no skull.
+    found = find_cavity(brain_window(soft), case.affine)
+    assert found.mask is None and "without a saturated skull" in found.reason
     # Bone that encloses nothing: a slab, as a table or a body CT's spine might show.
     slab = np.full((96, 96, 20), -1000, np.int16)
     slab[20:70, 40:50, :] = 800
