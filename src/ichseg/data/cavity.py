@@ -31,7 +31,8 @@ air, and the same steps run, the rim reaching `WINDOW_RIM_MM` into the saturated
 
 Limits: under a craniectomy the cavity reaches to SCALP_MM under the skin, soft tissue in the
 flap's place included; the lowest millimetres of the posterior fossa just above the foramen
-magnum may be cut, and narrow recesses beside bony ridges (under about 5 mm); on a brain-window
+magnum may be cut, and narrow recesses beside bony ridges (under about 5 mm); on pixels of 3 mm
+or more the orbits' thin roof is lost and their upper part taken; on a brain-window
 export, blood at the window's top against the inner table is fused with the saturated skull
 and cut beyond WINDOW_RIM_MM, and a window clipped without a saturated skull finds no cavity.
 """
