@@ -14,27 +14,17 @@ Prints one table, each time the median of `--repeats` runs, on:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from data import median_seconds  # benchmarks/ is on the path when this runs as a script
 
 from ichseg.data.cavity import find_cavity
 from ichseg.data.dicom import find_series, read_series
 from ichseg.data.synth import intracranial_mask, make_case
 
 REAL = Path(__file__).resolve().parent.parent / "tests" / "data" / "head_ct_ge_tilted"
-
-
-def median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
