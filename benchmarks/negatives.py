@@ -80,7 +80,6 @@ def predict_modes(run: Path, images: Path, work: Path) -> dict[str, Path]:
     predict_cases(run, [images], folders["off"], quiet=True)
     if "on" in folders:
         from ichseg.data.cavity import find_cavity
-
         from ichseg.data.io import read_nifti
 
         folders["on"].mkdir(parents=True, exist_ok=True)

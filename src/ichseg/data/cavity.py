@@ -20,8 +20,11 @@ encloses is the cavity. Then, slice by slice out from the slice enclosing the mo
   are left out.
 Back on the scan's own grid the coarse cavity is grown by one coarse voxel into what is not bone,
 through what is connected to it there, so the cavity reaches the inner table exactly, and then
-`RIM_MM` into the inner table's partial-volume voxels: epidural and subdural blood against it
-stays inside, while the scalp beyond the bone stays out.
+`RIM_MM` into the inner table's partial-volume voxels (`MIXED_HU` to `RIM_HU`; on grids finer
+than `CREVICE_SPACING_MM` along every axis two voxels deep in 3D, for blood in a sub-voxel crevice
+of the skull base): epidural and subdural blood against it stays inside, while the scalp beyond
+the bone stays out. Air (`BODY_HU` or below) is never cavity: the growth stops at a paranasal
+sinus or mastoid cell whose thin wall partial volume has hidden.
 
 A brain-window export (8-bit images of a window such as [0, 80] HU turned back into HU) has no
 bone above BONE_HU: the skull sits at the window's top, with blood denser than it. When the
@@ -32,7 +35,8 @@ air, and the same steps run, the rim reaching `WINDOW_RIM_MM` into the saturated
 Limits: under a craniectomy the cavity reaches to SCALP_MM under the skin, soft tissue in the
 flap's place included; the lowest millimetres of the posterior fossa just above the foramen
 magnum may be cut, and narrow recesses beside bony ridges (under about 5 mm); on pixels of 3 mm
-or more the orbits' thin roof is lost and their upper part taken; on a brain-window
+or more the orbits' thin roof is lost and their upper part taken; intracranial air
+(pneumocephalus) is left out; on a brain-window
 export, blood at the window's top against the inner table is fused with the saturated skull
 and cut beyond WINDOW_RIM_MM, and a window clipped without a saturated skull finds no cavity.
 """
@@ -63,6 +67,14 @@ RIM_HU = 1000.0
 # beside bony ridges that the closing sealed, but cross a thin temporal bone whose partial
 # volume falls below BONE_HU on 1.4 mm pixels, into the scalp and temporalis.
 REFINE_REACH = 1
+# A voxel between this and BONE_HU, denser than blood, brain or a calcification, is partly bone:
+# blood or CSF in a crevice of the skull base narrower than a voxel, between bony ridges, blurs
+# to 130-400 HU, and the rim takes it as it takes the inner table's edge.
+MIXED_HU = 100.0
+# On a grid this fine along every axis the rim's first two voxels go along every axis: blood in
+# such a crevice lies up to two voxels into the partly bony band, in any direction (on thick
+# slices a second step across slices would take millilitres of bone).
+CREVICE_SPACING_MM = 1.5
 # How far in-plane the cavity reaches into such partial voxels (the scanner's blur spreads the
 # inner table's edge over 1-2 mm; half of it lies on the cavity's side).
 RIM_MM = 1.0
@@ -146,7 +158,11 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
         (np.asarray(affine, float) @ nio.inv_ornt_aff(orientation, hu.shape))[:3, :3], axis=0)
     bone = hu_ras > BONE_HU
     fat, air = hu_ras < FAT_HU, hu_ras <= BODY_HU
-    partial = bone & (hu_ras < RIM_HU)
+    partial = (hu_ras > MIXED_HU) & (hu_ras < RIM_HU)
+    # Air holds no blood: the cavity's growth on the scan's grid stops at a sinus or air cell
+    # that thin bone, lost to partial volume, no longer walls off (a 1.8 mm phantom's frontal
+    # sinus and a skull-base air cell took 6 voxels of air).
+    gas = air
     rim_mm = RIM_MM
     if not bone.any():
         window = _clipped_window(hu_ras)
@@ -161,6 +177,7 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
         bone = _saturated_bone(hu_ras >= top, float(np.prod(spacing)) / 1000.0)
         fat = air = hu_ras <= low
         partial, rim_mm = bone, WINDOW_RIM_MM
+        gas = np.zeros_like(bone)  # the window's bottom is CSF as well as fat and air
     block = tuple(max(1, int(round(COARSE_MM / s))) for s in spacing)
     coarse_spacing = np.asarray(spacing) * block
     bone_coarse = _block_sum(bone, block) > 0
@@ -170,7 +187,7 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
     coarse, reason = _coarse_cavity(bone_coarse, fat_share, body, coarse_spacing)
     if coarse is None:
         return Cavity(None, reason)
-    mask = _refine(coarse, bone, partial, block, spacing, rim_mm)
+    mask = _refine(coarse, bone, gas, partial, block, spacing, rim_mm)
     volume = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
     if volume < MIN_CAVITY_ML:
         return Cavity(None, f"the skull encloses only {volume:.0f} mL (a cranial cavity holds "
@@ -342,13 +359,14 @@ def _overlapping(part: np.ndarray, neighbour: np.ndarray, fat_share: np.ndarray
     return keep[parts]
 
 
-def _refine(coarse: np.ndarray, bone: np.ndarray, partial: np.ndarray, block: Sequence[int],
-            spacing: Sequence[float], rim_mm: float) -> np.ndarray:
+def _refine(coarse: np.ndarray, bone: np.ndarray, air: np.ndarray, partial: np.ndarray,
+            block: Sequence[int], spacing: Sequence[float], rim_mm: float) -> np.ndarray:
     """The coarse cavity on the full grid, grown by one coarse voxel into what is not bone and
     is connected to it there: a coarse voxel holding any bone is not cavity, so the coarse
     cavity stops up to one coarse voxel short of the inner table (a part beyond a thin bone,
-    the scalp, is not connected). Then the rim: one voxel more, and in-plane up to `rim_mm`,
-    into the inner table's `partial` (partial-volume) bone voxels."""
+    the scalp, is not connected); `air` is never taken. Then the rim: one voxel more (two on a
+    grid finer than CREVICE_SPACING_MM), and in-plane up to `rim_mm`, into the `partial`
+    (partly bone) voxels."""
     reach = np.ones((2 * REFINE_REACH + 1,) * 2 + (3 if block[2] > 1 else 1,), bool)
     grown = ndimage.binary_dilation(coarse, reach)
     box = ndimage.find_objects(grown.astype(np.uint8))[0]
@@ -362,17 +380,20 @@ def _refine(coarse: np.ndarray, bone: np.ndarray, partial: np.ndarray, block: Se
         return out[tuple(slice(0, s.stop - s.start) for s in full_box)]
 
     seed = upsample(coarse)
-    candidate = upsample(grown) & ~bone[full_box]
+    air = air[full_box]
+    candidate = upsample(grown) & ~bone[full_box] & ~air
     parts, count = ndimage.label(candidate)
     connected = np.zeros(count + 1, bool)
     connected[parts[seed]] = True
     connected[0] = False
-    inside = connected[parts] | seed
+    inside = connected[parts] | (seed & ~air)
     # The partial-volume rim: through voxels that are partly bone (the inner table's edge,
     # where an epidural haematoma's outer voxels lie), one voxel along every axis, then on
     # in-plane up to rim_mm.
     partial = partial[full_box]
     mask = inside | (_grow_one(inside, (0, 1, 2)) & partial)
+    if max(spacing) <= CREVICE_SPACING_MM:
+        mask |= _grow_one(mask, (0, 1, 2)) & partial
     for _ in range(int(np.ceil(rim_mm / min(spacing[:2]))) - 1):
         mask |= _grow_one(mask, (0, 1)) & partial
     out = np.zeros(bone.shape, bool)
