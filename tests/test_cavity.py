@@ -138,16 +138,42 @@ def test_real_head_ct_cavity_is_adult_sized_and_stops_at_the_foramen_magnum(ge_t
     assert fine_ml == pytest.approx(cavity.volume_ml(volume.affine), rel=0.03)
 
 
-# (seed, the share of bleed voxels the clipped scan's cavity may leave out): seed 101 has an
-# epidural and intraparenchymal bleeds; seed 15 a scalp haematoma and a subdural haematoma of
-# median 87 HU, above the window's top: a crescent up to 5 mm thick fused with the saturated
-# skull, whose outer part the cavity's rim does not reach (module doc, Limits; 527 of its
-# 10,657 voxels and 260 of the subarachnoid blood's beside it are left out).
-@pytest.mark.parametrize("seed, missed_share", [(101, 0.0), (15, 0.06)])
-def test_brain_window_export_phantom_keeps_the_cavity_and_its_bleeds(seed, missed_share):
+def extra_axial_blood(case) -> bool:
+    return bool(np.isin(case.label, (EDH, SDH)).any())
+
+
+def scalp_and_extra_axial_blood(case) -> bool:
+    return bool((case.tissues == TISSUES["scalp_haematoma"]).any()) and extra_axial_blood(case)
+
+
+def first_case_with(wanted, shape, spacing, start):
+    """The first phantom from seed `start` of this scan (from the neck up) that `wanted` holds
+    for, told from a preview of the same field of view on pixels four times as large (the same
+    head and lesions, drawn in a tenth of the time): a test keeps a case with what it needs when
+    the phantoms change."""
+    preview_shape = (-(-shape[0] // 4), -(-shape[1] // 4), shape[2])
+    preview_spacing = (spacing[0] * shape[0] / preview_shape[0],
+                       spacing[1] * shape[1] / preview_shape[1], spacing[2])
+    for seed in range(start, start + 50):
+        if wanted(make_case(seed, preview_shape, preview_spacing, neck_share=1.0)):
+            case = make_case(seed, shape, spacing, neck_share=1.0)
+            assert wanted(case), f"seed {seed}: the preview and the scan disagree"
+            return case
+    raise AssertionError(f"no phantom from seed {start} holds {wanted.__name__}")
+
+
+# (what the case holds, the seed to look from, the share of bleed voxels the clipped scan's
+# cavity may leave out): epidural and subdural blood at the window's top against the inner table
+# is fused with the saturated skull, and its outer part lies beyond the rim (module doc, Limits).
+# Measured: seed 101's subdural haematoma, 104 of 22,087 bleed voxels (0.5 %), some of them in a
+# crevice of the skull base; seed 21's epidural and subdural haematomas beside a scalp
+# haematoma, 878 of 65,417 (1.3 %).
+@pytest.mark.parametrize("wanted, start, missed_share", [
+    (extra_axial_blood, 101, 0.01), (scalp_and_extra_axial_blood, 15, 0.02)])
+def test_brain_window_export_phantom_keeps_the_cavity_and_its_bleeds(wanted, start, missed_share):
     """Clipped to [0, 80] HU and stored as 8 bits, no voxel is bone (the skull, like some blood,
     sits at the window's top): the cavity is found from the saturated ring instead."""
-    case = make_case(seed, (160, 160, 170), (1.4, 1.4, 1.0), neck_share=1.0)
+    case = first_case_with(wanted, (160, 160, 170), (1.4, 1.4, 1.0), start)
     bleed = case.label > 0
     assert bleed.any()
     unclipped = find_cavity(case.hu, case.affine)
@@ -225,7 +251,7 @@ def test_predict_drops_blood_outside_the_cavity_and_keeps_extra_axial_blood(tmp_
                                                                              everywhere):
     # A scan from the neck up with a scalp haematoma and epidural and subdural blood against
     # the inner table: a model that calls everything blood predicts all of it.
-    case = make_case(15, (144, 144, 40), (1.6, 1.6, 5.0), neck_share=1.0)
+    case = first_case_with(scalp_and_extra_axial_blood, (144, 144, 40), (1.6, 1.6, 5.0), 15)
     haematoma = case.tissues == TISSUES["scalp_haematoma"]
     extra_axial = np.isin(case.label, (EDH, SDH))
     assert haematoma.any() and extra_axial.any()

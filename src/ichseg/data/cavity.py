@@ -71,9 +71,9 @@ REFINE_REACH = 1
 # blood or CSF in a crevice of the skull base narrower than a voxel, between bony ridges, blurs
 # to 130-400 HU, and the rim takes it as it takes the inner table's edge.
 MIXED_HU = 100.0
-# On a grid this fine along every axis the rim's first two voxels go along every axis: blood in
-# such a crevice lies up to two voxels into the partly bony band, in any direction (on thick
-# slices a second step across slices would take millilitres of bone).
+# On a grid this fine along every axis (HU unclipped) the rim's first two voxels go along every
+# axis: blood in such a crevice lies up to two voxels into the partly bony band, in any direction
+# (on thick slices a second step across slices would take millilitres of bone).
 CREVICE_SPACING_MM = 1.5
 # How far in-plane the cavity reaches into such partial voxels (the scanner's blur spreads the
 # inner table's edge over 1-2 mm; half of it lies on the cavity's side).
@@ -164,6 +164,8 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
     # sinus and a skull-base air cell took 6 voxels of air).
     gas = air
     rim_mm = RIM_MM
+    # Voxels deep along every axis the rim reaches: two where a crevice's voxels are resolved.
+    rim_depth = 2 if max(spacing) <= CREVICE_SPACING_MM else 1
     if not bone.any():
         window = _clipped_window(hu_ras)
         if window is None:
@@ -176,7 +178,7 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
         low, top = window
         bone = _saturated_bone(hu_ras >= top, float(np.prod(spacing)) / 1000.0)
         fat = air = hu_ras <= low
-        partial, rim_mm = bone, WINDOW_RIM_MM
+        partial, rim_mm, rim_depth = bone, WINDOW_RIM_MM, 1
         gas = np.zeros_like(bone)  # the window's bottom is CSF as well as fat and air
     block = tuple(max(1, int(round(COARSE_MM / s))) for s in spacing)
     coarse_spacing = np.asarray(spacing) * block
@@ -187,7 +189,7 @@ def find_cavity(hu: np.ndarray, affine: np.ndarray) -> Cavity:
     coarse, reason = _coarse_cavity(bone_coarse, fat_share, body, coarse_spacing)
     if coarse is None:
         return Cavity(None, reason)
-    mask = _refine(coarse, bone, gas, partial, block, spacing, rim_mm)
+    mask = _refine(coarse, bone, gas, partial, block, spacing, rim_mm, rim_depth)
     volume = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
     if volume < MIN_CAVITY_ML:
         return Cavity(None, f"the skull encloses only {volume:.0f} mL (a cranial cavity holds "
@@ -360,13 +362,13 @@ def _overlapping(part: np.ndarray, neighbour: np.ndarray, fat_share: np.ndarray
 
 
 def _refine(coarse: np.ndarray, bone: np.ndarray, air: np.ndarray, partial: np.ndarray,
-            block: Sequence[int], spacing: Sequence[float], rim_mm: float) -> np.ndarray:
+            block: Sequence[int], spacing: Sequence[float], rim_mm: float, rim_depth: int,
+            ) -> np.ndarray:
     """The coarse cavity on the full grid, grown by one coarse voxel into what is not bone and
     is connected to it there: a coarse voxel holding any bone is not cavity, so the coarse
     cavity stops up to one coarse voxel short of the inner table (a part beyond a thin bone,
-    the scalp, is not connected); `air` is never taken. Then the rim: one voxel more (two on a
-    grid finer than CREVICE_SPACING_MM), and in-plane up to `rim_mm`, into the `partial`
-    (partly bone) voxels."""
+    the scalp, is not connected); `air` is never taken. Then the rim: `rim_depth` voxels more
+    along every axis, and in-plane up to `rim_mm`, into the `partial` (partly bone) voxels."""
     reach = np.ones((2 * REFINE_REACH + 1,) * 2 + (3 if block[2] > 1 else 1,), bool)
     grown = ndimage.binary_dilation(coarse, reach)
     box = ndimage.find_objects(grown.astype(np.uint8))[0]
@@ -391,9 +393,9 @@ def _refine(coarse: np.ndarray, bone: np.ndarray, air: np.ndarray, partial: np.n
     # where an epidural haematoma's outer voxels lie), one voxel along every axis, then on
     # in-plane up to rim_mm.
     partial = partial[full_box]
-    mask = inside | (_grow_one(inside, (0, 1, 2)) & partial)
-    if max(spacing) <= CREVICE_SPACING_MM:
-        mask |= _grow_one(mask, (0, 1, 2)) & partial
+    mask = inside
+    for _ in range(rim_depth):
+        mask = mask | (_grow_one(mask, (0, 1, 2)) & partial)
     for _ in range(int(np.ceil(rim_mm / min(spacing[:2]))) - 1):
         mask |= _grow_one(mask, (0, 1)) & partial
     out = np.zeros(bone.shape, bool)
