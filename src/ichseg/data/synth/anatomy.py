@@ -127,6 +127,11 @@ def tentorium_height(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return TENTORIUM_APEX - 0.25 * np.maximum(-15.0 - y, 0.0) - 0.15 * np.abs(x)
 
 
+def behind_petrous_ridges(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where (x, y) lies behind the petrous ridges: the posterior fossa, under the tentorium."""
+    return y < -12.0 - 0.6 * np.maximum(np.abs(x) - 12.0, 0.0)
+
+
 @dataclass
 class SkullBase:
     """The drawing points below the top of the skull base (the domes over the orbits included):
@@ -186,7 +191,7 @@ def draw_skull_base(head: Head, tissues: np.ndarray, base: SkullBase) -> None:
     t[foramen & (above < 0) & (above > -BASE_THICKNESS_MM)
       & (head.depth[base.where] > head.scalp)] = SPINAL_CANAL
     # Tentorium: a dural sheet over the cerebellum, behind the petrous ridges.
-    behind_ridges = y < -12.0 - 0.6 * np.maximum(ax - 12.0, 0.0)
+    behind_ridges = behind_petrous_ridges(x, y)
     tentorium = np.abs(z - tentorium_height(x, y)) < 0.6
     t[tentorium & behind_ridges & np.isin(t, (GREY, WHITE, CSF))] = FALX
     tissues[base.where] = t

@@ -6,7 +6,12 @@ import math
 
 import numpy as np
 
-from ichseg.data.synth.anatomy import ORBITAL_DOME_MM, SKULL_BASE_TOP
+from ichseg.data.synth.anatomy import (
+    ORBITAL_DOME_MM,
+    SKULL_BASE_TOP,
+    behind_petrous_ridges,
+    tentorium_height,
+)
 from ichseg.data.synth.head import Head
 from ichseg.data.synth.tissues import (
     CSF,
@@ -62,7 +67,10 @@ def extra_axial(rng: np.random.Generator, head: Head, tissues: np.ndarray,
     profile = np.sqrt(taper) if subtype == EDH else taper
     inner = head.inner[box]
     space = np.isin(tissues[box], EXTRA_AXIAL_SPACE)
-    return box, space & (inner > 0) & (inner < thickness * profile)
+    # Over the convexity the tentorium bounds it: none runs on under the tentorium into the
+    # posterior fossa, down to the foramen magnum.
+    supratentorial = ~behind_petrous_ridges(x, y) | (z > tentorium_height(x, y))
+    return box, space & supratentorial & (inner > 0) & (inner < thickness * profile)
 
 
 def intraparenchymal(rng: np.random.Generator, head: Head, tissues: np.ndarray,
