@@ -130,7 +130,14 @@ class Chromium:
         """Poll a JavaScript expression until it is truthy; its value."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as error:
+                # Polled while the page navigates (after a click on a link): the old document is
+                # gone and the new one not yet there; ask again.
+                if "navigated or closed" not in str(error) or time.monotonic() > deadline:
+                    raise
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
