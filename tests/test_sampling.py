@@ -13,6 +13,7 @@ from ichseg.data.sampling import (
     Augmentation,
     EpochBatches,
     PatchSampler,
+    blood_mimic_voxel,
     outside_cavity_voxel,
 )
 from ichseg.errors import UsageError
@@ -157,6 +158,47 @@ def test_background_patches_are_drawn_outside_the_cavity_by_the_setting(spatial_
     assert neck_share(1.0) > 0.9  # a missed search falls back to a random patch
     assert neck_share(0.0) < 0.5
     assert neck_share(1.0, cavity=False) < 0.5  # no cavity found: random patches
+
+
+def head_with_mimics(cavity=True):
+    """A cranial cavity of brain (30 HU) inside a skull (1000 HU) with, inside it, a partial-volume
+    rim of 70 HU against the inner table, a venous sinus of 60 HU (3 x 3 voxels, along z) and a
+    labelled hemorrhage of 70 HU: of these only the sinus is a blood mimic."""
+    shape = (60, 56, 20)
+    hu = np.full(shape, 1000, np.int16)
+    inside = np.zeros(shape, bool)
+    inside[8:52, 8:48, :] = True
+    hu[inside] = 70
+    hu[9:51, 9:47, :] = 30  # the rim is the cavity's outermost voxel, beside the bone
+    hu[40:43, 20:23, :] = 60
+    label = np.zeros(shape, np.uint8)
+    label[20:26, 30:36, 5:10] = 1
+    hu[label > 0] = 70
+    return PreparedCase("head", hu, label, [], inside if cavity else None)
+
+
+def test_blood_mimics_are_unlabelled_blood_dense_voxels_away_from_bone():
+    case, rng = head_with_mimics(), np.random.default_rng(0)
+    voxels = [blood_mimic_voxel(case, rng) for _ in range(40)]
+    # The sinus is 9 of the 67,200 voxels of a slice; 4,096 tries find it nearly every time.
+    assert sum(v is not None for v in voxels) >= 30
+    for voxel in filter(lambda v: v is not None, voxels):
+        assert case.hu[tuple(voxel)] == 60, voxel
+    assert blood_mimic_voxel(head_with_mimics(cavity=False), rng) is None
+
+
+def test_background_patches_are_centred_on_blood_mimics_by_the_setting():
+    def centred_on_sinus(fraction):
+        cfg = config(augment=False, foreground_fraction=0.0, windows=[[50.0, 100.0]])
+        cfg.data.outside_cavity_fraction, cfg.data.mimic_fraction = 0.0, fraction
+        sampler = PatchSampler([head_with_mimics()], cfg, 0)
+        # The window maps 60 HU to 0.6; a patch cut within a quarter patch of the sinus holds
+        # it within the middle half of the patch.
+        return np.mean([np.isclose(sampler.sample(1, i)[0][0, 6:18, 6:18], 0.6).any()
+                        for i in range(40)])
+
+    assert centred_on_sinus(1.0) > 0.9
+    assert centred_on_sinus(0.0) < 0.6
 
 
 def test_foreground_patches_cover_every_class_of_a_case():

@@ -53,6 +53,10 @@ class DataConfig:
     outside_cavity_fraction: float = _opt(0.5, "share of the other patches centred on the head "
                                           "outside the cranial cavity (neck, face, scalp), where "
                                           "a case's cavity was found", 0.0)
+    mimic_fraction: float = _opt(0.5, "share of the background patches left after those "
+                                 "outside the cavity centred on unlabelled tissue inside it as "
+                                 "dense as fresh blood (venous sinuses, falx, the inner table's "
+                                 "edge)", 0.0)
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
     folds: int = _opt(5, "cross-validation folds that `--fold K` divides the cases into", 2)
@@ -347,8 +351,9 @@ def _validate(cfg: Config) -> None:
                              f"got {window}")
     if not 0.0 <= cfg.data.foreground_fraction <= 1.0:
         raise UsageError("setting data.foreground_fraction must lie between 0 and 1")
-    if not 0.0 <= cfg.data.outside_cavity_fraction <= 1.0:
-        raise UsageError("setting data.outside_cavity_fraction must lie between 0 and 1")
+    for name in ("outside_cavity_fraction", "mimic_fraction"):
+        if not 0.0 <= getattr(cfg.data, name) <= 1.0:
+            raise UsageError(f"setting data.{name} must lie between 0 and 1")
     unknown = sorted(set(cfg.data.augmentations) - set(AUGMENTATIONS))
     if unknown:
         raise UsageError(f"setting data.augmentations names no transform {', '.join(unknown)}; "
@@ -426,6 +431,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
 # Settings added after runs had been saved, with the value that a saved config lacking them
 # meant then: such a run goes on with its network (BatchNorm was the only norm) and its rule.
 _BEFORE_THE_SETTING: dict[str, dict[str, Any]] = {
+    "data": {"outside_cavity_fraction": 0.0, "mimic_fraction": 0.0},
     "model": {"norm": "batch", "sync_batchnorm": False},
     "training": {"select_by": "val_loss", "min_epochs": 0},
 }

@@ -6,7 +6,10 @@ stream of its own (spawned in the fixed order of `config.AUGMENTATIONS`), so tha
 transform off changes nothing else a sample draws. Whether the patch is centred on hemorrhage is
 fixed by `j` (the last ones of every batch, as nnU-Net's oversampling); a share of the others is
 centred on the head outside the cranial cavity (neck, face, scalp: tissue as dense as blood that is
-not intracranial hemorrhage), which a random patch of a scan cropped to the head seldom centres on.
+not intracranial hemorrhage), which a random patch of a scan cropped to the head seldom centres on,
+and a share of the rest on the blood mimics inside it (unlabelled tissue as dense as fresh blood:
+the venous sinuses, the falx, the inner table's edge), where a model that has learnt "dense means
+blood" calls hemorrhage in scans without any.
 Any batch of any epoch is therefore rebuilt without drawing the ones before it, a resumed run sees
 exactly the patches an uninterrupted one would, and ranks of a distributed run each take their
 contiguous share of `j` without talking to each other.
@@ -45,6 +48,14 @@ AIR_HU = np.iinfo(np.int16).min
 # the memory-mapped case (a few pages, never the whole volume); none found: a random patch.
 BODY_HU = -500
 OUTSIDE_TRIES = 256
+# A blood mimic: an unlabelled voxel inside the cranial cavity in the HU band of fresh blood whose
+# in-plane neighbours are not bone, which leaves out the partial-volume rim along the inner table
+# (a shell around every brain) and keeps the venous sinuses, the falx and dense vessels. They are
+# a small share of a head (0.1-0.4 % of the phantoms' cropped volumes), hence more tries than
+# outside the cavity.
+MIMIC_HU = (50, 100)
+BONE_HU = 150
+MIMIC_TRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,22 @@ def outside_cavity_voxel(case: PreparedCase, rng: np.random.Generator) -> np.nda
     return tried[hits[0]] if len(hits) else None
 
 
+def blood_mimic_voxel(case: PreparedCase, rng: np.random.Generator) -> np.ndarray | None:
+    """A random blood mimic of the case (see MIMIC_HU), or None (no cavity found, or none among
+    the voxels tried)."""
+    if case.cavity is None:
+        return None
+    shape = np.array(case.hu.shape)
+    tried = rng.integers(0, shape, size=(MIMIC_TRIES, 3))
+    low, high = MIMIC_HU
+    at = tuple(tried.T)
+    keep = case.cavity[at] & (case.label[at] == 0) & (case.hu[at] >= low) & (case.hu[at] <= high)
+    for offset in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)):
+        keep &= case.hu[tuple(np.clip(tried + offset, 0, shape - 1).T)] < BONE_HU
+    hits = np.flatnonzero(keep)
+    return tried[hits[0]] if len(hits) else None
+
+
 class PatchSampler:
     """Draws training batches as a pure function of (seed, epoch, step, rank, world_size)."""
 
@@ -132,6 +159,9 @@ class PatchSampler:
         self.forced_foreground = max(1, round(size * fraction)) if fraction > 0 and size > 1 else 0
         self.enabled = frozenset(cfg.data.augmentations) if cfg.data.augment else frozenset()
         self.outside_cavity_fraction = cfg.data.outside_cavity_fraction
+        # Of the background patches: outside the cavity, then on a mimic, then anywhere.
+        self.mimic_below = (self.outside_cavity_fraction
+                            + (1 - self.outside_cavity_fraction) * cfg.data.mimic_fraction)
         self.windows = [list(w) for w in cfg.data.windows]
         self.aug = augmentation
         self.spatial_dims = cfg.model.spatial_dims
@@ -188,8 +218,12 @@ class PatchSampler:
             classes = self.foreground[case_index]
             points = classes[rng.integers(len(classes))]
             voxel = points[rng.integers(len(points))]
-        elif rng.random() < self.outside_cavity_fraction:
-            voxel = outside_cavity_voxel(case, rng)
+        else:
+            where = rng.random()
+            if where < self.outside_cavity_fraction:
+                voxel = outside_cavity_voxel(case, rng)
+            elif where < self.mimic_below:
+                voxel = blood_mimic_voxel(case, rng)
         if self.spatial_dims == 2:
             z = int(voxel[2]) if voxel is not None else int(rng.integers(label.shape[2]))
             image, label = image[:, :, z], label[:, :, z]

@@ -30,8 +30,8 @@ RUN_CONFIG = "config.yaml"
 # members may differ in these. Every other data setting changes what the network is shown.
 _TRAINING_ONLY_DATA = frozenset({
     "path", "layout", "patch_size", "foreground_fraction", "validation_fraction", "augment",
-    "augmentations", "outside_cavity_fraction", "num_workers", "cache_dir", "folds", "fold",
-    "group_by", "max_voxels"})
+    "augmentations", "outside_cavity_fraction", "mimic_fraction", "num_workers", "cache_dir",
+    "folds", "fold", "group_by", "max_voxels"})
 
 
 @dataclass
