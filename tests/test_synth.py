@@ -272,6 +272,20 @@ def test_fewer_cases_are_a_prefix_of_more(tmp_path):
             assert np.array_equal(two, three)
 
 
+def test_cases_drawn_in_several_processes_are_those_drawn_in_one(tmp_path, monkeypatch):
+    import ichseg.data.synth.dataset as dataset
+
+    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    write_dataset(tmp_path / "three", 3, seed=5, shape=(64, 64, 24), spacing=(3.6, 3.6, 5.0))
+    monkeypatch.setattr(dataset, "MAX_SYNTH_WORKERS", 1)
+    write_dataset(tmp_path / "one", 3, seed=5, shape=(64, 64, 24), spacing=(3.6, 3.6, 5.0))
+    for case_id in ("synth_000", "synth_001", "synth_002"):
+        for kind in ("images", "labels"):
+            one, three = (np.asanyarray(nib.load(tmp_path / d / kind / f"{case_id}.nii.gz").dataobj)
+                          for d in ("one", "three"))
+            assert np.array_equal(one, three)
+
+
 def test_cli_synth_writes_a_dataset(tmp_path, capsys):
     out = tmp_path / "synth"
     code = main(["synth", str(out), "--cases", "2", "--seed", "1", "--shape", "64", "64", "24",

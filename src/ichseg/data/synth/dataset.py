@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import operator
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,6 +22,9 @@ FIELD_OF_VIEW_MM = 230.0  # in-plane, when only one of shape and spacing is give
 SCAN_LENGTH_MM = 160.0  # along z, when only the spacing is given
 MIN_FIELD_OF_VIEW_MM = 200.0  # a head is up to ~196 mm front to back
 MIN_SHAPE = (24, 24, 2)
+# Cases are drawn in this many processes at most (one per CPU below it): each case is its own
+# (seed, index) draw, so the processes change no voxel.
+MAX_SYNTH_WORKERS = 4
 
 
 def resolve_geometry(shape: Sequence[int] | None,
@@ -88,6 +93,13 @@ def case_ids(cases: int) -> list[str]:
     return [f"synth_{k:0{width}d}" for k in range(cases)]
 
 
+def _write_case(out: Path, case_id: str, seed: int, shape: Sequence[int],
+                spacing: Sequence[float], index: int) -> None:
+    case = make_case(seed, shape, spacing, index=index)
+    write_nifti(out / "images" / f"{case_id}.nii.gz", case.hu, case.affine)
+    write_nifti(out / "labels" / f"{case_id}.nii.gz", case.label, case.affine)
+
+
 def write_dataset(out_dir: str | Path, cases: int, seed: int = 0,
                   shape: Sequence[int] | None = None,
                   spacing: Sequence[float] | None = None) -> list[str]:
@@ -104,10 +116,18 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int = 0,
     _check_destination(out, ids)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    for index, case_id in enumerate(tqdm(ids, desc="synth", unit="case", disable=None)):
-        case = make_case(seed, shape, spacing, index=index)
-        write_nifti(out / "images" / f"{case_id}.nii.gz", case.hu, case.affine)
-        write_nifti(out / "labels" / f"{case_id}.nii.gz", case.label, case.affine)
+    workers = min(MAX_SYNTH_WORKERS, len(os.sched_getaffinity(0)), cases)
+    jobs = [(out, case_id, seed, shape, spacing, index) for index, case_id in enumerate(ids)]
+    with tqdm(total=cases, desc="synth", unit="case", disable=None) as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for done in as_completed([pool.submit(_write_case, *job) for job in jobs]):
+                    done.result()
+                    bar.update()
+        else:
+            for job in jobs:
+                _write_case(*job)
+                bar.update()
     description = {
         "name": "ichseg-synth",
         "description": "Synthetic non-contrast head CT with intracranial hemorrhage (ichseg synth)",
