@@ -113,6 +113,18 @@ def predicted(tmp_path_factory) -> Path:
     return root / "pred"
 
 
+def test_predict_no_viewer_writes_no_page_and_links_none(predicted):
+    from ichseg.cli import main
+
+    root = predicted.parent
+    assert main(["predict", "--checkpoint", str(root / "everywhere.pt"), str(root / "in"),
+                 "--out", str(root / "no_viewer"), "--no-viewer"]) == 0
+    out = root / "no_viewer"
+    assert (out / "head.nii.gz").is_file() and not (out / VIEWER_DIR).exists()
+    assert 'class="viewer"' not in (out / REPORT).read_text()
+    assert "viewer/" not in (out / "volumes.csv").read_text()
+
+
 def test_every_predicted_case_has_a_viewer_linked_from_the_index(predicted):
     index = (predicted / REPORT).read_text()
     assert '<a class="viewer" href="viewer/head.html"' in index

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-outside-cavity", dest="intracranial_only", action="store_false",
                    default=None, help="keep what is predicted outside the cranial cavity "
                    "(default: the run's inference.intracranial_only, on: dropped)")
+    p.add_argument("--no-viewer", dest="viewer", action="store_false", default=None,
+                   help="write no viewer pages (default: the run's inference.viewer, on)")
 
     p = sub.add_parser("crossval", help="the cross-validation table of trained fold runs")
     p.add_argument("runs", nargs="+", metavar="RUN",
@@ -165,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         api.predict(args.run or args.checkpoint, args.inputs, args.out, tta=args.tta or None,
                     dicom_seg=args.dicom_seg, postprocess=args.postprocess,
                     save_uncertainty=args.save_uncertainty,
-                    intracranial_only=args.intracranial_only)
+                    intracranial_only=args.intracranial_only, viewer=args.viewer)
         return 0
     if args.command == "postprocess":
         from ichseg.inference.postprocess import format_choice

@@ -245,15 +245,16 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                   quiet: bool = False, postprocess: bool | None = None,
                   save_uncertainty: bool | None = None,
                   dicom_seg: bool | None = None,
-                  intracranial_only: bool | None = None) -> list[dict[str, Any]]:
+                  intracranial_only: bool | None = None,
+                  viewer: bool | None = None) -> list[dict[str, Any]]:
     """Segment every input scan into `out_dir`; one result dict per case (also in volumes.csv,
     and in the browsable index.html).
 
     `checkpoint` picks a run folder's `best` or `last` model (default: the run's config.yaml
     `inference.checkpoint`); `tta`, `overlap`, `save_probabilities`, `save_uncertainty`,
     `postprocess` (apply the run's chosen postprocessing), `dicom_seg` (a DICOM SEG per DICOM
-    series input) and `intracranial_only` (drop what lies outside the cranial cavity) default to
-    the inference settings in the model's config. Several runs or
+    series input), `intracranial_only` (drop what lies outside the cranial cavity) and `viewer`
+    (a viewer page per case) default to the inference settings in the model's config. Several runs or
     checkpoints (or a folder of runs) predict as an ensemble; `models.json` lists the models
     that voted.
     """
@@ -294,6 +295,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
         settings = predictor.cfg.inference
         save_uncertainty = settings.save_uncertainty if save_uncertainty is None else save_uncertainty
         dicom_seg = settings.dicom_seg if dicom_seg is None else dicom_seg
+        viewer = settings.viewer if viewer is None else viewer
         cleanup, cleanup_origin = for_predictor(
             predictor, settings.postprocess if postprocess is None else postprocess, tta)
 
@@ -337,8 +339,8 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                    **confidence.row, "postprocessing": cleanup.name,
                    "dicom_seg": str(seg) if seg else None,
                    "output": str(out_dir / f"{case_id}.nii.gz")}
-            row["viewer"] = str(write_viewer(out_dir, case_id, volume, labels, row, names,
-                                             confidence.uncertainty))
+            row["viewer"] = (str(write_viewer(out_dir, case_id, volume, labels, row, names,
+                                              confidence.uncertainty)) if viewer else None)
             return row
 
         pending: tuple[Future, Future] | None = None
