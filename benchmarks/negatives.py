@@ -123,6 +123,11 @@ def train_demo_like(work: Path, minutes: float) -> Path:
     return run
 
 
+def _mean(values: list[float], digits: int) -> str:
+    """The mean, or "-" when there is nothing to average (no positives held out)."""
+    return f"{statistics.mean(values):.{digits}f}" if values else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None, help="a trained run (default: train one)")
@@ -153,8 +158,7 @@ def main() -> None:
               f"{statistics.mean(fp):.2f}, {max(fp):.2f} | "
               f"{statistics.mean(rows['fp_inside_ml']):.2f} / "
               f"{statistics.mean(rows['fp_outside_ml']):.2f} | "
-              f"{statistics.mean(rows['dice']):.3f} | "
-              f"{statistics.mean(rows['pos_outside_ml']):.2f} |")
+              f"{_mean(rows['dice'], 3)} | {_mean(rows['pos_outside_ml'], 2)} |")
     print("per negative, false mL (" + ", ".join(results) + "): " + "; ".join(
         ", ".join(f"{rows['fp_ml'][k]:.2f}" for rows in results.values())
         for k in range(args.negatives)))
