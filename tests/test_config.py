@@ -60,11 +60,13 @@ def test_a_saved_config_from_before_a_setting_keeps_what_it_meant():
         saved = preset_config(preset).to_dict()
         for section, key in (("model", "norm"), ("model", "sync_batchnorm"),
                              ("training", "select_by"), ("training", "min_epochs"),
-                             ("data", "outside_cavity_fraction"), ("data", "mimic_fraction")):
+                             ("data", "outside_cavity_fraction"), ("data", "mimic_fraction"),
+                             ("data", "stratify")):
             del saved[section][key]
         old = config_from_dict(saved)
         assert (old.model.norm, old.model.sync_batchnorm) == ("batch", False), preset
         assert (old.data.outside_cavity_fraction, old.data.mimic_fraction) == (0.0, 0.0), preset
+        assert old.data.stratify is False, preset
         assert (old.training.select_by, old.training.min_epochs) == ("val_loss", 0), preset
     # A saved config that names them keeps its own values.
     assert config_from_dict(preset_config("small").to_dict()) == preset_config("small")

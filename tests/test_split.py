@@ -130,3 +130,66 @@ def test_ungrouped_split_is_unchanged_by_one_case_per_patient():
     groups = {c: f"patient-of-{c}" for c in IDS}
     for seed in range(5):
         assert make_split(IDS, 0.3, seed, groups) == make_split(IDS, 0.3, seed)
+
+
+# --- scans without hemorrhage on both sides ------------------------------------------------------
+
+# 24 cases, four without hemorrhage (the demo's training phantoms hold four in 24).
+STRATA = {case: "none" if k in (2, 3, 14, 18) else "blood" for k, case in enumerate(IDS + [
+    f"case_{k:03d}" for k in range(20, 24)])}
+
+
+def test_a_stratified_split_holds_out_scans_without_hemorrhage_in_proportion():
+    ids = sorted(STRATA)
+    for seed in range(20):
+        split = make_split(ids, 0.2, seed, strata=STRATA)
+        assert len(split["validation"]) == 5 and sorted(split["train"] + split["validation"]) == ids
+        # 5 x 4 / 24 = 0.83 of a case: one, whatever the seed (unstratified, half the seeds
+        # validate on none of them).
+        assert [STRATA[c] for c in split["validation"]].count("none") == 1, seed
+    assert make_split(list(reversed(ids)), 0.2, 3, strata=STRATA) == make_split(ids, 0.2, 3,
+                                                                                 strata=STRATA)
+    unstratified = [make_split(ids, 0.2, seed)["validation"] for seed in range(20)]
+    assert any(all(STRATA[c] == "blood" for c in held) for held in unstratified)
+
+
+def test_one_scan_of_a_stratum_always_trains():
+    strata = {case: "none" if case == "case_000" else "blood" for case in IDS}
+    for seed in range(10):
+        # 18 to hold out: 0.9 of a case from its stratum, which it cannot give.
+        split = make_split(IDS, 0.9, seed, strata=strata)
+        assert "case_000" in split["train"] and len(split["validation"]) == 17
+
+
+def test_stratified_folds_deal_the_scans_without_hemorrhage_evenly():
+    ids = sorted(STRATA)
+    parts = make_folds(ids, 4, seed=1, strata=STRATA)
+    assert sorted(c for part in parts for c in part) == ids
+    assert [[STRATA[c] for c in part].count("none") for part in parts] == [1, 1, 1, 1]
+    assert [len(part) for part in parts] == [6, 6, 6, 6]
+    assert make_folds(ids, 4, seed=1, strata=STRATA) == parts
+
+
+def test_a_run_split_reads_the_label_maps_and_stratifies_unless_told_not_to(tmp_path):
+    import numpy as np
+
+    from ichseg.config import preset_config
+    from ichseg.data.io import write_nifti
+    from ichseg.data.split import split_for
+
+    ids = sorted(STRATA)
+    cases = []
+    for case_id in ids:
+        label = np.zeros((8, 8, 4), np.uint8)
+        label[2, 2, 1] = 0 if STRATA[case_id] == "none" else 5  # one voxel of SDH
+        write_nifti(tmp_path / f"{case_id}.nii.gz", label, np.eye(4))
+        cases.append(Case(case_id, tmp_path / "unused.nii.gz", tmp_path / f"{case_id}.nii.gz"))
+    data = preset_config("small").data
+    assert data.stratify
+    for seed in range(8):
+        split = split_for(cases, "generic", data, seed)
+        assert split == make_split(ids, 0.2, seed, strata=STRATA)
+    data.stratify = False
+    assert split_for(cases, "generic", data, 3) == make_split(ids, 0.2, 3)
+    data.stratify, data.fold = True, 2
+    assert split_for(cases, "generic", data, 3) == fold_split(ids, 5, 2, 3, strata=STRATA)

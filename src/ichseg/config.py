@@ -59,6 +59,9 @@ class DataConfig:
                                  "edge)", 0.0)
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
+    stratify: bool = _opt(True, "hold out (and deal into folds) scans with and without "
+                          "hemorrhage in proportion, so that validation judges false blood in "
+                          "normal scans too; reads every label map once when a split is made")
     folds: int = _opt(5, "cross-validation folds that `--fold K` divides the cases into", 2)
     fold: int = _opt(-1, "the fold this run validates on (0 to folds - 1, `--fold K`); -1: no "
                      "folds, hold out validation_fraction instead", -1)
@@ -433,7 +436,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
 # Settings added after runs had been saved, with the value that a saved config lacking them
 # meant then: such a run goes on with its network (BatchNorm was the only norm) and its rule.
 _BEFORE_THE_SETTING: dict[str, dict[str, Any]] = {
-    "data": {"outside_cavity_fraction": 0.0, "mimic_fraction": 0.0},
+    "data": {"outside_cavity_fraction": 0.0, "mimic_fraction": 0.0, "stratify": False},
     "model": {"norm": "batch", "sync_batchnorm": False},
     "training": {"select_by": "val_loss", "min_epochs": 0},
 }

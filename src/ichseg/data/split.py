@@ -10,7 +10,9 @@ would score the model on anatomy it trained on). The patient of a case is, first
 4. else the case itself.
 
 Two splits: `make_split` holds out `validation_fraction` of the cases; `make_folds` partitions
-them into `data.folds` folds for cross-validation, fold K validating on part K.
+them into `data.folds` folds for cross-validation, fold K validating on part K. Both can be
+stratified on whether a scan holds hemorrhage (`data.stratify`): a validation side without a
+normal scan cannot see false blood, and judges the model and its postprocessing blind to it.
 """
 
 from __future__ import annotations
@@ -50,8 +52,29 @@ def _sorted_groups(case_ids: Iterable[str],
     return sorted(members.values())
 
 
+def _stratum_of(patients: list[list[str]], strata: Mapping[str, str] | None) -> list[str]:
+    """Each patient's stratum: the first of its cases' strata in sorted order of the strata's
+    names ("blood" before "none": a patient with any scan holding hemorrhage counts as one)."""
+    if not strata:
+        return ["" for _ in patients]
+    return [min(strata.get(case, "") for case in patient) for patient in patients]
+
+
+def _quotas(sizes: Mapping[str, int], count: int) -> dict[str, int]:
+    """`count` shared among the strata in proportion to their sizes, largest remainder first
+    (ties by name), so that a stratum of one in six gets its case out of five."""
+    total = sum(sizes.values())
+    exact = {name: count * size / total for name, size in sizes.items()}
+    quotas = {name: int(value) for name, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda name: (quotas[name] - exact[name], name))
+    for name in by_remainder[:count - sum(quotas.values())]:
+        quotas[name] += 1
+    return quotas
+
+
 def make_split(case_ids: Iterable[str], validation_fraction: float, seed: int,
-               groups: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+               groups: Mapping[str, str] | None = None,
+               strata: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """{"train": [...], "validation": [...]}, each sorted, deterministic for the same inputs.
 
     The ids are sorted first, so the split does not depend on the order the files were listed
@@ -60,6 +83,9 @@ def make_split(case_ids: Iterable[str], validation_fraction: float, seed: int,
     at least the fraction's share of cases. With a fraction above 0 and at least two patients,
     validation gets at least one; the training side always keeps at least one. Without groups
     (or one case per patient) the validation side holds exactly the fraction's share, rounded.
+    `strata` (case id -> stratum, such as "blood" and "none") holds out each stratum's share of
+    that count (largest remainder), drawn in the same seeded order, so that validation sees
+    scans without hemorrhage in proportion; one patient of each stratum always trains.
     """
     patients = _sorted_groups(case_ids, groups)
     if not 0.0 <= validation_fraction < 1.0:
@@ -68,24 +94,38 @@ def make_split(case_ids: Iterable[str], validation_fraction: float, seed: int,
     count = int(round(validation_fraction * total))
     if validation_fraction > 0 and total >= 2:
         count = max(count, 1)
+    stratum = _stratum_of(patients, strata)
+    sizes = Counter()
+    for patient, name in zip(patients, stratum, strict=True):
+        sizes[name] += len(patient)
+    quota = _quotas(sizes, count)
     order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(len(patients))
     held_out: set[str] = set()
-    for taken, index in enumerate(order):
-        if len(held_out) >= count or taken == len(patients) - 1:  # one patient always trains
-            break
-        held_out.update(patients[index])
+    for name in sorted(sizes):
+        members = [index for index in order if stratum[index] == name]
+        taken = 0
+        for position, index in enumerate(members):
+            # One patient of the stratum always trains.
+            if taken >= quota[name] or position == len(members) - 1:
+                break
+            held_out.update(patients[index])
+            taken += len(patients[index])
     ids = [case for patient in patients for case in patient]
     return {"train": sorted(c for c in ids if c not in held_out),
             "validation": sorted(c for c in ids if c in held_out)}
 
 
 def make_folds(case_ids: Iterable[str], folds: int, seed: int,
-               groups: Mapping[str, str] | None = None) -> list[list[str]]:
+               groups: Mapping[str, str] | None = None,
+               strata: Mapping[str, str] | None = None) -> list[list[str]]:
     """`folds` disjoint sorted lists of case ids that together hold every case; a patient's
-    cases are all in one fold. Deterministic for the same ids, groups and seed.
+    cases are all in one fold. Deterministic for the same ids, groups, strata and seed.
 
     Patients are shuffled by the seed, then (largest first, a stable sort) each joins the fold
     holding the fewest cases so far, so folds differ in size by at most the largest patient.
+    With `strata` the strata are dealt out one after the other, smallest first, each patient
+    joining the fold with the fewest cases of its stratum (then the fewest cases): every fold
+    validates on scans with and without hemorrhage in proportion.
     """
     patients = _sorted_groups(case_ids, groups)
     if folds < 2:
@@ -93,22 +133,31 @@ def make_folds(case_ids: Iterable[str], folds: int, seed: int,
     if folds > len(patients):
         raise UsageError(f"setting data.folds is {folds}, but the dataset has only "
                          f"{len(patients)} patients to spread over the folds")
+    stratum = _stratum_of(patients, strata)
     order = np.random.default_rng([seed, _FOLD_STREAM]).permutation(len(patients))
-    shuffled = sorted((patients[i] for i in order), key=len, reverse=True)
+    sizes = Counter(stratum)
     parts: list[list[str]] = [[] for _ in range(folds)]
-    for patient in shuffled:
-        min(parts, key=len).extend(patient)  # the first of the smallest: deterministic
+    for name in sorted(sizes, key=lambda name: (sizes[name], name)):
+        in_stratum = [0] * folds
+        members = sorted((i for i in order if stratum[i] == name),
+                         key=lambda i: len(patients[i]), reverse=True)
+        for index in members:
+            # The first of the smallest: deterministic.
+            fold = min(range(folds), key=lambda k: (in_stratum[k], len(parts[k])))
+            parts[fold].extend(patients[index])
+            in_stratum[fold] += len(patients[index])
     return [sorted(part) for part in parts]
 
 
 def fold_split(case_ids: Iterable[str], folds: int, fold: int, seed: int,
-               groups: Mapping[str, str] | None = None) -> dict[str, Any]:
+               groups: Mapping[str, str] | None = None,
+               strata: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Fold `fold` (0-based, nnU-Net's numbering) of `make_folds`: it validates on its part and
     trains on the others. The dict also says which fold it is (split.json)."""
     if not 0 <= fold < folds:
         raise UsageError(f"--fold {fold} must lie between 0 and {folds - 1} "
                          f"(setting data.folds is {folds})")
-    parts = make_folds(case_ids, folds, seed, groups)
+    parts = make_folds(case_ids, folds, seed, groups, strata)
     return {"train": sorted(c for k, part in enumerate(parts) if k != fold for c in part),
             "validation": parts[fold], "fold": fold, "folds": folds}
 
@@ -193,15 +242,28 @@ def patient_groups(cases: Sequence[Any], layout: str, group_by: str = "") -> dic
     return keys
 
 
+def hemorrhage_strata(cases: Sequence[Any], max_voxels: int) -> dict[str, str]:
+    """"blood" or "none" per case: whether its label map marks any voxel (read one at a time)."""
+    from tqdm import tqdm
+
+    from ichseg.data.io import read_label
+
+    return {case.case_id: "blood" if read_label(case.label, max_voxels).array.any() else "none"
+            for case in tqdm(cases, desc="reading labels for the split", unit="case",
+                             disable=None, leave=False)}
+
+
 def split_for(cases: Sequence[Any], layout: str, data_cfg: Any, seed: int) -> dict[str, Any]:
     """The split of a run: fold `data.fold` of `data.folds` when a fold is set, else the held-out
-    `data.validation_fraction`; patients kept together either way."""
+    `data.validation_fraction`; patients kept together either way, and with `data.stratify`
+    scans without hemorrhage in proportion on both sides (their label maps read once here)."""
     groups = patient_groups(cases, layout, data_cfg.group_by)
+    strata = hemorrhage_strata(cases, data_cfg.max_voxels) if data_cfg.stratify else None
     ids = [case.case_id for case in cases]
     shared = sum(1 for n in Counter(groups.values()).values() if n > 1)
     if shared:
         log.info("%d patients have more than one scan: each patient's scans stay on one side "
                  "of the split", shared)
     if data_cfg.fold >= 0:
-        return fold_split(ids, data_cfg.folds, data_cfg.fold, seed, groups)
-    return make_split(ids, data_cfg.validation_fraction, seed, groups)
+        return fold_split(ids, data_cfg.folds, data_cfg.fold, seed, groups, strata)
+    return make_split(ids, data_cfg.validation_fraction, seed, groups, strata)

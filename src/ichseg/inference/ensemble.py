@@ -29,9 +29,9 @@ RUN_CONFIG = "config.yaml"
 # Settings of `data` that shape training only (which cases, which patches, how they are read):
 # members may differ in these. Every other data setting changes what the network is shown.
 _TRAINING_ONLY_DATA = frozenset({
-    "path", "layout", "patch_size", "foreground_fraction", "validation_fraction", "augment",
-    "augmentations", "outside_cavity_fraction", "mimic_fraction", "num_workers", "cache_dir",
-    "folds", "fold", "group_by", "max_voxels"})
+    "path", "layout", "patch_size", "foreground_fraction", "validation_fraction", "stratify",
+    "augment", "augmentations", "outside_cavity_fraction", "mimic_fraction", "num_workers",
+    "cache_dir", "folds", "fold", "group_by", "max_voxels"})
 
 
 @dataclass
