@@ -161,23 +161,24 @@ def test_background_patches_are_drawn_outside_the_cavity_by_the_setting(spatial_
 
 
 def head_with_mimics(cavity=True):
-    """A cranial cavity of brain (30 HU) inside a skull (1000 HU) with, inside it, a partial-volume
-    rim of 70 HU against the inner table, a venous sinus of 60 HU (3 x 3 voxels, along z) and a
-    labelled hemorrhage of 70 HU: of these only the sinus is a blood mimic."""
+    """A cranial cavity of brain (30 HU) inside a skull (1000 HU) with, inside it, a venous sinus
+    of 60 HU (3 x 3 voxels, along z), a labelled hemorrhage of 70 HU and a denser clot of 120 HU;
+    outside it, a scalp haematoma of 70 HU. Only the sinus is a blood mimic."""
     shape = (60, 56, 20)
     hu = np.full(shape, 1000, np.int16)
+    hu[:4] = 70  # the scalp haematoma, outside the cavity
     inside = np.zeros(shape, bool)
     inside[8:52, 8:48, :] = True
-    hu[inside] = 70
-    hu[9:51, 9:47, :] = 30  # the rim is the cavity's outermost voxel, beside the bone
+    hu[inside] = 30
     hu[40:43, 20:23, :] = 60
+    hu[12:14, 12:14, :] = 120  # denser than fresh blood: a calcification
     label = np.zeros(shape, np.uint8)
     label[20:26, 30:36, 5:10] = 1
     hu[label > 0] = 70
     return PreparedCase("head", hu, label, [], inside if cavity else None)
 
 
-def test_blood_mimics_are_unlabelled_blood_dense_voxels_away_from_bone():
+def test_blood_mimics_are_unlabelled_blood_dense_voxels_inside_the_cavity():
     case, rng = head_with_mimics(), np.random.default_rng(0)
     voxels = [blood_mimic_voxel(case, rng) for _ in range(40)]
     # The sinus is 9 of the 67,200 voxels of a slice; 4,096 tries find it nearly every time.

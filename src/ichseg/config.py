@@ -53,10 +53,10 @@ class DataConfig:
     outside_cavity_fraction: float = _opt(0.5, "share of the other patches centred on the head "
                                           "outside the cranial cavity (neck, face, scalp), where "
                                           "a case's cavity was found", 0.0)
-    mimic_fraction: float = _opt(0.5, "share of the background patches left after those "
-                                 "outside the cavity centred on unlabelled tissue inside it as "
-                                 "dense as fresh blood (venous sinuses, falx, the inner table's "
-                                 "edge)", 0.0)
+    mimic_fraction: float = _opt(1.0, "share of the background patches left after those "
+                                 "outside the cavity centred on unlabelled voxels inside it as "
+                                 "dense as fresh blood, 50-100 HU (venous sinuses, the skull's "
+                                 "partial-volume rim, falx)", 0.0)
     subtypes: bool = _opt(False, "train the five subtypes instead of any-hemorrhage")
     validation_fraction: float = _opt(0.2, "share of cases held out for validation", 0.0)
     stratify: bool = _opt(True, "hold out (and deal into folds) scans with and without "
