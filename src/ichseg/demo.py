@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", nargs="?", default="demo", help="output folder (default: demo)")
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--test-cases", type=int, default=6)
-    parser.add_argument("--time-limit", default="8m",
+    parser.add_argument("--time-limit", default="10m",
                         help="training stops cleanly (checkpoint saved) after this long")
     args = parser.parse_args(argv)
     try:
