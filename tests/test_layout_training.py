@@ -10,6 +10,7 @@ split), and the case ids sort in the same order in every copy, so the runs see t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from trainrun import assert_equal_tree, fast_options, load_last
 import ichseg
 from ichseg.data.inspect import fingerprint, format_fingerprint
 from ichseg.data.layouts import find_cases
+from ichseg.data.split import hemorrhage_strata
 from ichseg.data.synth import make_case
 from ichseg.errors import UsageError
 
@@ -142,6 +144,18 @@ def test_each_dataset_copy_trains_bit_identical_to_its_generic_twin(layout, voxe
     result = train(data, tmp_path / "run", subtypes)
     assert result.state == "finished"
     assert_equal_tree(load_last(tmp_path / "run")["model_state"], twins[subtypes], "model_state")
+
+
+@pytest.mark.parametrize("layout", list(COPIES))
+def test_each_dataset_copy_splits_its_normal_scans_by_its_own_mask_values(layout, voxels,
+                                                                          tmp_path):
+    # The second case without hemorrhage: its mask all 0 in the copy's own convention (PhysioNet's
+    # uncompressed 0/255 masks, INSTANCE's 0/1, BHSD's and nnU-Net's codes).
+    normal = dataclasses.replace(voxels[1], label=np.zeros_like(voxels[1].label))
+    write, _ = COPIES[layout]
+    index = find_cases(write(tmp_path / "data", [voxels[0], normal, voxels[2]]))
+    strata = hemorrhage_strata(index.cases, max_voxels=10**9)
+    assert [strata[case.case_id] for case in index.cases] == ["blood", "none", "blood"]
 
 
 @pytest.mark.parametrize("layout", ["physionet", "instance", "nnunet_binary"])

@@ -275,7 +275,7 @@ def test_fewer_cases_are_a_prefix_of_more(tmp_path):
 def test_cases_drawn_in_several_processes_are_those_drawn_in_one(tmp_path, monkeypatch):
     import ichseg.data.synth.dataset as dataset
 
-    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 3)
     write_dataset(tmp_path / "three", 3, seed=5, shape=(64, 64, 24), spacing=(3.6, 3.6, 5.0))
     monkeypatch.setattr(dataset, "MAX_SYNTH_WORKERS", 1)
     write_dataset(tmp_path / "one", 3, seed=5, shape=(64, 64, 24), spacing=(3.6, 3.6, 5.0))

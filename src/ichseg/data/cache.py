@@ -29,7 +29,6 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from ichseg.data.ct import labels_to_network, prepare_hu, window_channels
 from ichseg.data.inspect import check_case
 from ichseg.data.layouts import LABEL_MAPPINGS, Case, LabelMapping
 from ichseg.errors import UsageError
+from ichseg.processes import run_jobs, usable_cpus
 
 # Bump whenever preprocessing changes what it stores (crop rule, interpolation, dtype, files...).
 # 2: the head crop keeps the whole scan when the part is not head-like; 3: thin slices and fine
@@ -112,7 +112,7 @@ def prepare_workers(data_cfg: DataConfig) -> int:
     `MAX_AUTO_PREPARE_WORKERS`."""
     if data_cfg.prepare_workers >= 0:
         return data_cfg.prepare_workers
-    return min(MAX_AUTO_PREPARE_WORKERS, len(os.sched_getaffinity(0)))
+    return min(MAX_AUTO_PREPARE_WORKERS, usable_cpus())
 
 
 def _file_identity(path: Path | None, role: str) -> dict | None:
@@ -290,19 +290,5 @@ def load_cases(data_cfg: DataConfig, cases: Sequence[Case], progress: bool = Tru
     bar = tqdm(total=len(missing), desc="preparing cases", unit="case",
                disable=not progress or not missing)
     with bar:
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                futures = [pool.submit(cache.prepare, case) for case in missing]
-                try:
-                    for done in as_completed(futures):
-                        done.result()
-                        bar.update()
-                except BaseException:
-                    # The first bad case ends the preparation; the queued ones are not started.
-                    pool.shutdown(cancel_futures=True)
-                    raise
-        else:
-            for case in missing:
-                cache.prepare(case)
-                bar.update()
+        run_jobs(cache.prepare, [(case,) for case in missing], workers, bar)
     return [cache.load_case(case) for case in cases]

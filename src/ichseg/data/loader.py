@@ -16,7 +16,6 @@ left alone: it is how multiprocessing ends workers that outlive their loader.
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ichseg.config import Config
 from ichseg.data.sampling import EpochBatches, PatchSampler
+from ichseg.processes import usable_cpus
 
 # Batches each worker keeps ready (DataLoader's prefetch_factor).
 PREFETCH_BATCHES = 2
@@ -41,7 +41,7 @@ def resolve_workers(setting: int, device: torch.device) -> int:
         return setting
     if device.type != "cuda":
         return 0
-    return max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0)) - 1))
+    return max(1, min(MAX_AUTO_WORKERS, usable_cpus() - 1))
 
 
 def _quiet_worker(_: int) -> None:

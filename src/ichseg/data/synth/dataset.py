@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,6 +15,7 @@ from ichseg.data.synth.case import DEFAULT_SHAPE, DEFAULT_SPACING, make_case
 from ichseg.data.synth.tissues import LABELS
 from ichseg.errors import UsageError
 from ichseg.fileio import atomic_write_text
+from ichseg.processes import run_jobs, usable_cpus
 
 FIELD_OF_VIEW_MM = 230.0  # in-plane, when only one of shape and spacing is given
 SCAN_LENGTH_MM = 160.0  # along z, when only the spacing is given
@@ -116,18 +115,10 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int = 0,
     _check_destination(out, ids)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    workers = min(MAX_SYNTH_WORKERS, len(os.sched_getaffinity(0)), cases)
+    workers = min(MAX_SYNTH_WORKERS, usable_cpus(), cases)
     jobs = [(out, case_id, seed, shape, spacing, index) for index, case_id in enumerate(ids)]
     with tqdm(total=cases, desc="synth", unit="case", disable=None) as bar:
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                for done in as_completed([pool.submit(_write_case, *job) for job in jobs]):
-                    done.result()
-                    bar.update()
-        else:
-            for job in jobs:
-                _write_case(*job)
-                bar.update()
+        run_jobs(_write_case, jobs, workers, bar)
     description = {
         "name": "ichseg-synth",
         "description": "Synthetic non-contrast head CT with intracranial hemorrhage (ichseg synth)",
