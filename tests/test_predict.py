@@ -251,6 +251,26 @@ def test_bad_input_exits_2_naming_it_and_keeps_earlier_cases(tmp_path, everywher
     assert "flat.nii.gz" in err and "2D" in err
 
 
+def test_scans_are_refused_above_the_models_own_voxel_limit(tmp_path, everywhere, capsys):
+    """predict holds scans to the `data.max_voxels` the model was trained with, not the
+    default: a run that lowered it (or raised it, for larger scans) predicts by its own."""
+    hu, affine = _phantom_ras()  # 40 x 36 x 10 = 14,400 voxels
+    scan = write_nifti(tmp_path / "head.nii.gz", hu, affine)
+    state = torch.load(everywhere, weights_only=True)
+    state["config"]["data"]["max_voxels"] = 10_000
+    strict = tmp_path / "strict.pt"
+    torch.save(state, strict)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(strict), str(scan), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "head.nii.gz" in err and "data.max_voxels (10000)" in err
+    assert not (out / "head.nii.gz").exists()
+    state["config"]["data"]["max_voxels"] = 14_400
+    torch.save(state, strict)
+    assert main(["predict", "--checkpoint", str(strict), str(scan), "--out", str(out)]) == 0
+    assert (out / "head.nii.gz").is_file()
+
+
 def test_an_mr_series_in_a_study_exits_2_naming_it(tmp_path, everywhere, capsys):
     write_series(tmp_path / "study" / "ct", stack([0, 5, 10]), number=2)
     write_series(tmp_path / "study" / "mr", stack([0, 5, 10]), number=3, modality="MR",

@@ -16,7 +16,7 @@ from ichseg import api
 from ichseg.errors import UsageError
 
 # Native scans of 256 x 256 x 32 at 0.9 x 0.9 x 5 mm (a 230 mm field of view): the `small`
-# preset resamples them to 1.8 mm in-plane, which keeps a CPU epoch short.
+# preset resamples them to 2 mm in-plane, which keeps a CPU epoch short.
 SHAPE = (256, 256, 32)
 SPACING = (0.9, 0.9, 5.0)
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", nargs="?", default="demo", help="output folder (default: demo)")
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--test-cases", type=int, default=6)
-    parser.add_argument("--time-limit", default="10m",
+    parser.add_argument("--time-limit", default="14m",
                         help="training stops cleanly (checkpoint saved) after this long")
     args = parser.parse_args(argv)
     try:

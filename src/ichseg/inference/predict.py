@@ -212,11 +212,11 @@ def list_inputs(paths: Iterable[str | Path] | str | Path,
     return found, notes
 
 
-def _read_input(source: Path | DicomSeries) -> Volume:
+def _read_input(source: Path | DicomSeries, max_voxels: int) -> Volume:
     if isinstance(source, DicomSeries):
-        return read_series(source)
+        return read_series(source, max_voxels)
     path = source
-    volume = read_scan(path)
+    volume = read_scan(path, max_voxels)
     if min(volume.array.shape) < MIN_SLICES:
         raise UsageError(f"{path} is a 2D image (shape {volume.array.shape}); predict needs a 3D "
                          f"head CT with several slices")
@@ -276,7 +276,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
             raise UsageError(f"output {out_dir} would overwrite the input {path}; choose "
                              f"another --out folder")
     # Three threads beside the network's: one reads the next scan while the current one is
-    # segmented (and, at the start, while the checkpoint loads), one writes a case's label map
+    # segmented, one writes a case's label map
     # (and probabilities) and one draws its overlay, both while the next case is segmented.
     # gzip, PNG encoding and numpy release the GIL, so they overlap with each other and with
     # torch. A case's row enters volumes.csv once both its writes are done, in input order, and
@@ -285,8 +285,11 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ichseg-read")
     writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ichseg-write")
     try:
-        reading = reader.submit(_read_input, cases[0][1]) if cases else None
         predictor = load_models(run_or_checkpoint, checkpoint, device)
+        # A scan is refused above the size the model was trained to accept (`data.max_voxels`;
+        # an ensemble's largest), which is known once the checkpoint is loaded.
+        max_voxels = max(member.cfg.data.max_voxels for member in predictor.members)
+        reading = reader.submit(_read_input, cases[0][1], max_voxels) if cases else None
         if save_probabilities is None:
             save_probabilities = predictor.cfg.inference.save_probabilities
         if tta is None:
@@ -372,7 +375,7 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
                 done = f"; the {len(results)} case(s) before it are in {out_dir}" if results else ""
                 raise UsageError(f"{exc}{done}") from None
             if index + 1 < len(cases):
-                reading = reader.submit(_read_input, cases[index + 1][1])
+                reading = reader.submit(_read_input, cases[index + 1][1], max_voxels)
             confidence = case_confidence.CaseConfidence(settings, save_uncertainty)
             made = segment(predictor, volume, tta, overlap, save_probabilities, confidence,
                            intracranial_only)
