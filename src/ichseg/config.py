@@ -226,10 +226,10 @@ _PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # took a third of the time; 18 epochs of 40 steps reached a held-out Dice of 0.81 where
         # 32 of 20 (about the same time) reached 0.80. The learning rate rises for 3 epochs and
         # falls for 3: it is lowest every 6, and at the last of 48.
-        # 48 epochs: at 24 the phantoms' scans without hemorrhage kept up to 6 mL of false blood
-        # on one training seed of two, at 36 on one of three (and 1 mm copies of the negatives
-        # kept 0.6-2.2 mL at the vertex), at 48 none on any of the three, at 5 mm or 1 mm
-        # (BENCHMARKS.md, "The main job").
+        # 48 epochs: the demo's held-out scans without hemorrhage kept up to 6 mL of false blood
+        # on one training seed of two at 24 epochs and of three at 36, on none of three at 48,
+        # where the held-out Dice reached 0.80 on every seed. At 48 one seed of three still left
+        # 1.4-2.3 mL on other normal phantoms (BENCHMARKS.md, "The main job").
         # At least 50 epochs before patience counts: a run given more epochs (on real scans, say)
         # is not judged early, long past the plateau at the start.
         "training": {"epochs": 48, "batch_size": 2, "steps_per_epoch": 40, "patience": 12,
