@@ -166,6 +166,10 @@ def _two_rank_loss(rank: int, store: str, out: str) -> None:
         loss = GlobalBatchDiceCE()(mine, labels[share])
         loss.backward()
         torch.save({"loss": loss.detach(), "grad": mine.grad}, f"{out}.{rank}")
+        # Both ranks done before either tears its connections down: a rank leaving while gloo
+        # still served the other once aborted it ("terminate called without an active
+        # exception", SIGABRT, seen once in CI on a loaded machine).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
