@@ -276,8 +276,8 @@ def predict_cases(run_or_checkpoint: str | Path | Sequence[str | Path],
             raise UsageError(f"output {out_dir} would overwrite the input {path}; choose "
                              f"another --out folder")
     # Three threads beside the network's: one reads the next scan while the current one is
-    # segmented, one writes a case's label map
-    # (and probabilities) and one draws its overlay, both while the next case is segmented.
+    # segmented, one writes a case's label map (and probabilities) and one draws its overlay,
+    # both while the next case is segmented.
     # gzip, PNG encoding and numpy release the GIL, so they overlap with each other and with
     # torch. A case's row enters volumes.csv once both its writes are done, in input order, and
     # every write is waited for before this returns or raises: a bad input still leaves the
