@@ -124,6 +124,15 @@ def start(cfg: Config, ranks: Ranks) -> None:
                             world_size=world_size)
 
 
+def meet_before_leaving() -> None:
+    """Wait until every rank has finished its part of the job (training and its last save), so
+    that none leaves the group while another still talks to it: a gloo rank whose peer tore its
+    group down mid-collective has aborted the whole process (SIGABRT) after everything was saved.
+    Only on the way out of a job that went well: after an error, a rank may never come."""
+    if is_active():
+        dist.barrier()
+
+
 def stop() -> None:
     """Leave the process group (at the end of the job, also after an error)."""
     global _job_store

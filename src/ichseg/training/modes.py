@@ -397,6 +397,9 @@ def _train(plan: Plan, deadline: float | None, train_log: TrainLog,
                 state = trainer.fit(stop, deadline)
         finally:
             trainer.checkpoints.close()
+        # Before the main rank chooses the postprocessing alone: the others leave once it is
+        # safe to, without waiting for that choice (which can outlast the group's timeout).
+        distributed.meet_before_leaving()
         _log_end(trainer, state)
         if (state != "stopped" and ranks.is_main and after_training is not None
                 and plan.split["validation"]):
