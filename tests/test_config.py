@@ -61,10 +61,13 @@ def test_a_saved_config_from_before_a_setting_keeps_what_it_meant():
         for section, key in (("model", "norm"), ("model", "sync_batchnorm"),
                              ("training", "select_by"), ("training", "min_epochs"),
                              ("data", "outside_cavity_fraction"), ("data", "mimic_fraction"),
-                             ("data", "stratify")):
+                             ("data", "stratify"), ("data", "augmentations")):
             del saved[section][key]
         old = config_from_dict(saved)
         assert (old.model.norm, old.model.sync_batchnorm) == ("batch", False), preset
+        # The transforms it trained with: none of the three that came with the setting.
+        assert old.data.augmentations == ["flip", "rotate", "scale", "brightness", "contrast",
+                                          "gamma", "noise"], preset
         assert (old.data.outside_cavity_fraction, old.data.mimic_fraction) == (0.0, 0.0), preset
         assert old.data.stratify is False, preset
         assert (old.training.select_by, old.training.min_epochs) == ("val_loss", 0), preset

@@ -439,9 +439,11 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
 
 
 # Settings added after runs had been saved, with the value that a saved config lacking them
-# meant then: such a run goes on with its network (BatchNorm was the only norm) and its rule.
+# meant then: such a run goes on with its network (BatchNorm was the only norm), its rule and its
+# transforms (the first seven; their random draws and the scaling range did change with them).
 _BEFORE_THE_SETTING: dict[str, dict[str, Any]] = {
-    "data": {"outside_cavity_fraction": 0.0, "mimic_fraction": 0.0, "stratify": False},
+    "data": {"outside_cavity_fraction": 0.0, "mimic_fraction": 0.0, "stratify": False,
+             "augmentations": list(AUGMENTATIONS[:AUGMENTATIONS.index("blur")])},
     "model": {"norm": "batch", "sync_batchnorm": False},
     "training": {"select_by": "val_loss", "min_epochs": 0},
 }
