@@ -31,6 +31,7 @@ from trainrun import (
 )
 
 from ichseg import fileio
+from ichseg.training import distributed
 from ichseg.training.distributed import GlobalBatchDiceCE
 from ichseg.training.losses import dice_ce
 
@@ -166,10 +167,9 @@ def _two_rank_loss(rank: int, store: str, out: str) -> None:
         loss = GlobalBatchDiceCE()(mine, labels[share])
         loss.backward()
         torch.save({"loss": loss.detach(), "grad": mine.grad}, f"{out}.{rank}")
-        # Both ranks done before either tears its connections down: a rank leaving while gloo
-        # still served the other once aborted it ("terminate called without an active
-        # exception", SIGABRT, seen once in CI on a loaded machine).
-        dist.barrier()
+        # Both ranks done before either tears its connections down, as a training job leaves
+        # (without it a rank once aborted here with SIGABRT, seen once in CI).
+        distributed.meet_before_leaving()
     finally:
         dist.destroy_process_group()
 
@@ -311,7 +311,6 @@ def _failing_rank(rank: int, port: int, out: str) -> None:
 
     from ichseg.config import Config
     from ichseg.errors import UsageError
-    from ichseg.training import distributed
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
